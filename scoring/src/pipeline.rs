@@ -1,0 +1,478 @@
+//! The entry-script equivalent for Azure's `POST /score`: how `{"data": ...}` becomes input
+//! tensors (with declared pre-processing) and how outputs become the JSON reply (with declared
+//! post-processing). Compiled once per model version from its manifest and signature.
+
+use crate::error::ScoringError;
+use crate::json;
+use crate::manifest::{PostStep, PreStep, ScoreSection};
+use modelpod_accel::{DataType, Signature, Tensor, TensorData, TensorSpec};
+use serde_json::{Map, Value, json};
+use std::path::Path;
+
+#[derive(Debug, Clone)]
+pub struct ScorePipeline {
+    inputs: Vec<TensorSpec>,
+    /// Whether dimension 0 of every tensor is the batch (each `data` row is one request row).
+    batched: bool,
+    pre: Vec<PreStep>,
+    outputs: Vec<TensorSpec>,
+    /// Index of the one output returned, or all of them.
+    selected_output: Option<usize>,
+    post: Vec<CompiledPost>,
+}
+
+#[derive(Debug, Clone)]
+enum CompiledPost {
+    Softmax,
+    Argmax(Option<Vec<String>>),
+    Topk(usize, Option<Vec<String>>),
+}
+
+impl ScorePipeline {
+    pub fn new(
+        section: &ScoreSection,
+        signature: &Signature,
+        batched: bool,
+        model_dir: &Path,
+    ) -> Result<ScorePipeline, String> {
+        if let Some(name) = &section.input {
+            if signature.input(name).is_none() {
+                return Err(format!("score.input '{name}' is not an input of the model"));
+            }
+            if signature.inputs.len() != 1 {
+                return Err(format!(
+                    "score.input names one input but the model has {}; send \"data\" as an object keyed by input name instead",
+                    signature.inputs.len()
+                ));
+            }
+        }
+        if !section.pre.is_empty() && signature.inputs.len() != 1 {
+            return Err("score.pre needs a model with exactly one input".into());
+        }
+        let selected_output = match &section.output {
+            Some(name) => Some(
+                signature
+                    .outputs
+                    .iter()
+                    .position(|o| &o.name == name)
+                    .ok_or_else(|| format!("score.output '{name}' is not an output of the model"))?,
+            ),
+            None if signature.outputs.len() == 1 => Some(0),
+            None => None,
+        };
+        if !section.post.is_empty() && selected_output.is_none() {
+            return Err("score.post needs one output: name it with score.output".into());
+        }
+        let mut post = Vec::new();
+        for (i, step) in section.post.iter().enumerate() {
+            let terminal = matches!(step, PostStep::Argmax { .. } | PostStep::Topk { .. });
+            if terminal && i + 1 != section.post.len() {
+                return Err("argmax and topk must be the last post-processing step".into());
+            }
+            post.push(match step {
+                PostStep::Softmax => CompiledPost::Softmax,
+                PostStep::Argmax { labels } => CompiledPost::Argmax(read_labels(model_dir, labels.as_deref())?),
+                PostStep::Topk { k, labels } => CompiledPost::Topk(*k, read_labels(model_dir, labels.as_deref())?),
+            });
+        }
+        Ok(ScorePipeline {
+            inputs: signature.inputs.clone(),
+            batched,
+            pre: section.pre.clone(),
+            outputs: signature.outputs.clone(),
+            selected_output,
+            post,
+        })
+    }
+
+    /// What a caller should send, for swagger: one example row per input.
+    pub fn example_request(&self) -> Value {
+        let example = |spec: &TensorSpec, shape: &[usize]| {
+            let data = TensorData::Fp64(vec![0.0; shape.iter().product()]).cast(spec.dtype);
+            json::to_nested_json(&Tensor::new(shape.to_vec(), data).expect("shape matches"))
+        };
+        let row_shape = |spec: &TensorSpec| -> Vec<usize> {
+            let dims = if self.batched { &spec.dims[1.min(spec.dims.len())..] } else { &spec.dims[..] };
+            let mut shape: Vec<usize> = dims.iter().map(|d| d.unwrap_or(1)).collect();
+            if self.batched {
+                shape.insert(0, 1);
+            }
+            shape
+        };
+        if self.inputs.len() == 1 {
+            let spec = &self.inputs[0];
+            let shape = match self.input_row_shape_before_pre() {
+                Some(mut flat) => {
+                    if self.batched {
+                        flat.insert(0, 1);
+                    }
+                    flat
+                }
+                None => row_shape(spec),
+            };
+            json!({ "data": example(spec, &shape) })
+        } else {
+            let data: Map<String, Value> =
+                self.inputs.iter().map(|s| (s.name.clone(), example(s, &row_shape(s)))).collect();
+            json!({ "data": data })
+        }
+    }
+
+    /// The row shape callers send when a reshape step changes it: the element count of the
+    /// model's row, flat.
+    fn input_row_shape_before_pre(&self) -> Option<Vec<usize>> {
+        if !self.pre.iter().any(|p| matches!(p, PreStep::Reshape { .. })) {
+            return None;
+        }
+        let spec = &self.inputs[0];
+        let dims = if self.batched { &spec.dims[1.min(spec.dims.len())..] } else { &spec.dims[..] };
+        Some(vec![dims.iter().map(|d| d.unwrap_or(1)).product()])
+    }
+
+    /// Decodes an Azure scoring body into input tensors in signature order.
+    pub fn decode(&self, body: &Value) -> Result<Vec<Tensor>, ScoringError> {
+        let data = body.as_object().and_then(|o| o.get("data")).ok_or_else(|| {
+            ScoringError::BadRequest("the request body must be a JSON object with a \"data\" field".into())
+        })?;
+        let tensors = if self.inputs.len() == 1 {
+            vec![self.decode_single(data)?]
+        } else {
+            let fields = data.as_object().ok_or_else(|| {
+                ScoringError::InvalidInput(format!(
+                    "this model has {} inputs ({}): \"data\" must be an object keyed by input name",
+                    self.inputs.len(),
+                    self.input_names()
+                ))
+            })?;
+            if let Some(unknown) = fields.keys().find(|k| !self.inputs.iter().any(|s| &s.name == *k)) {
+                return Err(ScoringError::InvalidInput(format!(
+                    "\"{unknown}\" is not an input of this model (inputs: {})",
+                    self.input_names()
+                )));
+            }
+            self.inputs
+                .iter()
+                .map(|spec| {
+                    let value = fields.get(&spec.name).ok_or_else(|| {
+                        ScoringError::InvalidInput(format!("input \"{}\" is missing from \"data\"", spec.name))
+                    })?;
+                    let (shape, values) = json::flatten(value, spec.dtype)
+                        .map_err(|e| ScoringError::InvalidInput(format!("input \"{}\": {e}", spec.name)))?;
+                    let tensor = Tensor::new(shape, values)?;
+                    self.check_shape(spec, &tensor)?;
+                    Ok(tensor)
+                })
+                .collect::<Result<Vec<_>, ScoringError>>()?
+        };
+        if self.batched {
+            let rows = tensors[0].rows();
+            if tensors.iter().any(|t| t.rows() != rows) {
+                return Err(ScoringError::InvalidInput("every input must have the same number of rows".into()));
+            }
+        }
+        Ok(tensors)
+    }
+
+    fn decode_single(&self, data: &Value) -> Result<Tensor, ScoringError> {
+        let spec = &self.inputs[0];
+        // Parse straight into the model's type unless arithmetic comes first.
+        let parse_as = match self.pre.first() {
+            Some(PreStep::Cast { to }) => *to,
+            Some(PreStep::Scale { .. } | PreStep::Normalize { .. }) => DataType::Fp64,
+            _ if self.pre.iter().any(|p| matches!(p, PreStep::Scale { .. } | PreStep::Normalize { .. })) => {
+                DataType::Fp64
+            }
+            _ => spec.dtype,
+        };
+        let (shape, values) =
+            json::flatten(data, parse_as).map_err(|e| ScoringError::InvalidInput(format!("\"data\": {e}")))?;
+        if self.batched && shape.is_empty() {
+            return Err(ScoringError::InvalidInput(format!(
+                "\"data\" must be a list of rows, each of shape {}",
+                shape_text(&spec.dims[1.min(spec.dims.len())..])
+            )));
+        }
+        let mut tensor = Tensor::new(shape, values)?;
+        for step in &self.pre {
+            tensor = self.apply_pre(step, tensor)?;
+        }
+        if tensor.dtype() != spec.dtype {
+            let (shape, data) = tensor.into_parts();
+            tensor = Tensor::new(shape, data.cast(spec.dtype))?;
+        }
+        self.check_shape(spec, &tensor)?;
+        Ok(tensor)
+    }
+
+    fn apply_pre(&self, step: &PreStep, tensor: Tensor) -> Result<Tensor, ScoringError> {
+        let lead = usize::from(self.batched);
+        Ok(match step {
+            PreStep::Cast { to } => {
+                let (shape, data) = tensor.into_parts();
+                Tensor::new(shape, data.cast(*to))?
+            }
+            PreStep::Reshape { shape } => {
+                let mut full: Vec<usize> = tensor.shape()[..lead].to_vec();
+                full.extend_from_slice(shape);
+                if full.iter().product::<usize>() != tensor.len() {
+                    let row: usize = tensor.shape()[lead..].iter().product();
+                    return Err(ScoringError::InvalidInput(format!(
+                        "each row of \"data\" must hold {} values to become {}; got {row}",
+                        shape.iter().product::<usize>(),
+                        shape_text(&shape.iter().map(|&d| Some(d)).collect::<Vec<_>>())
+                    )));
+                }
+                tensor.reshaped(full)?
+            }
+            PreStep::Scale { factor, offset } => {
+                let (shape, data) = tensor.into_parts();
+                let scaled: Vec<f64> = data.to_f64_vec().into_iter().map(|x| x * factor + offset).collect();
+                Tensor::new(shape, scaled)?
+            }
+            PreStep::Normalize { mean, std } => {
+                let row_shape = tensor.shape()[lead..].to_vec();
+                let channels = mean.len();
+                if channels > 1 && row_shape.first() != Some(&channels) {
+                    return Err(ScoringError::InvalidInput(format!(
+                        "normalize expects {channels} channels on the first axis of each row, got row shape {row_shape:?}"
+                    )));
+                }
+                let per_channel: usize = row_shape.iter().skip(1).product::<usize>().max(1);
+                let (shape, data) = tensor.into_parts();
+                let mut values = data.to_f64_vec();
+                for (i, x) in values.iter_mut().enumerate() {
+                    let c = if channels == 1 { 0 } else { (i / per_channel) % channels };
+                    *x = (*x - mean[c]) / std[c];
+                }
+                Tensor::new(shape, values)?
+            }
+        })
+    }
+
+    fn check_shape(&self, spec: &TensorSpec, tensor: &Tensor) -> Result<(), ScoringError> {
+        if spec.dims.is_empty() && tensor.shape().len() <= 1 {
+            return Ok(());
+        }
+        if !spec.accepts_shape(tensor.shape()) {
+            let expected = if self.batched {
+                format!("a list of rows, each of shape {}", shape_text(&spec.dims[1.min(spec.dims.len())..]))
+            } else {
+                format!("shape {}", shape_text(&spec.dims))
+            };
+            return Err(ScoringError::InvalidInput(format!(
+                "input \"{}\" has shape {:?}; expected {expected}",
+                spec.name,
+                tensor.shape()
+            )));
+        }
+        Ok(())
+    }
+
+    fn input_names(&self) -> String {
+        self.inputs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+    }
+
+    /// Encodes model outputs (signature order) as the `/score` reply.
+    pub fn encode(&self, outputs: &[Tensor]) -> Result<Value, ScoringError> {
+        match self.selected_output {
+            Some(i) => {
+                let tensor = outputs
+                    .get(i)
+                    .ok_or_else(|| ScoringError::Engine(format!("output {i} missing")))?;
+                Ok(self.post_process(tensor))
+            }
+            None => Ok(Value::Object(
+                self.outputs
+                    .iter()
+                    .zip(outputs)
+                    .map(|(spec, t)| (spec.name.clone(), json::to_nested_json(t)))
+                    .collect(),
+            )),
+        }
+    }
+
+    fn post_process(&self, tensor: &Tensor) -> Value {
+        if self.post.is_empty() {
+            return json::to_nested_json(tensor);
+        }
+        let shape = tensor.shape();
+        let classes = shape.last().copied().unwrap_or(1).max(1);
+        let mut values = tensor.data().to_f64_vec();
+        let mut results: Vec<Value> = Vec::new();
+        let mut terminal = false;
+        for step in &self.post {
+            match step {
+                CompiledPost::Softmax => values.chunks_mut(classes).for_each(softmax),
+                CompiledPost::Argmax(labels) => {
+                    terminal = true;
+                    results = values
+                        .chunks(classes)
+                        .map(|row| class_value(argmax(row), labels.as_deref()))
+                        .collect();
+                }
+                CompiledPost::Topk(k, labels) => {
+                    terminal = true;
+                    results = values
+                        .chunks(classes)
+                        .map(|row| {
+                            let mut order: Vec<usize> = (0..row.len()).collect();
+                            order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+                            Value::Array(
+                                order
+                                    .into_iter()
+                                    .take(*k)
+                                    .map(|i| {
+                                        let mut entry = json!({ "index": i, "score": row[i] });
+                                        if let Some(label) = labels.as_ref().and_then(|l| l.get(i)) {
+                                            entry["label"] = Value::String(label.clone());
+                                        }
+                                        entry
+                                    })
+                                    .collect(),
+                            )
+                        })
+                        .collect();
+                }
+            }
+        }
+        if terminal {
+            let outer = &shape[..shape.len().saturating_sub(1)];
+            json::nest(&mut results.into_iter(), outer)
+        } else {
+            let data = TensorData::Fp64(values).cast(if tensor.dtype().is_float() { tensor.dtype() } else { DataType::Fp64 });
+            json::to_nested_json(&Tensor::new(shape.to_vec(), data).expect("same element count"))
+        }
+    }
+}
+
+fn softmax(row: &mut [f64]) {
+    let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let mut sum = 0.0;
+    for x in row.iter_mut() {
+        *x = (*x - max).exp();
+        sum += *x;
+    }
+    if sum > 0.0 {
+        row.iter_mut().for_each(|x| *x /= sum);
+    }
+}
+
+fn argmax(row: &[f64]) -> usize {
+    row.iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1).then(b.0.cmp(&a.0)))
+        .map_or(0, |(i, _)| i)
+}
+
+fn class_value(index: usize, labels: Option<&[String]>) -> Value {
+    match labels.and_then(|l| l.get(index)) {
+        Some(label) => Value::String(label.clone()),
+        None => Value::from(index),
+    }
+}
+
+fn read_labels(model_dir: &Path, file: Option<&str>) -> Result<Option<Vec<String>>, String> {
+    let Some(file) = file else { return Ok(None) };
+    let path = model_dir.join(file);
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("labels file {}: {e}", path.display()))?;
+    Ok(Some(text.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect()))
+}
+
+/// A shape as users read it, with `-1` for dynamic dimensions: `[-1, 3, 224, 224]`.
+pub fn shape_text(dims: &[Option<usize>]) -> String {
+    let parts: Vec<String> = dims.iter().map(|d| d.map_or("-1".into(), |d| d.to_string())).collect();
+    format!("[{}]", parts.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, dtype: DataType, dims: &[Option<usize>]) -> TensorSpec {
+        TensorSpec { name: name.into(), dtype, dims: dims.to_vec() }
+    }
+
+    fn image_signature() -> Signature {
+        Signature {
+            inputs: vec![spec("image", DataType::Fp32, &[None, Some(2), Some(2)])],
+            outputs: vec![spec("scores", DataType::Fp32, &[None, Some(3)])],
+        }
+    }
+
+    #[test]
+    fn pre_steps_reshape_scale_and_normalize_each_row() {
+        let section: ScoreSection = toml::from_str(
+            r#"pre = [{ op = "reshape", shape = [2, 2] }, { op = "scale", factor = 0.5 },
+                      { op = "normalize", mean = [1.0, 0.0], std = [1.0, 2.0] }]"#,
+        )
+        .unwrap();
+        let p = ScorePipeline::new(&section, &image_signature(), true, Path::new(".")).unwrap();
+        let tensors = p.decode(&json!({"data": [[2, 4, 6, 8], [0, 0, 0, 0]]})).unwrap();
+        assert_eq!(tensors[0].shape(), &[2, 2, 2]);
+        assert_eq!(tensors[0].data(), &TensorData::Fp32(vec![0.0, 1.0, 1.5, 2.0, -1.0, -1.0, 0.0, 0.0]));
+        let err = p.decode(&json!({"data": [[1, 2, 3]]})).unwrap_err();
+        assert!(matches!(err, ScoringError::InvalidInput(m) if m.contains("4 values")));
+    }
+
+    #[test]
+    fn wrong_shape_names_the_expected_one() {
+        let p = ScorePipeline::new(&ScoreSection::default(), &image_signature(), true, Path::new(".")).unwrap();
+        let err = p.decode(&json!({"data": [[1, 2, 3]]})).unwrap_err();
+        assert!(matches!(&err, ScoringError::InvalidInput(m) if m.contains("[2, 2]")), "{err}");
+        assert!(matches!(p.decode(&json!({"rows": []})), Err(ScoringError::BadRequest(_))));
+        assert!(matches!(p.decode(&json!([1])), Err(ScoringError::BadRequest(_))));
+        assert!(matches!(p.decode(&json!({"data": 3})), Err(ScoringError::InvalidInput(_))));
+    }
+
+    #[test]
+    fn post_steps_softmax_argmax_and_topk() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("labels.txt"), "cat\ndog\nfish\n").unwrap();
+        let scores = Tensor::new(vec![2, 3], vec![0.0f32, 2.0, 1.0, 5.0, 0.0, 0.0]).unwrap();
+        let section: ScoreSection =
+            toml::from_str(r#"post = [{ op = "softmax" }, { op = "argmax", labels = "labels.txt" }]"#).unwrap();
+        let p = ScorePipeline::new(&section, &image_signature(), true, dir.path()).unwrap();
+        assert_eq!(p.encode(std::slice::from_ref(&scores)).unwrap(), json!(["dog", "cat"]));
+        let section: ScoreSection = toml::from_str(r#"post = [{ op = "topk", k = 2 }]"#).unwrap();
+        let p = ScorePipeline::new(&section, &image_signature(), true, dir.path()).unwrap();
+        let out = p.encode(&[scores]).unwrap();
+        assert_eq!(out[0][0]["index"], json!(1));
+        assert_eq!(out[0][1]["index"], json!(2));
+        assert_eq!(out[1].as_array().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn softmax_rows_sum_to_one() {
+        let mut row = [1.0, 2.0, 3.0, 1000.0];
+        softmax(&mut row);
+        assert!((row.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+        assert!(row[3] > 0.99);
+    }
+
+    #[test]
+    fn invalid_manifests_are_refused_at_load() {
+        let section: ScoreSection = toml::from_str(r#"post = [{ op = "argmax" }, { op = "softmax" }]"#).unwrap();
+        assert!(ScorePipeline::new(&section, &image_signature(), true, Path::new(".")).is_err());
+        let section: ScoreSection = toml::from_str(r#"input = "nope""#).unwrap();
+        assert!(ScorePipeline::new(&section, &image_signature(), true, Path::new(".")).is_err());
+        let section: ScoreSection = toml::from_str(r#"post = [{ op = "topk", k = 1, labels = "missing.txt" }]"#).unwrap();
+        assert!(ScorePipeline::new(&section, &image_signature(), true, Path::new("/nonexistent")).is_err());
+    }
+
+    #[test]
+    fn several_inputs_come_as_an_object() {
+        let sig = Signature {
+            inputs: vec![spec("a", DataType::Fp32, &[None, Some(2)]), spec("b", DataType::Int64, &[None, Some(1)])],
+            outputs: vec![spec("y", DataType::Fp32, &[None, Some(2)]), spec("z", DataType::Fp32, &[None, Some(2)])],
+        };
+        let p = ScorePipeline::new(&ScoreSection::default(), &sig, true, Path::new(".")).unwrap();
+        let t = p.decode(&json!({"data": {"a": [[1, 2]], "b": [[3]]}})).unwrap();
+        assert_eq!(t[1].data(), &TensorData::Int64(vec![3]));
+        assert!(p.decode(&json!({"data": {"a": [[1, 2]]}})).is_err());
+        assert!(p.decode(&json!({"data": {"a": [[1, 2]], "b": [[3], [4]]}})).is_err());
+        assert!(p.decode(&json!({"data": {"a": [[1, 2]], "b": [[3]], "c": 1}})).is_err());
+        let y = Tensor::new(vec![1, 2], vec![1f32, 2.0]).unwrap();
+        let out = p.encode(&[y.clone(), y]).unwrap();
+        assert_eq!(out, json!({"y": [[1.0, 2.0]], "z": [[1.0, 2.0]]}));
+    }
+}

@@ -1,0 +1,267 @@
+//! Open Inference Protocol v2 inference bodies: JSON tensors and the binary tensor data
+//! extension (a JSON header of `Inference-Header-Content-Length` bytes followed by raw
+//! little-endian tensor data), as KServe, Triton and their clients speak them.
+
+use crate::error::ScoringError;
+use crate::json;
+use modelpod_accel::{DataType, Signature, Tensor, TensorData};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+/// A decoded inference request.
+#[derive(Debug)]
+pub struct InferRequest {
+    pub id: Option<String>,
+    pub inputs: Vec<(String, Tensor)>,
+    /// Outputs asked for; empty means all.
+    pub outputs: Vec<RequestedOutput>,
+    /// Request-level `binary_data_output`: every output in binary unless it says otherwise.
+    pub binary_output: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct RequestedOutput {
+    pub name: String,
+    pub binary: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct RawRequest {
+    id: Option<String>,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+    inputs: Vec<RawInput>,
+    #[serde(default)]
+    outputs: Vec<RawOutput>,
+}
+
+#[derive(Deserialize)]
+struct RawInput {
+    name: String,
+    shape: Vec<usize>,
+    datatype: String,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+    data: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct RawOutput {
+    name: String,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+}
+
+/// Decodes a request body. `json_len` is the `Inference-Header-Content-Length` header: the
+/// length of the JSON part when binary tensor data follows it.
+pub fn decode_request(body: &[u8], json_len: Option<usize>) -> Result<InferRequest, ScoringError> {
+    let json_len = json_len.unwrap_or(body.len());
+    if json_len > body.len() {
+        return Err(ScoringError::BadRequest(format!(
+            "Inference-Header-Content-Length is {json_len} but the body has only {} bytes",
+            body.len()
+        )));
+    }
+    let (header, mut binary) = body.split_at(json_len);
+    if header.iter().all(u8::is_ascii_whitespace) {
+        return Err(ScoringError::BadRequest("the request body is empty".into()));
+    }
+    let raw: RawRequest = serde_json::from_slice(header)
+        .map_err(|e| ScoringError::BadRequest(format!("malformed inference request: {e}")))?;
+    let mut inputs = Vec::with_capacity(raw.inputs.len());
+    for input in raw.inputs {
+        let dtype: DataType = input.datatype.parse().map_err(|_| {
+            ScoringError::InvalidInput(format!("input '{}': unsupported datatype '{}'", input.name, input.datatype))
+        })?;
+        let count: usize = input.shape.iter().product();
+        let data = match input.parameters.get("binary_data_size") {
+            Some(size) => {
+                let size = size.as_u64().ok_or_else(|| {
+                    ScoringError::BadRequest(format!("input '{}': binary_data_size must be an integer", input.name))
+                })? as usize;
+                if size > binary.len() {
+                    return Err(ScoringError::BadRequest(format!(
+                        "input '{}' declares {size} bytes of binary data but only {} remain",
+                        input.name,
+                        binary.len()
+                    )));
+                }
+                let (bytes, rest) = binary.split_at(size);
+                binary = rest;
+                TensorData::from_le_bytes(dtype, bytes)
+                    .map_err(|e| ScoringError::InvalidInput(format!("input '{}': {e}", input.name)))?
+            }
+            None => {
+                let value = input.data.as_ref().ok_or_else(|| {
+                    ScoringError::BadRequest(format!("input '{}' has neither data nor binary_data_size", input.name))
+                })?;
+                json::flatten(value, dtype)
+                    .map_err(|e| ScoringError::InvalidInput(format!("input '{}': {e}", input.name)))?
+                    .1
+            }
+        };
+        if data.len() != count {
+            return Err(ScoringError::InvalidInput(format!(
+                "input '{}' has shape {:?} ({count} elements) but {} elements of data",
+                input.name,
+                input.shape,
+                data.len()
+            )));
+        }
+        inputs.push((input.name, Tensor::new(input.shape, data)?));
+    }
+    if !binary.is_empty() {
+        return Err(ScoringError::BadRequest(format!(
+            "{} bytes of binary data follow the inputs that no input claims",
+            binary.len()
+        )));
+    }
+    let flag = |params: &Map<String, Value>, key: &str| params.get(key).and_then(Value::as_bool);
+    Ok(InferRequest {
+        id: raw.id,
+        binary_output: flag(&raw.parameters, "binary_data_output").unwrap_or(false),
+        outputs: raw
+            .outputs
+            .into_iter()
+            .map(|o| RequestedOutput {
+                binary: flag(&o.parameters, "binary_data"),
+                name: o.name,
+            })
+            .collect(),
+        inputs,
+    })
+}
+
+impl InferRequest {
+    /// Indices (in signature order) of the outputs to return, refusing unknown names before
+    /// anything runs.
+    pub fn selected_outputs(&self, signature: &Signature) -> Result<Vec<(usize, bool)>, ScoringError> {
+        if self.outputs.is_empty() {
+            return Ok((0..signature.outputs.len()).map(|i| (i, self.binary_output)).collect());
+        }
+        self.outputs
+            .iter()
+            .map(|o| {
+                let i = signature.outputs.iter().position(|s| s.name == o.name).ok_or_else(|| {
+                    ScoringError::InvalidInput(format!("requested output '{}' is not an output of the model", o.name))
+                })?;
+                Ok((i, o.binary.unwrap_or(self.binary_output)))
+            })
+            .collect()
+    }
+}
+
+/// An encoded response body, and the JSON header's length when binary data follows it.
+pub struct EncodedResponse {
+    pub body: Vec<u8>,
+    pub json_len: Option<usize>,
+}
+
+/// Encodes the outputs chosen by [`InferRequest::selected_outputs`].
+pub fn encode_response(
+    model_name: &str,
+    model_version: &str,
+    id: Option<&str>,
+    signature: &Signature,
+    outputs: &[Tensor],
+    selected: &[(usize, bool)],
+) -> EncodedResponse {
+    let mut binary = Vec::new();
+    let encoded: Vec<Value> = selected
+        .iter()
+        .filter_map(|&(i, as_binary)| {
+            let tensor = outputs.get(i)?;
+            let mut out = json!({
+                "name": signature.outputs[i].name,
+                "datatype": tensor.dtype().as_str(),
+                "shape": tensor.shape(),
+            });
+            if as_binary {
+                let bytes = tensor.data().to_le_bytes();
+                out["parameters"] = json!({ "binary_data_size": bytes.len() });
+                binary.extend_from_slice(&bytes);
+            } else {
+                out["data"] = json::to_flat_json(tensor.data());
+            }
+            Some(out)
+        })
+        .collect();
+    let mut header = json!({
+        "model_name": model_name,
+        "model_version": model_version,
+        "outputs": encoded,
+    });
+    if let Some(id) = id.filter(|id| !id.is_empty()) {
+        header["id"] = Value::String(id.to_string());
+    }
+    let mut body = serde_json::to_vec(&header).expect("a JSON value serialises");
+    if binary.is_empty() {
+        return EncodedResponse { body, json_len: None };
+    }
+    let json_len = body.len();
+    body.extend_from_slice(&binary);
+    EncodedResponse {
+        body,
+        json_len: Some(json_len),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use modelpod_accel::TensorSpec;
+
+    fn signature() -> Signature {
+        let spec = |name: &str| TensorSpec { name: name.into(), dtype: DataType::Fp32, dims: vec![None, Some(2)] };
+        Signature { inputs: vec![spec("x")], outputs: vec![spec("y"), spec("z")] }
+    }
+
+    #[test]
+    fn json_request_with_flat_or_nested_data() {
+        for data in [json!([1, 2, 3, 4]), json!([[1, 2], [3, 4]])] {
+            let body = json!({"inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP32", "data": data}]});
+            let req = decode_request(body.to_string().as_bytes(), None).unwrap();
+            assert_eq!(req.inputs[0].1.shape(), &[2, 2]);
+            assert_eq!(req.inputs[0].1.data(), &TensorData::Fp32(vec![1.0, 2.0, 3.0, 4.0]));
+        }
+    }
+
+    #[test]
+    fn binary_request_as_perf_analyzer_sends_it() {
+        let header = br#"{"id":"","inputs":[{"name":"x","datatype":"FP32","shape":[1,2],"parameters":{"binary_data_size":8}}],"outputs":[{"name":"y","parameters":{"binary_data":true}}]}"#;
+        let mut body = header.to_vec();
+        body.extend_from_slice(&1.5f32.to_le_bytes());
+        body.extend_from_slice(&(-2f32).to_le_bytes());
+        let req = decode_request(&body, Some(header.len())).unwrap();
+        assert_eq!(req.inputs[0].1.data(), &TensorData::Fp32(vec![1.5, -2.0]));
+        let selected = req.selected_outputs(&signature()).unwrap();
+        assert_eq!(selected, vec![(0, true)]);
+        let y = Tensor::new(vec![1, 2], vec![3f32, 4.0]).unwrap();
+        let z = y.clone();
+        let resp = encode_response("m", "1", req.id.as_deref(), &signature(), &[y, z], &selected);
+        let json_len = resp.json_len.unwrap();
+        let head: Value = serde_json::from_slice(&resp.body[..json_len]).unwrap();
+        assert_eq!(head["outputs"][0]["parameters"]["binary_data_size"], json!(8));
+        assert!(head.get("id").is_none());
+        assert_eq!(&resp.body[json_len..json_len + 4], &3f32.to_le_bytes());
+    }
+
+    #[test]
+    fn bad_requests_are_refused_with_the_right_kind() {
+        let kind = |body: &str, len: Option<usize>| decode_request(body.as_bytes(), len).unwrap_err().kind();
+        assert_eq!(kind("", None), "BadRequest");
+        assert_eq!(kind("{", None), "BadRequest");
+        assert_eq!(kind(r#"{"inputs": 3}"#, None), "BadRequest");
+        assert_eq!(kind(r#"{"inputs":[{"name":"x","shape":[-1],"datatype":"FP32","data":[1]}]}"#, None), "BadRequest");
+        assert_eq!(kind(r#"{"inputs":[{"name":"x","shape":[2],"datatype":"FP32","data":[1]}]}"#, None), "InvalidInput");
+        assert_eq!(kind(r#"{"inputs":[{"name":"x","shape":[1],"datatype":"BYTES","data":["a"]}]}"#, None), "InvalidInput");
+        assert_eq!(kind(r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32"}]}"#, None), "BadRequest");
+        assert_eq!(kind(r#"{"inputs":[]}"#, Some(99)), "BadRequest");
+        let body = r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","parameters":{"binary_data_size":8}}]}"#;
+        assert_eq!(kind(&format!("{body}abcd"), Some(body.len())), "BadRequest");
+        let body = r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","parameters":{"binary_data_size":4}}]}"#;
+        assert_eq!(kind(&format!("{body}abcdefgh"), Some(body.len())), "BadRequest");
+        let req = decode_request(br#"{"inputs":[],"outputs":[{"name":"nope"}]}"#, None).unwrap();
+        assert_eq!(req.selected_outputs(&signature()).unwrap_err().kind(), "InvalidInput");
+    }
+}

@@ -1,0 +1,97 @@
+//! The one place where errors become HTTP status codes and JSON bodies.
+//!
+//! Every error body carries `error` (what Open Inference Protocol clients such as tritonclient
+//! read) and `message` plus `error_type` (Azure's shape), so one body serves both protocols.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use modelpod_scoring::ScoringError;
+use serde_json::json;
+use std::fmt;
+
+#[derive(Debug)]
+pub enum ApiError {
+    Scoring(ScoringError),
+    Unauthorized,
+    PayloadTooLarge { limit: usize },
+    NotFound(String),
+}
+
+impl From<ScoringError> for ApiError {
+    fn from(e: ScoringError) -> Self {
+        ApiError::Scoring(e)
+    }
+}
+
+impl ApiError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ApiError::Scoring(e) => e.kind(),
+            ApiError::Unauthorized => "Unauthorized",
+            ApiError::PayloadTooLarge { .. } => "PayloadTooLarge",
+            ApiError::NotFound(_) => "NotFound",
+        }
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ApiError::Scoring(e) => write!(f, "{e}"),
+            // Never say which part of the credential was wrong.
+            ApiError::Unauthorized => f.write_str("authentication required: send Authorization: Bearer <key>"),
+            ApiError::PayloadTooLarge { limit } => write!(f, "the request body exceeds the limit of {limit} bytes"),
+            ApiError::NotFound(what) => write!(f, "{what}"),
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::Scoring(e) => match e {
+                ScoringError::BadRequest(_) => StatusCode::BAD_REQUEST,
+                ScoringError::InvalidInput(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                ScoringError::ModelNotFound(_) => StatusCode::NOT_FOUND,
+                ScoringError::ModelUnavailable(_) | ScoringError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+                ScoringError::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
+                ScoringError::Engine(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let message = self.to_string();
+        let mut response = HttpResponse::build(self.status_code());
+        if matches!(self, ApiError::Unauthorized) {
+            response.insert_header(("WWW-Authenticate", "Bearer"));
+        }
+        response.json(json!({ "error": message, "message": message, "error_type": self.kind() }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_kind_has_its_status() {
+        let cases = [
+            (ApiError::from(ScoringError::BadRequest("x".into())), 400),
+            (ScoringError::InvalidInput("x".into()).into(), 422),
+            (ScoringError::ModelNotFound("x".into()).into(), 404),
+            (ScoringError::ModelUnavailable("x".into()).into(), 503),
+            (ScoringError::Overloaded("x".into()).into(), 503),
+            (ScoringError::DeadlineExceeded("x".into()).into(), 504),
+            (ScoringError::Engine("x".into()).into(), 500),
+            (ApiError::Unauthorized, 401),
+            (ApiError::PayloadTooLarge { limit: 1 }, 413),
+        ];
+        for (error, status) in cases {
+            assert_eq!(error.status_code().as_u16(), status, "{error:?}");
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! modelpod's runtime: configuration, the scoring server (`modelpod serve`), authentication,
+//! metrics and the one mapping from errors to HTTP responses.
+
+pub mod auth;
+pub mod azure_config;
+pub mod config;
+pub mod http_error;
+pub mod metrics;
+pub mod serve;
+pub mod telemetry;
+
+pub use config::{ServeArgs, ServeConfig};
+pub use serve::{RunningServer, ScoringServer};

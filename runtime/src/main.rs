@@ -1,0 +1,34 @@
+//! The `modelpod` binary.
+
+use clap::{Parser, Subcommand};
+use modelpod::{ServeArgs, ServeConfig, ScoringServer, telemetry};
+
+/// modelpod: a model-serving runtime for Azure ML (SDK v1) scoring contracts and the Open
+/// Inference Protocol v2, with dynamic batching.
+#[derive(Parser)]
+#[command(name = "modelpod", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the scoring server over a model repository.
+    Serve(ServeArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            let config = ServeConfig::resolve(args)?;
+            telemetry::init(config.log_format);
+            actix_web::rt::System::new().block_on(async move {
+                let server = ScoringServer::build(config)?;
+                server.run().await?;
+                anyhow::Ok(())
+            })
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! `modelpod serve`: the per-pod scoring server.
+
+mod routes;
+mod swagger;
+
+use crate::auth::KeyAuth;
+use crate::config::ServeConfig;
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::{App, HttpServer, web};
+use metrics_exporter_prometheus::PrometheusHandle;
+use modelpod_accel::{EngineChoice, EngineOptions, ort_engine};
+use modelpod_scoring::{Registry, RegistryConfig};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::sync::Semaphore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Repository(#[from] modelpod_scoring::repository::RepositoryError),
+    #[error("--backend ort: {0}")]
+    OrtRequired(modelpod_accel::EngineError),
+    #[error("cannot listen on {address}: {source}")]
+    Bind { address: String, source: std::io::Error },
+}
+
+/// What every handler shares.
+pub struct AppState {
+    pub registry: Arc<Registry>,
+    pub config: ServeConfig,
+    pub auth: KeyAuth,
+    /// Azure's maxConcurrentRequestsPerContainer: one permit per request being scored.
+    pub admission: Semaphore,
+    pub metrics: PrometheusHandle,
+    /// Set once the start-up (eager) load has finished, successfully or not.
+    pub loaded: AtomicBool,
+}
+
+impl AppState {
+    /// Readiness: start-up loading done, and with strict readiness every model ready.
+    pub fn ready(&self) -> bool {
+        self.loaded.load(Ordering::Acquire) && (!self.config.strict_readiness || self.registry.all_ready())
+    }
+}
+
+/// A bound scoring server; [`ScoringServer::run`] serves until stopped (SIGTERM, SIGINT or
+/// its handle), then lets accepted requests finish.
+pub struct ScoringServer {
+    server: Server,
+    address: SocketAddr,
+    state: web::Data<AppState>,
+}
+
+impl ScoringServer {
+    /// Opens the repository, binds the listener and starts loading models in the background:
+    /// liveness answers at once, readiness once loading is done. Must be called inside an
+    /// actix system.
+    pub fn build(config: ServeConfig) -> Result<ScoringServer, ServeError> {
+        prepare_engines(&config)?;
+        let registry = Arc::new(Registry::open(RegistryConfig {
+            repository: config.model_repository.clone(),
+            engine: EngineOptions {
+                choice: config.backend,
+                intra_op_threads: config.intra_op_threads,
+            },
+            load_parallelism: config.load_parallelism,
+        })?);
+        let state = web::Data::new(AppState {
+            registry: registry.clone(),
+            auth: KeyAuth::new(&config.api_keys),
+            admission: Semaphore::new(config.max_concurrent_requests),
+            metrics: crate::metrics::install(),
+            loaded: AtomicBool::new(false),
+            config: config.clone(),
+        });
+        let app_state = state.clone();
+        let address = format!("{}:{}", config.host, config.port);
+        let http = HttpServer::new(move || App::new()
+                .app_data(app_state.clone())
+                .wrap(actix_web::middleware::from_fn(routes::request_ids))
+                .configure(routes::configure))
+            .workers(config.http_workers)
+            // Accepted requests get up to their scoring timeout to finish after SIGTERM.
+            .shutdown_timeout(config.scoring_timeout.as_secs().clamp(1, 300))
+            .bind(&address)
+            .map_err(|source| ServeError::Bind { address: address.clone(), source })?;
+        let address = *http.addrs().first().expect("bound to at least one address");
+        let server = http.run();
+        let loader_state = state.clone();
+        std::thread::Builder::new()
+            .name("model-loader".into())
+            .spawn(move || {
+                loader_state.registry.load_all();
+                loader_state.loaded.store(true, Ordering::Release);
+                let index = loader_state.registry.index();
+                let ready = index.iter().filter(|e| e.state == modelpod_scoring::ModelState::Ready).count();
+                tracing::info!(ready, total = index.len(), "start-up loading finished");
+            })
+            .expect("spawning the loader thread");
+        tracing::info!(
+            repository = %config.model_repository.display(),
+            max_concurrent_requests = config.max_concurrent_requests,
+            auth = state.auth.enabled(),
+            "listening on http://{address}"
+        );
+        Ok(ScoringServer { server, address, state })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.address
+    }
+
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    pub fn registry(&self) -> Arc<Registry> {
+        self.state.registry.clone()
+    }
+
+    /// Serves until stopped, then drains every model's queue.
+    pub async fn run(self) -> std::io::Result<()> {
+        let result = self.server.await;
+        let registry = self.state.registry.clone();
+        let _ = tokio::task::spawn_blocking(move || registry.shutdown()).await;
+        tracing::info!("stopped");
+        result
+    }
+}
+
+/// Loads ONNX Runtime up front so `--ort-library` wins over the default locations and a
+/// demanded but missing library fails at start, not on the first model.
+fn prepare_engines(config: &ServeConfig) -> Result<(), ServeError> {
+    match (ort_engine::init_ort(config.ort_library.as_deref()), config.backend) {
+        (Ok(library), _) => tracing::debug!(library = %library.display(), "ONNX Runtime available"),
+        (Err(e), EngineChoice::Ort) => return Err(ServeError::OrtRequired(e)),
+        (Err(e), EngineChoice::Auto) => tracing::info!("{e}; serving with tract"),
+        (Err(_), EngineChoice::Tract) => {}
+    }
+    Ok(())
+}
+
+/// A server running on its own thread and actix system, for tests, benchmarks and embedding.
+pub struct RunningServer {
+    pub address: SocketAddr,
+    pub registry: Arc<Registry>,
+    handle: ServerHandle,
+    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+impl RunningServer {
+    /// Builds and runs a server on a new thread; returns once it listens.
+    pub fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("modelpod-serve".into())
+            .spawn(move || {
+                actix_web::rt::System::new().block_on(async move {
+                    match ScoringServer::build(config) {
+                        Ok(server) => {
+                            let _ = sender.send(Ok((server.local_addr(), server.registry(), server.handle())));
+                            server.run().await
+                        }
+                        Err(e) => {
+                            let _ = sender.send(Err(e));
+                            Ok(())
+                        }
+                    }
+                })
+            })
+            .expect("spawning the server thread");
+        let (address, registry, handle) = receiver.recv().expect("the server thread reports")?;
+        Ok(RunningServer {
+            address,
+            registry,
+            handle,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    /// Waits until start-up loading has settled (or `timeout` passes).
+    pub fn wait_loaded(&self, timeout: Duration) -> bool {
+        let until = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < until {
+            if self.registry.settled() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
+    /// Graceful stop: no new connections, accepted requests finish.
+    pub fn stop(mut self) {
+        self.stop_inner();
+    }
+
+    fn stop_inner(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            let handle = self.handle.clone();
+            std::thread::spawn(move || actix_web::rt::System::new().block_on(handle.stop(true)))
+                .join()
+                .ok();
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        self.stop_inner();
+    }
+}

@@ -1,1 +1,113 @@
+//! Helpers shared by modelpod's integration tests: paths, reference cases, servers on port 0
+//! and output comparison with a stated tolerance.
 
+use modelpod::{RunningServer, ServeArgs, ServeConfig};
+use modelpod_accel::{DataType, Tensor, TensorData};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Floating-point outputs must satisfy |actual - expected| <= ABS_TOLERANCE + REL_TOLERANCE * |expected|
+/// against ONNX Runtime's CPU provider; integer and boolean outputs must match exactly.
+pub const ABS_TOLERANCE: f64 = 1e-4;
+pub const REL_TOLERANCE: f64 = 1e-4;
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+pub fn fixtures() -> PathBuf {
+    workspace_root().join("tests/fixtures/models")
+}
+
+pub fn slow_fixtures() -> PathBuf {
+    workspace_root().join("tests/fixtures/slow-models")
+}
+
+/// Whether ONNX Runtime's library is installed. CI sets MODELPOD_TEST_REQUIRE_ORT=1 so a
+/// missing library fails instead of skipping.
+pub fn ort_available() -> bool {
+    let ok = modelpod_accel::ort_engine::init_ort(None).is_ok();
+    if !ok && std::env::var_os("MODELPOD_TEST_REQUIRE_ORT").is_some_and(|v| v == "1") {
+        panic!("MODELPOD_TEST_REQUIRE_ORT=1 but ONNX Runtime did not load: run scripts/setup.sh");
+    }
+    ok
+}
+
+#[derive(Debug, Deserialize, Clone)]
+pub struct RefTensor {
+    pub datatype: String,
+    pub shape: Vec<usize>,
+    pub data: Vec<serde_json::Value>,
+}
+
+impl RefTensor {
+    pub fn to_tensor(&self) -> Tensor {
+        let dtype: DataType = self.datatype.parse().expect("known datatype");
+        let (shape, data) = modelpod_scoring::json::flatten(&serde_json::Value::Array(self.data.clone()), dtype)
+            .expect("reference data converts");
+        assert_eq!(shape, vec![self.data.len()]);
+        Tensor::new(self.shape.clone(), data).expect("reference shape matches data")
+    }
+}
+
+#[derive(Debug, Deserialize, Clone)]
+pub struct RefCase {
+    pub inputs: BTreeMap<String, RefTensor>,
+    pub outputs: BTreeMap<String, RefTensor>,
+}
+
+pub fn reference_cases(path: &Path) -> Vec<RefCase> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Compares an output with its reference; returns the first mismatch, described.
+pub fn compare(name: &str, actual: &Tensor, expected: &RefTensor) -> Result<(), String> {
+    let expected = expected.to_tensor();
+    if actual.shape() != expected.shape() || actual.dtype() != expected.dtype() {
+        return Err(format!(
+            "{name}: got {} {:?}, expected {} {:?}",
+            actual.dtype(),
+            actual.shape(),
+            expected.dtype(),
+            expected.shape()
+        ));
+    }
+    let exact = !matches!(expected.data(), TensorData::Fp32(_) | TensorData::Fp64(_));
+    let (a, e) = (actual.data().to_f64_vec(), expected.data().to_f64_vec());
+    for (i, (x, y)) in a.iter().zip(&e).enumerate() {
+        let ok = if exact { x == y } else { (x - y).abs() <= ABS_TOLERANCE + REL_TOLERANCE * y.abs() };
+        if !ok {
+            return Err(format!("{name}[{i}]: got {x}, expected {y}"));
+        }
+    }
+    Ok(())
+}
+
+/// Server arguments for a test: loopback, port 0, generous concurrency.
+pub fn serve_args(repository: &Path) -> ServeArgs {
+    ServeArgs {
+        model_repository: Some(repository.to_path_buf()),
+        host: Some("127.0.0.1".into()),
+        port: Some(0),
+        max_concurrent_requests: Some(64),
+        http_workers: Some(2),
+        ..ServeArgs::default()
+    }
+}
+
+/// Starts a server and waits for its start-up loading to settle.
+pub fn start(args: ServeArgs) -> RunningServer {
+    let server = RunningServer::start(ServeConfig::resolve(args).expect("valid test config")).expect("server starts");
+    assert!(server.wait_loaded(Duration::from_secs(60)), "models did not finish loading");
+    server
+}
+
+pub fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("http client")
+}

@@ -36,6 +36,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Set once the start-up (eager) load has finished, successfully or not.
     pub loaded: AtomicBool,
+    /// Requests holding a scoring slot.
+    pub in_flight: std::sync::atomic::AtomicUsize,
 }
 
 impl AppState {
@@ -73,6 +75,7 @@ impl ScoringServer {
             admission: Semaphore::new(config.max_concurrent_requests),
             metrics: crate::metrics::install(),
             loaded: AtomicBool::new(false),
+            in_flight: Default::default(),
             config: config.clone(),
         });
         let app_state = state.clone();

@@ -282,6 +282,7 @@ async fn execute(
             .into());
         }
     };
+    let _in_flight = InFlight::enter(state, model);
     let reply = model.submit(inputs, Some(deadline))?;
     match tokio::time::timeout_at(deadline.into(), reply).await {
         Ok(Ok(result)) => Ok(result?),
@@ -291,6 +292,29 @@ async fn execute(
             config.scoring_timeout.as_millis()
         ))
         .into()),
+    }
+}
+
+/// Counts a request holding a scoring slot: the server total (for busy-state reports) and a
+/// per-model gauge in `/metrics`.
+struct InFlight<'a> {
+    state: &'a AppState,
+    gauge: metrics::Gauge,
+}
+
+impl<'a> InFlight<'a> {
+    fn enter(state: &'a AppState, model: &ServedModel) -> InFlight<'a> {
+        state.in_flight.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let gauge = metrics::gauge!("modelpod_inflight_requests", "model" => model.name.clone());
+        gauge.increment(1.0);
+        InFlight { state, gauge }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.state.in_flight.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        self.gauge.decrement(1.0);
     }
 }
 

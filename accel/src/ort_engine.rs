@@ -3,7 +3,9 @@
 //! The library is found once per process (flag, `ORT_DYLIB_PATH`, then default locations)
 //! and is never touched before it has loaded: `ort` panics on first use otherwise.
 
-use crate::{Backend, EngineError, EngineKind, EngineOptions, LoadedModel, Signature, Tensor, TensorData};
+use crate::{
+    Backend, EngineError, EngineKind, EngineOptions, LoadedModel, Signature, Tensor, TensorData,
+};
 use ort::session::{Session, SessionInputValue, builder::GraphOptimizationLevel};
 use ort::value::{DynValue, TensorElementType, TensorRef, ValueType};
 use std::borrow::Cow;
@@ -33,12 +35,18 @@ pub fn ort_library_candidates(explicit: Option<&Path>) -> Vec<PathBuf> {
         return vec![PathBuf::from(path)];
     }
     let mut candidates = Vec::new();
-    if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
         candidates.push(dir.join(LIBRARY_NAME));
         candidates.push(dir.join("../lib").join(LIBRARY_NAME));
     }
     if let Ok(cwd) = std::env::current_dir() {
-        candidates.extend(cwd.ancestors().map(|d| d.join(".modelpod/lib").join(LIBRARY_NAME)));
+        candidates.extend(
+            cwd.ancestors()
+                .map(|d| d.join(".modelpod/lib").join(LIBRARY_NAME)),
+        );
     }
     candidates.push(PathBuf::from("/opt/modelpod/lib").join(LIBRARY_NAME));
     candidates
@@ -50,13 +58,21 @@ pub fn init_ort(explicit: Option<&Path>) -> Result<PathBuf, EngineError> {
     ORT_RUNTIME
         .get_or_init(|| {
             let candidates = ort_library_candidates(explicit);
-            let library = candidates.iter().find(|p| p.is_file()).cloned().ok_or_else(|| {
-                format!(
-                    "{LIBRARY_NAME} not found (looked in {}); run scripts/setup.sh, pass \
+            let library = candidates
+                .iter()
+                .find(|p| p.is_file())
+                .cloned()
+                .ok_or_else(|| {
+                    format!(
+                        "{LIBRARY_NAME} not found (looked in {}); run scripts/setup.sh, pass \
                      --ort-library or set ORT_DYLIB_PATH",
-                    candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
-                )
-            })?;
+                        candidates
+                            .iter()
+                            .map(|p| p.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                })?;
             let environment = ort::init_from(&library)
                 .map_err(|e| format!("{}: {e}", library.display()))?
                 .with_name("modelpod")
@@ -157,7 +173,8 @@ struct OrtBackend {
 
 impl Backend for OrtBackend {
     fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, EngineError> {
-        let mut values: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = Vec::with_capacity(inputs.len());
+        let mut values: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
+            Vec::with_capacity(inputs.len());
         for (tensor, spec) in inputs.iter().zip(&self.signature.inputs) {
             let shape: Vec<i64> = tensor.shape().iter().map(|&d| d as i64).collect();
             let bad = |e: ort::Error| EngineError::BadInput {
@@ -180,7 +197,8 @@ impl Backend for OrtBackend {
                 let value = outputs
                     .get(&spec.name)
                     .ok_or_else(|| EngineError::Run(format!("output '{}' missing", spec.name)))?;
-                from_ort(value).map_err(|e| EngineError::Run(format!("output '{}': {e}", spec.name)))
+                from_ort(value)
+                    .map_err(|e| EngineError::Run(format!("output '{}': {e}", spec.name)))
             })
             .collect()
     }
@@ -192,7 +210,9 @@ fn from_ort(value: &DynValue) -> Result<Tensor, String> {
     };
     macro_rules! take {
         ($t:ty) => {{
-            let (shape, data) = value.try_extract_tensor::<$t>().map_err(|e| e.to_string())?;
+            let (shape, data) = value
+                .try_extract_tensor::<$t>()
+                .map_err(|e| e.to_string())?;
             (
                 shape.iter().map(|&d| d as usize).collect::<Vec<_>>(),
                 TensorData::from(data.to_vec()),

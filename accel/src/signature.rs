@@ -81,10 +81,15 @@ impl Signature {
             let Some(pb::type_proto::Value::TensorType(tensor)) =
                 info.r#type.as_ref().and_then(|t| t.value.as_ref())
             else {
-                return Err(unsupported("only tensor inputs and outputs are served".into()));
+                return Err(unsupported(
+                    "only tensor inputs and outputs are served".into(),
+                ));
             };
             let dtype = DataType::from_onnx(tensor.elem_type).ok_or_else(|| {
-                unsupported(format!("unsupported ONNX element type {}", tensor.elem_type))
+                unsupported(format!(
+                    "unsupported ONNX element type {}",
+                    tensor.elem_type
+                ))
             })?;
             let dims = tensor
                 .shape

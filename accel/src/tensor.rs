@@ -205,7 +205,9 @@ impl TensorData {
                 }
             };
         }
-        ext!(Bool, Uint8, Uint16, Uint32, Uint64, Int8, Int16, Int32, Int64, Fp32, Fp64)
+        ext!(
+            Bool, Uint8, Uint16, Uint32, Uint64, Int8, Int16, Int32, Int64, Fp32, Fp64
+        )
     }
 
     /// Values widened to f64, for pre/post-processing arithmetic and comparisons.
@@ -283,7 +285,7 @@ impl TensorData {
     /// Parses little-endian bytes; the length must be a whole number of elements.
     pub fn from_le_bytes(dtype: DataType, bytes: &[u8]) -> Result<TensorData, TensorError> {
         let size = dtype.size_of();
-        if bytes.len() % size != 0 {
+        if !bytes.len().is_multiple_of(size) {
             return Err(TensorError::RawLength {
                 dtype,
                 bytes: bytes.len(),

@@ -4,11 +4,12 @@
 use crate::signature::read_onnx_proto;
 use crate::{Backend, EngineError, EngineKind, LoadedModel, Signature, Tensor, TensorData};
 use std::path::Path;
-use tract_onnx::tract_core::model::IntoRunnable;
 use std::sync::Arc;
 use tract_onnx::prelude::{
-    DatumType, Framework, InferenceModelExt, IntoTValue, TValue, Tensor as TractTensor, TypedRunnableModel,
+    DatumType, Framework, InferenceModelExt, IntoTValue, TValue, Tensor as TractTensor,
+    TypedRunnableModel,
 };
+use tract_onnx::tract_core::model::IntoRunnable;
 
 pub struct TractModel {
     plan: Arc<TypedRunnableModel>,
@@ -87,7 +88,13 @@ fn from_tract(value: &TValue) -> tract_onnx::prelude::TractResult<Tensor> {
     let shape = value.shape().to_vec();
     macro_rules! take {
         ($t:ty) => {
-            TensorData::from(value.to_plain_array_view::<$t>()?.iter().copied().collect::<Vec<$t>>())
+            TensorData::from(
+                value
+                    .to_plain_array_view::<$t>()?
+                    .iter()
+                    .copied()
+                    .collect::<Vec<$t>>(),
+            )
         };
     }
     let data = match value.datum_type() {
@@ -102,7 +109,11 @@ fn from_tract(value: &TValue) -> tract_onnx::prelude::TractResult<Tensor> {
         DatumType::I64 => take!(i64),
         DatumType::F32 => take!(f32),
         DatumType::F64 => take!(f64),
-        other => return Err(tract_onnx::prelude::TractError::msg(format!("output element type {other:?} is not served"))),
+        other => {
+            return Err(tract_onnx::prelude::TractError::msg(format!(
+                "output element type {other:?} is not served"
+            )));
+        }
     };
     Ok(Tensor::new(shape, data)?)
 }

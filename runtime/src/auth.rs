@@ -31,14 +31,21 @@ impl KeyAuth {
             .headers()
             .get(actix_web::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
             .map(str::trim)
             .unwrap_or("");
         let mut matched = subtle::Choice::from(0);
         for key in &self.keys {
             matched |= key.as_slice().ct_eq(presented.as_bytes());
         }
-        if bool::from(matched) && !presented.is_empty() { Ok(()) } else { Err(ApiError::Unauthorized) }
+        if bool::from(matched) && !presented.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::Unauthorized)
+        }
     }
 }
 
@@ -50,12 +57,23 @@ mod tests {
     #[test]
     fn accepts_either_key_and_nothing_else() {
         let auth = KeyAuth::new(&["primary".into(), "secondary".into()]);
-        let with = |h: &str| TestRequest::default().insert_header(("Authorization", h)).to_http_request();
+        let with = |h: &str| {
+            TestRequest::default()
+                .insert_header(("Authorization", h))
+                .to_http_request()
+        };
         assert!(auth.check(&with("Bearer primary")).is_ok());
         assert!(auth.check(&with("Bearer secondary")).is_ok());
         assert!(auth.check(&with("Bearer primar")).is_err());
         assert!(auth.check(&with("primary")).is_err());
-        assert!(auth.check(&TestRequest::default().to_http_request()).is_err());
-        assert!(KeyAuth::new(&[]).check(&TestRequest::default().to_http_request()).is_ok());
+        assert!(
+            auth.check(&TestRequest::default().to_http_request())
+                .is_err()
+        );
+        assert!(
+            KeyAuth::new(&[])
+                .check(&TestRequest::default().to_http_request())
+                .is_ok()
+        );
     }
 }

@@ -69,10 +69,11 @@ impl DeploymentConfig {
             path: path.display().to_string(),
             reason: e.to_string(),
         })?;
-        let config: DeploymentConfig = serde_json::from_str(&text).map_err(|e| AzureConfigError::Invalid {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        let config: DeploymentConfig =
+            serde_json::from_str(&text).map_err(|e| AzureConfigError::Invalid {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
         if let Some(kind) = &config.compute_type
             && !kind.eq_ignore_ascii_case("aks")
             && !kind.eq_ignore_ascii_case("local")
@@ -84,7 +85,9 @@ impl DeploymentConfig {
 
     /// The keys the file sets, primary first.
     pub fn key_list(&self) -> Vec<String> {
-        let Some(keys) = &self.keys else { return Vec::new() };
+        let Some(keys) = &self.keys else {
+            return Vec::new();
+        };
         [&keys.primary_key, &keys.secondary_key]
             .into_iter()
             .flatten()

@@ -65,7 +65,12 @@ pub struct ServeArgs {
     #[arg(long, env = "MODELPOD_MAX_REQUEST_BYTES")]
     pub max_request_bytes: Option<usize>,
     /// Bearer keys accepted on scoring routes (comma-separated); no keys means no auth.
-    #[arg(long = "api-key", env = "MODELPOD_API_KEYS", value_delimiter = ',', hide_env_values = true)]
+    #[arg(
+        long = "api-key",
+        env = "MODELPOD_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     pub api_keys: Vec<String>,
     /// Model `POST /score` uses when no ?model= is given [default: the only model].
     #[arg(long, env = "MODELPOD_DEFAULT_MODEL")]
@@ -130,12 +135,18 @@ pub struct ServeConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("no model repository: pass --model-repository, or set MODELPOD_MODEL_REPOSITORY or AZUREML_MODEL_DIR")]
+    #[error(
+        "no model repository: pass --model-repository, or set MODELPOD_MODEL_REPOSITORY or AZUREML_MODEL_DIR"
+    )]
     NoRepository,
     #[error("{0}")]
     File(String),
     #[error("{name} must be {rule} (got {value})")]
-    OutOfRange { name: &'static str, rule: &'static str, value: String },
+    OutOfRange {
+        name: &'static str,
+        rule: &'static str,
+        value: String,
+    },
 }
 
 impl ServeConfig {
@@ -143,14 +154,18 @@ impl ServeConfig {
     pub fn resolve(args: ServeArgs) -> Result<ServeConfig, ConfigError> {
         let file: ConfigFile = match &args.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| ConfigError::File(format!("cannot read {}: {e}", path.display())))?;
-                toml::from_str(&text).map_err(|e| ConfigError::File(format!("{}: {e}", path.display())))?
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError::File(format!("cannot read {}: {e}", path.display()))
+                })?;
+                toml::from_str(&text)
+                    .map_err(|e| ConfigError::File(format!("{}: {e}", path.display())))?
             }
             None => ConfigFile::default(),
         };
         let azure = match &args.deployment_config {
-            Some(path) => DeploymentConfig::read(path).map_err(|e| ConfigError::File(e.to_string()))?,
+            Some(path) => {
+                DeploymentConfig::read(path).map_err(|e| ConfigError::File(e.to_string()))?
+            }
             None => DeploymentConfig::default(),
         };
         let env_u64 = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
@@ -159,7 +174,11 @@ impl ServeConfig {
             .or(file.model_repository)
             .or_else(|| std::env::var_os("AZUREML_MODEL_DIR").map(PathBuf::from))
             .ok_or(ConfigError::NoRepository)?;
-        let mut api_keys = if !args.api_keys.is_empty() { args.api_keys } else { file.api_keys };
+        let mut api_keys = if !args.api_keys.is_empty() {
+            args.api_keys
+        } else {
+            file.api_keys
+        };
         if api_keys.is_empty() && azure.auth_enabled != Some(false) {
             api_keys = azure.key_list();
         }
@@ -200,7 +219,10 @@ impl ServeConfig {
                 .http_workers
                 .or(file.http_workers)
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
-            strict_readiness: args.strict_readiness.or(file.strict_readiness).unwrap_or(true),
+            strict_readiness: args
+                .strict_readiness
+                .or(file.strict_readiness)
+                .unwrap_or(true),
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
         };
         config.validate()?;
@@ -209,13 +231,42 @@ impl ServeConfig {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let range = |name, ok: bool, rule, value: String| {
-            if ok { Ok(()) } else { Err(ConfigError::OutOfRange { name, rule, value }) }
+            if ok {
+                Ok(())
+            } else {
+                Err(ConfigError::OutOfRange { name, rule, value })
+            }
         };
-        range("max-concurrent-requests", self.max_concurrent_requests >= 1, "at least 1", self.max_concurrent_requests.to_string())?;
-        range("scoring-timeout-ms", !self.scoring_timeout.is_zero(), "at least 1", "0".into())?;
-        range("intra-op-threads", self.intra_op_threads >= 1, "at least 1", self.intra_op_threads.to_string())?;
-        range("http-workers", self.http_workers >= 1, "at least 1", self.http_workers.to_string())?;
-        range("max-request-bytes", self.max_request_bytes >= 1024, "at least 1024", self.max_request_bytes.to_string())?;
+        range(
+            "max-concurrent-requests",
+            self.max_concurrent_requests >= 1,
+            "at least 1",
+            self.max_concurrent_requests.to_string(),
+        )?;
+        range(
+            "scoring-timeout-ms",
+            !self.scoring_timeout.is_zero(),
+            "at least 1",
+            "0".into(),
+        )?;
+        range(
+            "intra-op-threads",
+            self.intra_op_threads >= 1,
+            "at least 1",
+            self.intra_op_threads.to_string(),
+        )?;
+        range(
+            "http-workers",
+            self.http_workers >= 1,
+            "at least 1",
+            self.http_workers.to_string(),
+        )?;
+        range(
+            "max-request-bytes",
+            self.max_request_bytes >= 1024,
+            "at least 1024",
+            self.max_request_bytes.to_string(),
+        )?;
         Ok(())
     }
 }
@@ -239,27 +290,63 @@ mod tests {
         let native = dir.path().join("modelpod.toml");
         std::fs::write(&native, "max_concurrent_requests = 9\nport = 6000\n").unwrap();
         let cli = Cli::parse_from([
-            "x", "--model-repository", "/models", "--deployment-config", azure.to_str().unwrap(),
-            "--config", native.to_str().unwrap(), "--port", "7000",
+            "x",
+            "--model-repository",
+            "/models",
+            "--deployment-config",
+            azure.to_str().unwrap(),
+            "--config",
+            native.to_str().unwrap(),
+            "--port",
+            "7000",
         ]);
         let config = ServeConfig::resolve(cli.serve).unwrap();
         assert_eq!(config.port, 7000, "flag over native file");
-        assert_eq!(config.max_concurrent_requests, 9, "native file over Azure file");
-        assert_eq!(config.scoring_timeout, Duration::from_millis(1234), "Azure file over default");
-        assert_eq!(config.max_queue_wait, Duration::from_millis(500), "Azure's default");
+        assert_eq!(
+            config.max_concurrent_requests, 9,
+            "native file over Azure file"
+        );
+        assert_eq!(
+            config.scoring_timeout,
+            Duration::from_millis(1234),
+            "Azure file over default"
+        );
+        assert_eq!(
+            config.max_queue_wait,
+            Duration::from_millis(500),
+            "Azure's default"
+        );
         assert_eq!(config.api_keys, vec!["k1"]);
         assert_eq!(config.max_request_bytes, 100 * 1024 * 1024);
     }
 
     #[test]
     fn invalid_values_are_refused() {
-        let cli = Cli::parse_from(["x", "--model-repository", "/m", "--max-concurrent-requests", "0"]);
-        assert!(matches!(ServeConfig::resolve(cli.serve), Err(ConfigError::OutOfRange { .. })));
+        let cli = Cli::parse_from([
+            "x",
+            "--model-repository",
+            "/m",
+            "--max-concurrent-requests",
+            "0",
+        ]);
+        assert!(matches!(
+            ServeConfig::resolve(cli.serve),
+            Err(ConfigError::OutOfRange { .. })
+        ));
         assert!(Cli::try_parse_from(["x", "--backend", "gpu"]).is_err());
         let dir = tempfile::tempdir().unwrap();
         let native = dir.path().join("bad.toml");
         std::fs::write(&native, "prot = 1").unwrap();
-        let cli = Cli::parse_from(["x", "--model-repository", "/m", "--config", native.to_str().unwrap()]);
-        assert!(matches!(ServeConfig::resolve(cli.serve), Err(ConfigError::File(_))));
+        let cli = Cli::parse_from([
+            "x",
+            "--model-repository",
+            "/m",
+            "--config",
+            native.to_str().unwrap(),
+        ]);
+        assert!(matches!(
+            ServeConfig::resolve(cli.serve),
+            Err(ConfigError::File(_))
+        ));
     }
 }

@@ -39,8 +39,12 @@ impl fmt::Display for ApiError {
         match self {
             ApiError::Scoring(e) => write!(f, "{e}"),
             // Never say which part of the credential was wrong.
-            ApiError::Unauthorized => f.write_str("authentication required: send Authorization: Bearer <key>"),
-            ApiError::PayloadTooLarge { limit } => write!(f, "the request body exceeds the limit of {limit} bytes"),
+            ApiError::Unauthorized => {
+                f.write_str("authentication required: send Authorization: Bearer <key>")
+            }
+            ApiError::PayloadTooLarge { limit } => {
+                write!(f, "the request body exceeds the limit of {limit} bytes")
+            }
             ApiError::NotFound(what) => write!(f, "{what}"),
         }
     }
@@ -53,7 +57,9 @@ impl ResponseError for ApiError {
                 ScoringError::BadRequest(_) => StatusCode::BAD_REQUEST,
                 ScoringError::InvalidInput(_) => StatusCode::UNPROCESSABLE_ENTITY,
                 ScoringError::ModelNotFound(_) => StatusCode::NOT_FOUND,
-                ScoringError::ModelUnavailable(_) | ScoringError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+                ScoringError::ModelUnavailable(_) | ScoringError::Overloaded(_) => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
                 ScoringError::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
                 ScoringError::Engine(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },

@@ -1,7 +1,7 @@
 //! The `modelpod` binary.
 
 use clap::{Parser, Subcommand};
-use modelpod::{ServeArgs, ServeConfig, ScoringServer, telemetry};
+use modelpod::{ScoringServer, ServeArgs, ServeConfig, telemetry};
 
 /// modelpod: a model-serving runtime for Azure ML (SDK v1) scoring contracts and the Open
 /// Inference Protocol v2, with dynamic batching.

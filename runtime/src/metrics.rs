@@ -9,8 +9,9 @@ use std::sync::OnceLock;
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 const SECONDS_BUCKETS: &[f64] = &[
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-    10.0, 30.0, 60.0,
+    0.00001, 0.00002, 0.00003, 0.00004, 0.00005, 0.000075, 0.0001, 0.00015, 0.0002, 0.00025,
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
 ];
 const ROWS_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
@@ -21,7 +22,9 @@ pub fn install() -> PrometheusHandle {
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
-                .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_rows".into()), ROWS_BUCKETS))
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Suffix("_rows".into()), ROWS_BUCKETS)
+                })
                 .expect("bucket lists are non-empty")
                 .build_recorder();
             let handle = recorder.handle();
@@ -37,9 +40,18 @@ pub fn install() -> PrometheusHandle {
 /// Renders the text format after refreshing per-model state gauges.
 pub fn render(handle: &PrometheusHandle, registry: &Registry) -> String {
     for entry in registry.index() {
-        for state in [ModelState::Ready, ModelState::Loading, ModelState::Failed, ModelState::Registered, ModelState::Unloading] {
+        for state in [
+            ModelState::Ready,
+            ModelState::Loading,
+            ModelState::Failed,
+            ModelState::Registered,
+            ModelState::Unloading,
+        ] {
             let value = if entry.state == state { 1.0 } else { 0.0 };
-            let state_name = serde_json::to_value(state).ok().and_then(|v| v.as_str().map(str::to_lowercase)).unwrap_or_default();
+            let state_name = serde_json::to_value(state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_lowercase))
+                .unwrap_or_default();
             metrics::gauge!("modelpod_model_state", "model" => entry.name.clone(), "version" => entry.version.clone(), "state" => state_name)
                 .set(value);
         }

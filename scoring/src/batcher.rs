@@ -113,7 +113,11 @@ impl<T> BatchState<T> {
             expired: Vec::new(),
             abandoned: Vec::new(),
         };
-        if self.queue.iter().all(|p| !abandoned(&p.item) && p.deadline.is_none_or(|d| d > now)) {
+        if self
+            .queue
+            .iter()
+            .all(|p| !abandoned(&p.item) && p.deadline.is_none_or(|d| d > now))
+        {
             return stale;
         }
         let mut kept = VecDeque::with_capacity(self.queue.len());
@@ -225,7 +229,11 @@ impl Batcher {
             labels
                 .iter()
                 .map(|(k, v)| metrics::Label::new(k.clone(), v.clone()))
-                .chain(extra.iter().map(|(k, v)| metrics::Label::new(k.to_string(), v.to_string())))
+                .chain(
+                    extra
+                        .iter()
+                        .map(|(k, v)| metrics::Label::new(k.to_string(), v.to_string())),
+                )
                 .collect()
         };
         let shared = Arc::new(Shared {
@@ -254,15 +262,25 @@ impl Batcher {
 
     /// Queues one request. Its inputs are in signature order; with batching, dimension 0 of
     /// each is its row count.
-    pub fn submit(&self, inputs: Vec<Tensor>, deadline: Option<Instant>) -> Result<JobReply, ScoringError> {
+    pub fn submit(
+        &self,
+        inputs: Vec<Tensor>,
+        deadline: Option<Instant>,
+    ) -> Result<JobReply, ScoringError> {
         if self.shared.closing.load(Ordering::Acquire) {
-            return Err(ScoringError::ModelUnavailable("the model is being unloaded".into()));
+            return Err(ScoringError::ModelUnavailable(
+                "the model is being unloaded".into(),
+            ));
         }
         let mut state = self.shared.state.lock();
         let policy = state.policy();
         let (rows, key) = if policy.batches() {
             let rows = inputs.first().map_or(0, |t| t.rows());
-            if rows == 0 || inputs.iter().any(|t| t.shape().is_empty() || t.rows() != rows) {
+            if rows == 0
+                || inputs
+                    .iter()
+                    .any(|t| t.shape().is_empty() || t.rows() != rows)
+            {
                 return Err(ScoringError::InvalidInput(
                     "every input needs the same, non-zero number of rows in dimension 0".into(),
                 ));
@@ -273,7 +291,10 @@ impl Batcher {
                     policy.max_batch_size
                 )));
             }
-            (rows, inputs.iter().map(|t| t.row_shape().to_vec()).collect())
+            (
+                rows,
+                inputs.iter().map(|t| t.row_shape().to_vec()).collect(),
+            )
         } else {
             (1, inputs.iter().map(|t| t.shape().to_vec()).collect())
         };
@@ -325,7 +346,11 @@ fn worker_loop(shared: &Shared, mut backend: Box<dyn Backend>) {
                     )));
                 }
                 // Closing: drain without waiting for fuller batches.
-                let now = if shared.closing.load(Ordering::Acquire) { now + Duration::from_secs(3600) } else { now };
+                let now = if shared.closing.load(Ordering::Acquire) {
+                    now + Duration::from_secs(3600)
+                } else {
+                    now
+                };
                 match state.select(now) {
                     Selection::Run(batch) => break batch,
                     Selection::WaitUntil(at) => {
@@ -355,16 +380,24 @@ fn run_batch(shared: &Shared, backend: &mut dyn Backend, mut batch: Vec<Pending<
         std::mem::take(&mut batch[0].item.inputs)
     } else {
         let joined = (0..batch[0].item.inputs.len())
-            .map(|i| Tensor::concat_rows(&batch.iter().map(|p| &p.item.inputs[i]).collect::<Vec<_>>()))
+            .map(|i| {
+                Tensor::concat_rows(&batch.iter().map(|p| &p.item.inputs[i]).collect::<Vec<_>>())
+            })
             .collect::<Result<Vec<_>, _>>();
         match joined {
             Ok(inputs) => inputs,
-            Err(e) => return answer_all(batch, ScoringError::Engine(format!("batch assembly: {e}"))),
+            Err(e) => {
+                return answer_all(batch, ScoringError::Engine(format!("batch assembly: {e}")));
+            }
         }
     };
     // A panicking engine must cost this batch, not the worker or the process.
-    let result = std::panic::catch_unwind(AssertUnwindSafe(|| backend.run(inputs)))
-        .unwrap_or_else(|_| Err(modelpod_accel::EngineError::Run("the engine panicked".into())));
+    let result =
+        std::panic::catch_unwind(AssertUnwindSafe(|| backend.run(inputs))).unwrap_or_else(|_| {
+            Err(modelpod_accel::EngineError::Run(
+                "the engine panicked".into(),
+            ))
+        });
     let compute_time = started.elapsed();
     let outputs = match result {
         Ok(outputs) => outputs,
@@ -380,7 +413,10 @@ fn run_batch(shared: &Shared, backend: &mut dyn Backend, mut batch: Vec<Pending<
         }));
         return;
     }
-    if let Some(bad) = outputs.iter().find(|t| t.shape().is_empty() || t.rows() != total_rows) {
+    if let Some(bad) = outputs
+        .iter()
+        .find(|t| t.shape().is_empty() || t.rows() != total_rows)
+    {
         let message = format!(
             "the model returned {:?} for a batch of {total_rows} rows; its outputs have no batch dimension (set max_batch_size = 0)",
             bad.shape()
@@ -389,7 +425,10 @@ fn run_batch(shared: &Shared, backend: &mut dyn Backend, mut batch: Vec<Pending<
     }
     let mut start = 0;
     for p in batch {
-        let own: Result<Vec<Tensor>, _> = outputs.iter().map(|t| t.slice_rows(start, p.rows)).collect();
+        let own: Result<Vec<Tensor>, _> = outputs
+            .iter()
+            .map(|t| t.slice_rows(start, p.rows))
+            .collect();
         start += p.rows;
         let _ = p.item.reply.send(
             own.map(|outputs| JobOutput {
@@ -517,8 +556,14 @@ mod tests {
         s.push(pending(2, 1, 0, t0));
         s.push(pending(3, 1, 0, t0));
         let stale = s.remove_stale(t0 + Duration::from_millis(2), |id| *id == 3);
-        assert_eq!(stale.expired.iter().map(|p| p.item).collect::<Vec<_>>(), vec![1]);
-        assert_eq!(stale.abandoned.iter().map(|p| p.item).collect::<Vec<_>>(), vec![3]);
+        assert_eq!(
+            stale.expired.iter().map(|p| p.item).collect::<Vec<_>>(),
+            vec![1]
+        );
+        assert_eq!(
+            stale.abandoned.iter().map(|p| p.item).collect::<Vec<_>>(),
+            vec![3]
+        );
         assert_eq!(ids(s.select(t0)), vec![2]);
     }
 
@@ -528,7 +573,12 @@ mod tests {
 
         #[derive(Debug, Clone)]
         enum Op {
-            Push { rows: usize, key: usize, deadline_ms: Option<u64>, gone: bool },
+            Push {
+                rows: usize,
+                key: usize,
+                deadline_ms: Option<u64>,
+                gone: bool,
+            },
             Advance(u64),
             Select,
         }

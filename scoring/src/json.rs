@@ -43,19 +43,27 @@ fn collect_leaves<'v>(
             }
             Ok(())
         }
-        (Value::Array(_), None) => Err(format!("ragged array: unexpected nesting at depth {depth}")),
+        (Value::Array(_), None) => {
+            Err(format!("ragged array: unexpected nesting at depth {depth}"))
+        }
         (leaf, None) => {
             out.push(leaf);
             Ok(())
         }
-        (_, Some(_)) => Err(format!("ragged array: a scalar at depth {depth} where an array was expected")),
+        (_, Some(_)) => Err(format!(
+            "ragged array: a scalar at depth {depth} where an array was expected"
+        )),
     }
 }
 
 fn convert(leaves: &[&Value], dtype: DataType) -> Result<TensorData, String> {
     fn bad(i: usize, v: &Value, dtype: DataType) -> String {
         let shown = v.to_string();
-        let shown = if shown.len() > 40 { format!("{}...", &shown[..40]) } else { shown };
+        let shown = if shown.len() > 40 {
+            format!("{}...", &shown[..40])
+        } else {
+            shown
+        };
         format!("element {i} ({shown}) is not a valid {dtype} value")
     }
     macro_rules! ints {
@@ -64,7 +72,11 @@ fn convert(leaves: &[&Value], dtype: DataType) -> Result<TensorData, String> {
                 leaves
                     .iter()
                     .enumerate()
-                    .map(|(i, v)| int_of(v).and_then(|x| <$t>::try_from(x).ok()).ok_or_else(|| bad(i, v, dtype)))
+                    .map(|(i, v)| {
+                        int_of(v)
+                            .and_then(|x| <$t>::try_from(x).ok())
+                            .ok_or_else(|| bad(i, v, dtype))
+                    })
                     .collect::<Result<_, _>>()?,
             )
         };
@@ -149,7 +161,9 @@ fn leaf_values(data: &TensorData) -> Vec<Value> {
         TensorData::Bool(v) => v.iter().map(|&b| Value::Bool(b)).collect(),
         TensorData::Fp32(v) => v.iter().map(|&x| float(x as f64)).collect(),
         TensorData::Fp64(v) => v.iter().map(|&x| float(x)).collect(),
-        other => modelpod_accel::with_tensor_data!(other, v => v.iter().map(|&x| Value::from(x)).collect()),
+        other => {
+            modelpod_accel::with_tensor_data!(other, v => v.iter().map(|&x| Value::from(x)).collect())
+        }
     }
 }
 
@@ -172,22 +186,50 @@ mod tests {
 
     #[test]
     fn refuses_ragged_and_mistyped_arrays() {
-        assert!(flatten(&json!([[1, 2], [3]]), DataType::Fp32).unwrap_err().contains("ragged"));
-        assert!(flatten(&json!([[1, 2], 3]), DataType::Fp32).unwrap_err().contains("ragged"));
-        assert!(flatten(&json!([1, [2]]), DataType::Fp32).unwrap_err().contains("ragged"));
-        assert!(flatten(&json!(["a"]), DataType::Fp32).unwrap_err().contains("not a valid FP32"));
+        assert!(
+            flatten(&json!([[1, 2], [3]]), DataType::Fp32)
+                .unwrap_err()
+                .contains("ragged")
+        );
+        assert!(
+            flatten(&json!([[1, 2], 3]), DataType::Fp32)
+                .unwrap_err()
+                .contains("ragged")
+        );
+        assert!(
+            flatten(&json!([1, [2]]), DataType::Fp32)
+                .unwrap_err()
+                .contains("ragged")
+        );
+        assert!(
+            flatten(&json!(["a"]), DataType::Fp32)
+                .unwrap_err()
+                .contains("not a valid FP32")
+        );
         assert!(flatten(&json!([1.5]), DataType::Int64).is_err());
         assert!(flatten(&json!([300]), DataType::Uint8).is_err());
         assert!(flatten(&json!([-1]), DataType::Uint32).is_err());
-        assert_eq!(flatten(&json!([2.0]), DataType::Int32).unwrap().1, TensorData::Int32(vec![2]));
-        assert_eq!(flatten(&json!([true, 0]), DataType::Bool).unwrap().1, TensorData::Bool(vec![true, false]));
+        assert_eq!(
+            flatten(&json!([2.0]), DataType::Int32).unwrap().1,
+            TensorData::Int32(vec![2])
+        );
+        assert_eq!(
+            flatten(&json!([true, 0]), DataType::Bool).unwrap().1,
+            TensorData::Bool(vec![true, false])
+        );
     }
 
     #[test]
     fn large_integers_keep_their_precision() {
         let big = i64::MAX - 1;
-        assert_eq!(flatten(&json!([big]), DataType::Int64).unwrap().1, TensorData::Int64(vec![big]));
-        assert_eq!(flatten(&json!([u64::MAX]), DataType::Uint64).unwrap().1, TensorData::Uint64(vec![u64::MAX]));
+        assert_eq!(
+            flatten(&json!([big]), DataType::Int64).unwrap().1,
+            TensorData::Int64(vec![big])
+        );
+        assert_eq!(
+            flatten(&json!([u64::MAX]), DataType::Uint64).unwrap().1,
+            TensorData::Uint64(vec![u64::MAX])
+        );
     }
 
     #[test]

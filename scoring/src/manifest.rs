@@ -76,13 +76,8 @@ pub enum PreStep {
 #[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
 pub enum PostStep {
     Softmax,
-    Argmax {
-        labels: Option<String>,
-    },
-    Topk {
-        k: usize,
-        labels: Option<String>,
-    },
+    Argmax { labels: Option<String> },
+    Topk { k: usize, labels: Option<String> },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -126,7 +121,7 @@ impl ModelManifest {
                 if mean.len() != std.len() || mean.is_empty() {
                     return Err("normalize needs mean and std of the same, non-zero length".into());
                 }
-                if std.iter().any(|&s| s == 0.0) {
+                if std.contains(&0.0) {
                     return Err("normalize std must not contain 0".into());
                 }
             }
@@ -162,7 +157,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(m.engine, Some(EngineChoice::Tract));
-        assert_eq!(m.batching.as_ref().unwrap().preferred_batch_sizes, vec![8, 16]);
+        assert_eq!(
+            m.batching.as_ref().unwrap().preferred_batch_sizes,
+            vec![8, 16]
+        );
         assert_eq!(m.score.pre.len(), 3);
         assert_eq!(
             m.score.post[1],

@@ -55,7 +55,9 @@ impl ScorePipeline {
                     .outputs
                     .iter()
                     .position(|o| &o.name == name)
-                    .ok_or_else(|| format!("score.output '{name}' is not an output of the model"))?,
+                    .ok_or_else(|| {
+                        format!("score.output '{name}' is not an output of the model")
+                    })?,
             ),
             None if signature.outputs.len() == 1 => Some(0),
             None => None,
@@ -71,8 +73,12 @@ impl ScorePipeline {
             }
             post.push(match step {
                 PostStep::Softmax => CompiledPost::Softmax,
-                PostStep::Argmax { labels } => CompiledPost::Argmax(read_labels(model_dir, labels.as_deref())?),
-                PostStep::Topk { k, labels } => CompiledPost::Topk(*k, read_labels(model_dir, labels.as_deref())?),
+                PostStep::Argmax { labels } => {
+                    CompiledPost::Argmax(read_labels(model_dir, labels.as_deref())?)
+                }
+                PostStep::Topk { k, labels } => {
+                    CompiledPost::Topk(*k, read_labels(model_dir, labels.as_deref())?)
+                }
             });
         }
         Ok(ScorePipeline {
@@ -92,7 +98,11 @@ impl ScorePipeline {
             json::to_nested_json(&Tensor::new(shape.to_vec(), data).expect("shape matches"))
         };
         let row_shape = |spec: &TensorSpec| -> Vec<usize> {
-            let dims = if self.batched { &spec.dims[1.min(spec.dims.len())..] } else { &spec.dims[..] };
+            let dims = if self.batched {
+                &spec.dims[1.min(spec.dims.len())..]
+            } else {
+                &spec.dims[..]
+            };
             let mut shape: Vec<usize> = dims.iter().map(|d| d.unwrap_or(1)).collect();
             if self.batched {
                 shape.insert(0, 1);
@@ -112,8 +122,11 @@ impl ScorePipeline {
             };
             json!({ "data": example(spec, &shape) })
         } else {
-            let data: Map<String, Value> =
-                self.inputs.iter().map(|s| (s.name.clone(), example(s, &row_shape(s)))).collect();
+            let data: Map<String, Value> = self
+                .inputs
+                .iter()
+                .map(|s| (s.name.clone(), example(s, &row_shape(s))))
+                .collect();
             json!({ "data": data })
         }
     }
@@ -121,19 +134,32 @@ impl ScorePipeline {
     /// The row shape callers send when a reshape step changes it: the element count of the
     /// model's row, flat.
     fn input_row_shape_before_pre(&self) -> Option<Vec<usize>> {
-        if !self.pre.iter().any(|p| matches!(p, PreStep::Reshape { .. })) {
+        if !self
+            .pre
+            .iter()
+            .any(|p| matches!(p, PreStep::Reshape { .. }))
+        {
             return None;
         }
         let spec = &self.inputs[0];
-        let dims = if self.batched { &spec.dims[1.min(spec.dims.len())..] } else { &spec.dims[..] };
+        let dims = if self.batched {
+            &spec.dims[1.min(spec.dims.len())..]
+        } else {
+            &spec.dims[..]
+        };
         Some(vec![dims.iter().map(|d| d.unwrap_or(1)).product()])
     }
 
     /// Decodes an Azure scoring body into input tensors in signature order.
     pub fn decode(&self, body: &Value) -> Result<Vec<Tensor>, ScoringError> {
-        let data = body.as_object().and_then(|o| o.get("data")).ok_or_else(|| {
-            ScoringError::BadRequest("the request body must be a JSON object with a \"data\" field".into())
-        })?;
+        let data = body
+            .as_object()
+            .and_then(|o| o.get("data"))
+            .ok_or_else(|| {
+                ScoringError::BadRequest(
+                    "the request body must be a JSON object with a \"data\" field".into(),
+                )
+            })?;
         let tensors = if self.inputs.len() == 1 {
             vec![self.decode_single(data)?]
         } else {
@@ -144,7 +170,10 @@ impl ScorePipeline {
                     self.input_names()
                 ))
             })?;
-            if let Some(unknown) = fields.keys().find(|k| !self.inputs.iter().any(|s| &s.name == *k)) {
+            if let Some(unknown) = fields
+                .keys()
+                .find(|k| !self.inputs.iter().any(|s| &s.name == *k))
+            {
                 return Err(ScoringError::InvalidInput(format!(
                     "\"{unknown}\" is not an input of this model (inputs: {})",
                     self.input_names()
@@ -154,10 +183,14 @@ impl ScorePipeline {
                 .iter()
                 .map(|spec| {
                     let value = fields.get(&spec.name).ok_or_else(|| {
-                        ScoringError::InvalidInput(format!("input \"{}\" is missing from \"data\"", spec.name))
+                        ScoringError::InvalidInput(format!(
+                            "input \"{}\" is missing from \"data\"",
+                            spec.name
+                        ))
                     })?;
-                    let (shape, values) = json::flatten(value, spec.dtype)
-                        .map_err(|e| ScoringError::InvalidInput(format!("input \"{}\": {e}", spec.name)))?;
+                    let (shape, values) = json::flatten(value, spec.dtype).map_err(|e| {
+                        ScoringError::InvalidInput(format!("input \"{}\": {e}", spec.name))
+                    })?;
                     let tensor = Tensor::new(shape, values)?;
                     self.check_shape(spec, &tensor)?;
                     Ok(tensor)
@@ -167,7 +200,9 @@ impl ScorePipeline {
         if self.batched {
             let rows = tensors[0].rows();
             if tensors.iter().any(|t| t.rows() != rows) {
-                return Err(ScoringError::InvalidInput("every input must have the same number of rows".into()));
+                return Err(ScoringError::InvalidInput(
+                    "every input must have the same number of rows".into(),
+                ));
             }
         }
         Ok(tensors)
@@ -179,13 +214,17 @@ impl ScorePipeline {
         let parse_as = match self.pre.first() {
             Some(PreStep::Cast { to }) => *to,
             Some(PreStep::Scale { .. } | PreStep::Normalize { .. }) => DataType::Fp64,
-            _ if self.pre.iter().any(|p| matches!(p, PreStep::Scale { .. } | PreStep::Normalize { .. })) => {
+            _ if self
+                .pre
+                .iter()
+                .any(|p| matches!(p, PreStep::Scale { .. } | PreStep::Normalize { .. })) =>
+            {
                 DataType::Fp64
             }
             _ => spec.dtype,
         };
-        let (shape, values) =
-            json::flatten(data, parse_as).map_err(|e| ScoringError::InvalidInput(format!("\"data\": {e}")))?;
+        let (shape, values) = json::flatten(data, parse_as)
+            .map_err(|e| ScoringError::InvalidInput(format!("\"data\": {e}")))?;
         if self.batched && shape.is_empty() {
             return Err(ScoringError::InvalidInput(format!(
                 "\"data\" must be a list of rows, each of shape {}",
@@ -226,7 +265,11 @@ impl ScorePipeline {
             }
             PreStep::Scale { factor, offset } => {
                 let (shape, data) = tensor.into_parts();
-                let scaled: Vec<f64> = data.to_f64_vec().into_iter().map(|x| x * factor + offset).collect();
+                let scaled: Vec<f64> = data
+                    .to_f64_vec()
+                    .into_iter()
+                    .map(|x| x * factor + offset)
+                    .collect();
                 Tensor::new(shape, scaled)?
             }
             PreStep::Normalize { mean, std } => {
@@ -241,7 +284,11 @@ impl ScorePipeline {
                 let (shape, data) = tensor.into_parts();
                 let mut values = data.to_f64_vec();
                 for (i, x) in values.iter_mut().enumerate() {
-                    let c = if channels == 1 { 0 } else { (i / per_channel) % channels };
+                    let c = if channels == 1 {
+                        0
+                    } else {
+                        (i / per_channel) % channels
+                    };
                     *x = (*x - mean[c]) / std[c];
                 }
                 Tensor::new(shape, values)?
@@ -255,7 +302,10 @@ impl ScorePipeline {
         }
         if !spec.accepts_shape(tensor.shape()) {
             let expected = if self.batched {
-                format!("a list of rows, each of shape {}", shape_text(&spec.dims[1.min(spec.dims.len())..]))
+                format!(
+                    "a list of rows, each of shape {}",
+                    shape_text(&spec.dims[1.min(spec.dims.len())..])
+                )
             } else {
                 format!("shape {}", shape_text(&spec.dims))
             };
@@ -269,7 +319,11 @@ impl ScorePipeline {
     }
 
     fn input_names(&self) -> String {
-        self.inputs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+        self.inputs
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// Encodes model outputs (signature order) as the `/score` reply.
@@ -323,7 +377,8 @@ impl ScorePipeline {
                                     .take(*k)
                                     .map(|i| {
                                         let mut entry = json!({ "index": i, "score": row[i] });
-                                        if let Some(label) = labels.as_ref().and_then(|l| l.get(i)) {
+                                        if let Some(label) = labels.as_ref().and_then(|l| l.get(i))
+                                        {
                                             entry["label"] = Value::String(label.clone());
                                         }
                                         entry
@@ -339,7 +394,11 @@ impl ScorePipeline {
             let outer = &shape[..shape.len().saturating_sub(1)];
             json::nest(&mut results.into_iter(), outer)
         } else {
-            let data = TensorData::Fp64(values).cast(if tensor.dtype().is_float() { tensor.dtype() } else { DataType::Fp64 });
+            let data = TensorData::Fp64(values).cast(if tensor.dtype().is_float() {
+                tensor.dtype()
+            } else {
+                DataType::Fp64
+            });
             json::to_nested_json(&Tensor::new(shape.to_vec(), data).expect("same element count"))
         }
     }
@@ -374,13 +433,22 @@ fn class_value(index: usize, labels: Option<&[String]>) -> Value {
 fn read_labels(model_dir: &Path, file: Option<&str>) -> Result<Option<Vec<String>>, String> {
     let Some(file) = file else { return Ok(None) };
     let path = model_dir.join(file);
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("labels file {}: {e}", path.display()))?;
-    Ok(Some(text.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect()))
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("labels file {}: {e}", path.display()))?;
+    Ok(Some(
+        text.lines()
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect(),
+    ))
 }
 
 /// A shape as users read it, with `-1` for dynamic dimensions: `[-1, 3, 224, 224]`.
 pub fn shape_text(dims: &[Option<usize>]) -> String {
-    let parts: Vec<String> = dims.iter().map(|d| d.map_or("-1".into(), |d| d.to_string())).collect();
+    let parts: Vec<String> = dims
+        .iter()
+        .map(|d| d.map_or("-1".into(), |d| d.to_string()))
+        .collect();
     format!("[{}]", parts.join(", "))
 }
 
@@ -389,7 +457,11 @@ mod tests {
     use super::*;
 
     fn spec(name: &str, dtype: DataType, dims: &[Option<usize>]) -> TensorSpec {
-        TensorSpec { name: name.into(), dtype, dims: dims.to_vec() }
+        TensorSpec {
+            name: name.into(),
+            dtype,
+            dims: dims.to_vec(),
+        }
     }
 
     fn image_signature() -> Signature {
@@ -407,21 +479,44 @@ mod tests {
         )
         .unwrap();
         let p = ScorePipeline::new(&section, &image_signature(), true, Path::new(".")).unwrap();
-        let tensors = p.decode(&json!({"data": [[2, 4, 6, 8], [0, 0, 0, 0]]})).unwrap();
+        let tensors = p
+            .decode(&json!({"data": [[2, 4, 6, 8], [0, 0, 0, 0]]}))
+            .unwrap();
         assert_eq!(tensors[0].shape(), &[2, 2, 2]);
-        assert_eq!(tensors[0].data(), &TensorData::Fp32(vec![0.0, 1.0, 1.5, 2.0, -1.0, -1.0, 0.0, 0.0]));
+        assert_eq!(
+            tensors[0].data(),
+            &TensorData::Fp32(vec![0.0, 1.0, 1.5, 2.0, -1.0, -1.0, 0.0, 0.0])
+        );
         let err = p.decode(&json!({"data": [[1, 2, 3]]})).unwrap_err();
         assert!(matches!(err, ScoringError::InvalidInput(m) if m.contains("4 values")));
     }
 
     #[test]
     fn wrong_shape_names_the_expected_one() {
-        let p = ScorePipeline::new(&ScoreSection::default(), &image_signature(), true, Path::new(".")).unwrap();
+        let p = ScorePipeline::new(
+            &ScoreSection::default(),
+            &image_signature(),
+            true,
+            Path::new("."),
+        )
+        .unwrap();
         let err = p.decode(&json!({"data": [[1, 2, 3]]})).unwrap_err();
-        assert!(matches!(&err, ScoringError::InvalidInput(m) if m.contains("[2, 2]")), "{err}");
-        assert!(matches!(p.decode(&json!({"rows": []})), Err(ScoringError::BadRequest(_))));
-        assert!(matches!(p.decode(&json!([1])), Err(ScoringError::BadRequest(_))));
-        assert!(matches!(p.decode(&json!({"data": 3})), Err(ScoringError::InvalidInput(_))));
+        assert!(
+            matches!(&err, ScoringError::InvalidInput(m) if m.contains("[2, 2]")),
+            "{err}"
+        );
+        assert!(matches!(
+            p.decode(&json!({"rows": []})),
+            Err(ScoringError::BadRequest(_))
+        ));
+        assert!(matches!(
+            p.decode(&json!([1])),
+            Err(ScoringError::BadRequest(_))
+        ));
+        assert!(matches!(
+            p.decode(&json!({"data": 3})),
+            Err(ScoringError::InvalidInput(_))
+        ));
     }
 
     #[test]
@@ -429,10 +524,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("labels.txt"), "cat\ndog\nfish\n").unwrap();
         let scores = Tensor::new(vec![2, 3], vec![0.0f32, 2.0, 1.0, 5.0, 0.0, 0.0]).unwrap();
-        let section: ScoreSection =
-            toml::from_str(r#"post = [{ op = "softmax" }, { op = "argmax", labels = "labels.txt" }]"#).unwrap();
+        let section: ScoreSection = toml::from_str(
+            r#"post = [{ op = "softmax" }, { op = "argmax", labels = "labels.txt" }]"#,
+        )
+        .unwrap();
         let p = ScorePipeline::new(&section, &image_signature(), true, dir.path()).unwrap();
-        assert_eq!(p.encode(std::slice::from_ref(&scores)).unwrap(), json!(["dog", "cat"]));
+        assert_eq!(
+            p.encode(std::slice::from_ref(&scores)).unwrap(),
+            json!(["dog", "cat"])
+        );
         let section: ScoreSection = toml::from_str(r#"post = [{ op = "topk", k = 2 }]"#).unwrap();
         let p = ScorePipeline::new(&section, &image_signature(), true, dir.path()).unwrap();
         let out = p.encode(&[scores]).unwrap();
@@ -451,26 +551,50 @@ mod tests {
 
     #[test]
     fn invalid_manifests_are_refused_at_load() {
-        let section: ScoreSection = toml::from_str(r#"post = [{ op = "argmax" }, { op = "softmax" }]"#).unwrap();
+        let section: ScoreSection =
+            toml::from_str(r#"post = [{ op = "argmax" }, { op = "softmax" }]"#).unwrap();
         assert!(ScorePipeline::new(&section, &image_signature(), true, Path::new(".")).is_err());
         let section: ScoreSection = toml::from_str(r#"input = "nope""#).unwrap();
         assert!(ScorePipeline::new(&section, &image_signature(), true, Path::new(".")).is_err());
-        let section: ScoreSection = toml::from_str(r#"post = [{ op = "topk", k = 1, labels = "missing.txt" }]"#).unwrap();
-        assert!(ScorePipeline::new(&section, &image_signature(), true, Path::new("/nonexistent")).is_err());
+        let section: ScoreSection =
+            toml::from_str(r#"post = [{ op = "topk", k = 1, labels = "missing.txt" }]"#).unwrap();
+        assert!(
+            ScorePipeline::new(
+                &section,
+                &image_signature(),
+                true,
+                Path::new("/nonexistent")
+            )
+            .is_err()
+        );
     }
 
     #[test]
     fn several_inputs_come_as_an_object() {
         let sig = Signature {
-            inputs: vec![spec("a", DataType::Fp32, &[None, Some(2)]), spec("b", DataType::Int64, &[None, Some(1)])],
-            outputs: vec![spec("y", DataType::Fp32, &[None, Some(2)]), spec("z", DataType::Fp32, &[None, Some(2)])],
+            inputs: vec![
+                spec("a", DataType::Fp32, &[None, Some(2)]),
+                spec("b", DataType::Int64, &[None, Some(1)]),
+            ],
+            outputs: vec![
+                spec("y", DataType::Fp32, &[None, Some(2)]),
+                spec("z", DataType::Fp32, &[None, Some(2)]),
+            ],
         };
         let p = ScorePipeline::new(&ScoreSection::default(), &sig, true, Path::new(".")).unwrap();
-        let t = p.decode(&json!({"data": {"a": [[1, 2]], "b": [[3]]}})).unwrap();
+        let t = p
+            .decode(&json!({"data": {"a": [[1, 2]], "b": [[3]]}}))
+            .unwrap();
         assert_eq!(t[1].data(), &TensorData::Int64(vec![3]));
         assert!(p.decode(&json!({"data": {"a": [[1, 2]]}})).is_err());
-        assert!(p.decode(&json!({"data": {"a": [[1, 2]], "b": [[3], [4]]}})).is_err());
-        assert!(p.decode(&json!({"data": {"a": [[1, 2]], "b": [[3]], "c": 1}})).is_err());
+        assert!(
+            p.decode(&json!({"data": {"a": [[1, 2]], "b": [[3], [4]]}}))
+                .is_err()
+        );
+        assert!(
+            p.decode(&json!({"data": {"a": [[1, 2]], "b": [[3]], "c": 1}}))
+                .is_err()
+        );
         let y = Tensor::new(vec![1, 2], vec![1f32, 2.0]).unwrap();
         let out = p.encode(&[y.clone(), y]).unwrap();
         assert_eq!(out, json!({"y": [[1.0, 2.0]], "z": [[1.0, 2.0]]}));

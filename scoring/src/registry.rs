@@ -66,21 +66,35 @@ pub struct ServedModel {
 
 impl ServedModel {
     /// Checks inputs given by name against the signature and returns them in signature order.
-    pub fn order_inputs(&self, mut named: Vec<(String, Tensor)>) -> Result<Vec<Tensor>, ScoringError> {
-        if let Some((unknown, _)) = named.iter().find(|(n, _)| self.signature.input(n).is_none()) {
+    pub fn order_inputs(
+        &self,
+        mut named: Vec<(String, Tensor)>,
+    ) -> Result<Vec<Tensor>, ScoringError> {
+        if let Some((unknown, _)) = named
+            .iter()
+            .find(|(n, _)| self.signature.input(n).is_none())
+        {
             return Err(ScoringError::InvalidInput(format!(
                 "unexpected input '{unknown}' for model '{}' (inputs: {})",
                 self.name,
-                self.signature.inputs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+                self.signature
+                    .inputs
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )));
         }
         self.signature
             .inputs
             .iter()
             .map(|spec| {
-                let i = named.iter().position(|(n, _)| n == &spec.name).ok_or_else(|| {
-                    ScoringError::InvalidInput(format!("input '{}' is missing", spec.name))
-                })?;
+                let i = named
+                    .iter()
+                    .position(|(n, _)| n == &spec.name)
+                    .ok_or_else(|| {
+                        ScoringError::InvalidInput(format!("input '{}' is missing", spec.name))
+                    })?;
                 let (_, tensor) = named.swap_remove(i);
                 if tensor.dtype() != spec.dtype {
                     return Err(ScoringError::InvalidInput(format!(
@@ -104,7 +118,11 @@ impl ServedModel {
     }
 
     /// Queues inputs (signature order) for the batcher.
-    pub fn submit(&self, inputs: Vec<Tensor>, deadline: Option<Instant>) -> Result<JobReply, ScoringError> {
+    pub fn submit(
+        &self,
+        inputs: Vec<Tensor>,
+        deadline: Option<Instant>,
+    ) -> Result<JobReply, ScoringError> {
         self.batcher.submit(inputs, deadline)
     }
 
@@ -144,7 +162,10 @@ impl Registry {
     /// Scans the repository and registers every model version found, loading none.
     pub fn open(config: RegistryConfig) -> Result<Registry, RepositoryError> {
         let sources = scan_repository(&config.repository)?;
-        let models = sources.into_iter().map(|s| (s.name.clone(), entry_for(s))).collect();
+        let models = sources
+            .into_iter()
+            .map(|s| (s.name.clone(), entry_for(s)))
+            .collect();
         Ok(Registry {
             config,
             models: RwLock::new(models),
@@ -171,9 +192,16 @@ impl Registry {
             .collect();
         let next = AtomicUsize::new(0);
         std::thread::scope(|scope| {
-            for _ in 0..self.config.load_parallelism.max(1).min(pending.len().max(1)) {
+            for _ in 0..self
+                .config
+                .load_parallelism
+                .max(1)
+                .min(pending.len().max(1))
+            {
                 scope.spawn(|| {
-                    while let Some((name, version)) = pending.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    while let Some((name, version)) =
+                        pending.get(next.fetch_add(1, Ordering::Relaxed))
+                    {
                         self.load_version(name, *version);
                     }
                 });
@@ -193,9 +221,13 @@ impl Registry {
                 .and_then(|all| all.into_iter().find(|m| m.name == name))
         }
         .filter(|s| !s.versions.is_empty())
-        .ok_or_else(|| ScoringError::ModelNotFound(format!("model '{name}' is not in the repository")))?;
+        .ok_or_else(|| {
+            ScoringError::ModelNotFound(format!("model '{name}' is not in the repository"))
+        })?;
         self.unload_versions(name);
-        self.models.write().insert(name.to_string(), entry_for(source));
+        self.models
+            .write()
+            .insert(name.to_string(), entry_for(source));
         let versions: Vec<u64> = self.models.read()[name].versions.keys().copied().collect();
         for version in &versions {
             self.load_version(name, *version);
@@ -219,7 +251,9 @@ impl Registry {
     /// Stops serving every version of a model; requests already queued finish first.
     pub fn unload(&self, name: &str) -> Result<(), ScoringError> {
         if !self.models.read().contains_key(name) {
-            return Err(ScoringError::ModelNotFound(format!("model '{name}' is not in the repository")));
+            return Err(ScoringError::ModelNotFound(format!(
+                "model '{name}' is not in the repository"
+            )));
         }
         self.unload_versions(name);
         Ok(())
@@ -228,7 +262,9 @@ impl Registry {
     fn unload_versions(&self, name: &str) {
         let served: Vec<Arc<ServedModel>> = {
             let mut models = self.models.write();
-            let Some(model) = models.get_mut(name) else { return };
+            let Some(model) = models.get_mut(name) else {
+                return;
+            };
             model
                 .versions
                 .values_mut()
@@ -255,21 +291,34 @@ impl Registry {
     fn load_version(&self, name: &str, version: u64) {
         let (manifest, source, dir) = {
             let mut models = self.models.write();
-            let Some(model) = models.get_mut(name) else { return };
-            let Some(entry) = model.versions.get_mut(&version) else { return };
+            let Some(model) = models.get_mut(name) else {
+                return;
+            };
+            let Some(entry) = model.versions.get_mut(&version) else {
+                return;
+            };
             if entry.state == ModelState::Loading || entry.state == ModelState::Ready {
                 return;
             }
             entry.state = ModelState::Loading;
             entry.reason = None;
-            (model.source.manifest.clone(), entry.source.clone(), model.source.dir.clone())
+            (
+                model.source.manifest.clone(),
+                entry.source.clone(),
+                model.source.dir.clone(),
+            )
         };
         let started = Instant::now();
         let outcome = manifest
             .map_err(|e| format!("invalid manifest: {e}"))
             .and_then(|manifest| self.build(name, version, &manifest, &source, &dir));
         let mut models = self.models.write();
-        let Some(entry) = models.get_mut(name).and_then(|m| m.versions.get_mut(&version)) else { return };
+        let Some(entry) = models
+            .get_mut(name)
+            .and_then(|m| m.versions.get_mut(&version))
+        else {
+            return;
+        };
         match outcome {
             Ok(served) => {
                 tracing::info!(
@@ -303,7 +352,9 @@ impl Registry {
         let file = source.file.clone()?;
         let options = EngineOptions {
             choice: manifest.engine.unwrap_or(self.config.engine.choice),
-            intra_op_threads: manifest.intra_op_threads.unwrap_or(self.config.engine.intra_op_threads),
+            intra_op_threads: manifest
+                .intra_op_threads
+                .unwrap_or(self.config.engine.intra_op_threads),
         };
         let model = load_model(&file, &options).map_err(|e| e.to_string())?;
         let signature = model.signature().clone();
@@ -314,14 +365,22 @@ impl Registry {
             .map(|_| model.instantiate())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| e.to_string())?;
-        let labels = vec![("model".to_string(), name.to_string()), ("version".to_string(), version.to_string())];
+        let labels = vec![
+            ("model".to_string(), name.to_string()),
+            ("version".to_string(), version.to_string()),
+        ];
         Ok(ServedModel {
             name: name.to_string(),
             version,
             engine: model.engine(),
             signature,
             instances,
-            batcher: Batcher::start(&format!("{name}/{version}"), labels, policy.clone(), backends),
+            batcher: Batcher::start(
+                &format!("{name}/{version}"),
+                labels,
+                policy.clone(),
+                backends,
+            ),
             policy,
             pipeline,
             file,
@@ -331,9 +390,9 @@ impl Registry {
     /// The served model for `name` (and `version`, or the highest ready one).
     pub fn get(&self, name: &str, version: Option<u64>) -> Result<Arc<ServedModel>, ScoringError> {
         let models = self.models.read();
-        let model = models
-            .get(name)
-            .ok_or_else(|| ScoringError::ModelNotFound(format!("model '{name}' is not served here")))?;
+        let model = models.get(name).ok_or_else(|| {
+            ScoringError::ModelNotFound(format!("model '{name}' is not served here"))
+        })?;
         let entry = match version {
             Some(v) => model.versions.get(&v).ok_or_else(|| {
                 ScoringError::ModelNotFound(format!("model '{name}' has no version {v}"))
@@ -344,12 +403,17 @@ impl Registry {
                 .rev()
                 .find(|v| v.state == ModelState::Ready)
                 .or_else(|| model.versions.values().next_back())
-                .ok_or_else(|| ScoringError::ModelNotFound(format!("model '{name}' has no versions")))?,
+                .ok_or_else(|| {
+                    ScoringError::ModelNotFound(format!("model '{name}' has no versions"))
+                })?,
         };
         match (&entry.served, entry.state) {
             (Some(served), ModelState::Ready) => Ok(served.clone()),
             (_, state) => Err(ScoringError::ModelUnavailable(match &entry.reason {
-                Some(reason) => format!("model '{name}' version {} is unavailable: {reason}", entry.source.version),
+                Some(reason) => format!(
+                    "model '{name}' version {} is unavailable: {reason}",
+                    entry.source.version
+                ),
                 None => format!(
                     "model '{name}' version {} is not ready ({})",
                     entry.source.version,
@@ -431,7 +495,10 @@ pub const DEFAULT_MAX_BATCH_SIZE: usize = 32;
 fn batch_policy(manifest: &ModelManifest, signature: &Signature) -> Result<BatchPolicy, String> {
     let batchable = !signature.inputs.is_empty()
         && signature.inputs.iter().all(|s| s.has_dynamic_batch())
-        && signature.outputs.iter().all(|s| s.dims.is_empty() || s.has_dynamic_batch());
+        && signature
+            .outputs
+            .iter()
+            .all(|s| s.dims.is_empty() || s.has_dynamic_batch());
     let section = manifest.batching.clone().unwrap_or_default();
     let max = match section.max_batch_size {
         Some(0) => 0,
@@ -439,7 +506,12 @@ fn batch_policy(manifest: &ModelManifest, signature: &Signature) -> Result<Batch
             return Err(format!(
                 "max_batch_size = {n} needs a symbolic first (batch) dimension on every input and output; \
                  this model's inputs are {}",
-                signature.inputs.iter().map(|s| format!("{} {}", s.name, shape_text(&s.dims))).collect::<Vec<_>>().join(", ")
+                signature
+                    .inputs
+                    .iter()
+                    .map(|s| format!("{} {}", s.name, shape_text(&s.dims)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ));
         }
         Some(n) => n,

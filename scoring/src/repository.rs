@@ -30,10 +30,14 @@ pub enum RepositoryError {
 /// Lists the models under `root`. Unreadable manifests and version folders without a usable
 /// ONNX file are reported per model, so one broken model never hides the others.
 pub fn scan_repository(root: &Path) -> Result<Vec<ModelSource>, RepositoryError> {
-    let unreadable = |e: std::io::Error| RepositoryError::Unreadable(root.to_path_buf(), e.to_string());
+    let unreadable =
+        |e: std::io::Error| RepositoryError::Unreadable(root.to_path_buf(), e.to_string());
     let meta = std::fs::metadata(root).map_err(unreadable)?;
     if !meta.is_dir() {
-        return Err(RepositoryError::Unreadable(root.to_path_buf(), "not a directory".into()));
+        return Err(RepositoryError::Unreadable(
+            root.to_path_buf(),
+            "not a directory".into(),
+        ));
     }
     if let Some(single) = azure_single_model(root) {
         return Ok(vec![single]);
@@ -164,7 +168,9 @@ fn sorted_dirs(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 }
 
 fn file_name(path: &Path) -> String {
-    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -186,13 +192,31 @@ mod tests {
         touch(&root.path().join("c/readme.txt"));
         std::fs::write(root.path().join("b/model.toml"), "nonsense = 1").unwrap();
         let models = scan_repository(root.path()).unwrap();
-        assert_eq!(models.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(
+            models.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
         let a = &models[0];
-        assert_eq!(a.versions.iter().map(|v| v.version).collect::<Vec<_>>(), [1, 2]);
-        assert!(a.versions[1].file.as_ref().unwrap().ends_with("2/other.onnx"));
+        assert_eq!(
+            a.versions.iter().map(|v| v.version).collect::<Vec<_>>(),
+            [1, 2]
+        );
+        assert!(
+            a.versions[1]
+                .file
+                .as_ref()
+                .unwrap()
+                .ends_with("2/other.onnx")
+        );
         let b = &models[1];
         assert!(b.manifest.is_err());
-        assert!(b.versions[0].file.as_ref().unwrap_err().contains("2 .onnx files"));
+        assert!(
+            b.versions[0]
+                .file
+                .as_ref()
+                .unwrap_err()
+                .contains("2 .onnx files")
+        );
     }
 
     #[test]
@@ -204,7 +228,13 @@ mod tests {
         assert_eq!(models.len(), 1);
         assert_eq!(models[0].name, "sklearn_iris");
         assert_eq!(models[0].versions[0].version, 3);
-        assert!(models[0].versions[0].file.as_ref().unwrap().ends_with("outputs/iris.onnx"));
+        assert!(
+            models[0].versions[0]
+                .file
+                .as_ref()
+                .unwrap()
+                .ends_with("outputs/iris.onnx")
+        );
         // The folder above it is an ordinary repository.
         let models = scan_repository(&root.path().join("azureml-models")).unwrap();
         assert_eq!(models[0].name, "sklearn_iris");

@@ -71,13 +71,19 @@ pub fn decode_request(body: &[u8], json_len: Option<usize>) -> Result<InferReque
     let mut inputs = Vec::with_capacity(raw.inputs.len());
     for input in raw.inputs {
         let dtype: DataType = input.datatype.parse().map_err(|_| {
-            ScoringError::InvalidInput(format!("input '{}': unsupported datatype '{}'", input.name, input.datatype))
+            ScoringError::InvalidInput(format!(
+                "input '{}': unsupported datatype '{}'",
+                input.name, input.datatype
+            ))
         })?;
         let count: usize = input.shape.iter().product();
         let data = match input.parameters.get("binary_data_size") {
             Some(size) => {
                 let size = size.as_u64().ok_or_else(|| {
-                    ScoringError::BadRequest(format!("input '{}': binary_data_size must be an integer", input.name))
+                    ScoringError::BadRequest(format!(
+                        "input '{}': binary_data_size must be an integer",
+                        input.name
+                    ))
                 })? as usize;
                 if size > binary.len() {
                     return Err(ScoringError::BadRequest(format!(
@@ -88,15 +94,21 @@ pub fn decode_request(body: &[u8], json_len: Option<usize>) -> Result<InferReque
                 }
                 let (bytes, rest) = binary.split_at(size);
                 binary = rest;
-                TensorData::from_le_bytes(dtype, bytes)
-                    .map_err(|e| ScoringError::InvalidInput(format!("input '{}': {e}", input.name)))?
+                TensorData::from_le_bytes(dtype, bytes).map_err(|e| {
+                    ScoringError::InvalidInput(format!("input '{}': {e}", input.name))
+                })?
             }
             None => {
                 let value = input.data.as_ref().ok_or_else(|| {
-                    ScoringError::BadRequest(format!("input '{}' has neither data nor binary_data_size", input.name))
+                    ScoringError::BadRequest(format!(
+                        "input '{}' has neither data nor binary_data_size",
+                        input.name
+                    ))
                 })?;
                 json::flatten(value, dtype)
-                    .map_err(|e| ScoringError::InvalidInput(format!("input '{}': {e}", input.name)))?
+                    .map_err(|e| {
+                        ScoringError::InvalidInput(format!("input '{}': {e}", input.name))
+                    })?
                     .1
             }
         };
@@ -135,16 +147,28 @@ pub fn decode_request(body: &[u8], json_len: Option<usize>) -> Result<InferReque
 impl InferRequest {
     /// Indices (in signature order) of the outputs to return, refusing unknown names before
     /// anything runs.
-    pub fn selected_outputs(&self, signature: &Signature) -> Result<Vec<(usize, bool)>, ScoringError> {
+    pub fn selected_outputs(
+        &self,
+        signature: &Signature,
+    ) -> Result<Vec<(usize, bool)>, ScoringError> {
         if self.outputs.is_empty() {
-            return Ok((0..signature.outputs.len()).map(|i| (i, self.binary_output)).collect());
+            return Ok((0..signature.outputs.len())
+                .map(|i| (i, self.binary_output))
+                .collect());
         }
         self.outputs
             .iter()
             .map(|o| {
-                let i = signature.outputs.iter().position(|s| s.name == o.name).ok_or_else(|| {
-                    ScoringError::InvalidInput(format!("requested output '{}' is not an output of the model", o.name))
-                })?;
+                let i = signature
+                    .outputs
+                    .iter()
+                    .position(|s| s.name == o.name)
+                    .ok_or_else(|| {
+                        ScoringError::InvalidInput(format!(
+                            "requested output '{}' is not an output of the model",
+                            o.name
+                        ))
+                    })?;
                 Ok((i, o.binary.unwrap_or(self.binary_output)))
             })
             .collect()
@@ -196,7 +220,10 @@ pub fn encode_response(
     }
     let mut body = serde_json::to_vec(&header).expect("a JSON value serialises");
     if binary.is_empty() {
-        return EncodedResponse { body, json_len: None };
+        return EncodedResponse {
+            body,
+            json_len: None,
+        };
     }
     let json_len = body.len();
     body.extend_from_slice(&binary);
@@ -212,8 +239,15 @@ mod tests {
     use modelpod_accel::TensorSpec;
 
     fn signature() -> Signature {
-        let spec = |name: &str| TensorSpec { name: name.into(), dtype: DataType::Fp32, dims: vec![None, Some(2)] };
-        Signature { inputs: vec![spec("x")], outputs: vec![spec("y"), spec("z")] }
+        let spec = |name: &str| TensorSpec {
+            name: name.into(),
+            dtype: DataType::Fp32,
+            dims: vec![None, Some(2)],
+        };
+        Signature {
+            inputs: vec![spec("x")],
+            outputs: vec![spec("y"), spec("z")],
+        }
     }
 
     #[test]
@@ -222,7 +256,10 @@ mod tests {
             let body = json!({"inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP32", "data": data}]});
             let req = decode_request(body.to_string().as_bytes(), None).unwrap();
             assert_eq!(req.inputs[0].1.shape(), &[2, 2]);
-            assert_eq!(req.inputs[0].1.data(), &TensorData::Fp32(vec![1.0, 2.0, 3.0, 4.0]));
+            assert_eq!(
+                req.inputs[0].1.data(),
+                &TensorData::Fp32(vec![1.0, 2.0, 3.0, 4.0])
+            );
         }
     }
 
@@ -238,30 +275,72 @@ mod tests {
         assert_eq!(selected, vec![(0, true)]);
         let y = Tensor::new(vec![1, 2], vec![3f32, 4.0]).unwrap();
         let z = y.clone();
-        let resp = encode_response("m", "1", req.id.as_deref(), &signature(), &[y, z], &selected);
+        let resp = encode_response(
+            "m",
+            "1",
+            req.id.as_deref(),
+            &signature(),
+            &[y, z],
+            &selected,
+        );
         let json_len = resp.json_len.unwrap();
         let head: Value = serde_json::from_slice(&resp.body[..json_len]).unwrap();
-        assert_eq!(head["outputs"][0]["parameters"]["binary_data_size"], json!(8));
+        assert_eq!(
+            head["outputs"][0]["parameters"]["binary_data_size"],
+            json!(8)
+        );
         assert!(head.get("id").is_none());
         assert_eq!(&resp.body[json_len..json_len + 4], &3f32.to_le_bytes());
     }
 
     #[test]
     fn bad_requests_are_refused_with_the_right_kind() {
-        let kind = |body: &str, len: Option<usize>| decode_request(body.as_bytes(), len).unwrap_err().kind();
+        let kind = |body: &str, len: Option<usize>| {
+            decode_request(body.as_bytes(), len).unwrap_err().kind()
+        };
         assert_eq!(kind("", None), "BadRequest");
         assert_eq!(kind("{", None), "BadRequest");
         assert_eq!(kind(r#"{"inputs": 3}"#, None), "BadRequest");
-        assert_eq!(kind(r#"{"inputs":[{"name":"x","shape":[-1],"datatype":"FP32","data":[1]}]}"#, None), "BadRequest");
-        assert_eq!(kind(r#"{"inputs":[{"name":"x","shape":[2],"datatype":"FP32","data":[1]}]}"#, None), "InvalidInput");
-        assert_eq!(kind(r#"{"inputs":[{"name":"x","shape":[1],"datatype":"BYTES","data":["a"]}]}"#, None), "InvalidInput");
-        assert_eq!(kind(r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32"}]}"#, None), "BadRequest");
+        assert_eq!(
+            kind(
+                r#"{"inputs":[{"name":"x","shape":[-1],"datatype":"FP32","data":[1]}]}"#,
+                None
+            ),
+            "BadRequest"
+        );
+        assert_eq!(
+            kind(
+                r#"{"inputs":[{"name":"x","shape":[2],"datatype":"FP32","data":[1]}]}"#,
+                None
+            ),
+            "InvalidInput"
+        );
+        assert_eq!(
+            kind(
+                r#"{"inputs":[{"name":"x","shape":[1],"datatype":"BYTES","data":["a"]}]}"#,
+                None
+            ),
+            "InvalidInput"
+        );
+        assert_eq!(
+            kind(
+                r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32"}]}"#,
+                None
+            ),
+            "BadRequest"
+        );
         assert_eq!(kind(r#"{"inputs":[]}"#, Some(99)), "BadRequest");
         let body = r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","parameters":{"binary_data_size":8}}]}"#;
         assert_eq!(kind(&format!("{body}abcd"), Some(body.len())), "BadRequest");
         let body = r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","parameters":{"binary_data_size":4}}]}"#;
-        assert_eq!(kind(&format!("{body}abcdefgh"), Some(body.len())), "BadRequest");
+        assert_eq!(
+            kind(&format!("{body}abcdefgh"), Some(body.len())),
+            "BadRequest"
+        );
         let req = decode_request(br#"{"inputs":[],"outputs":[{"name":"nope"}]}"#, None).unwrap();
-        assert_eq!(req.selected_outputs(&signature()).unwrap_err().kind(), "InvalidInput");
+        assert_eq!(
+            req.selected_outputs(&signature()).unwrap_err().kind(),
+            "InvalidInput"
+        );
     }
 }

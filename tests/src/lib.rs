@@ -14,7 +14,10 @@ pub const ABS_TOLERANCE: f64 = 1e-4;
 pub const REL_TOLERANCE: f64 = 1e-4;
 
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
 }
 
 pub fn fixtures() -> PathBuf {
@@ -45,8 +48,9 @@ pub struct RefTensor {
 impl RefTensor {
     pub fn to_tensor(&self) -> Tensor {
         let dtype: DataType = self.datatype.parse().expect("known datatype");
-        let (shape, data) = modelpod_scoring::json::flatten(&serde_json::Value::Array(self.data.clone()), dtype)
-            .expect("reference data converts");
+        let (shape, data) =
+            modelpod_scoring::json::flatten(&serde_json::Value::Array(self.data.clone()), dtype)
+                .expect("reference data converts");
         assert_eq!(shape, vec![self.data.len()]);
         Tensor::new(self.shape.clone(), data).expect("reference shape matches data")
     }
@@ -78,7 +82,11 @@ pub fn compare(name: &str, actual: &Tensor, expected: &RefTensor) -> Result<(), 
     let exact = !matches!(expected.data(), TensorData::Fp32(_) | TensorData::Fp64(_));
     let (a, e) = (actual.data().to_f64_vec(), expected.data().to_f64_vec());
     for (i, (x, y)) in a.iter().zip(&e).enumerate() {
-        let ok = if exact { x == y } else { (x - y).abs() <= ABS_TOLERANCE + REL_TOLERANCE * y.abs() };
+        let ok = if exact {
+            x == y
+        } else {
+            (x - y).abs() <= ABS_TOLERANCE + REL_TOLERANCE * y.abs()
+        };
         if !ok {
             return Err(format!("{name}[{i}]: got {x}, expected {y}"));
         }
@@ -100,8 +108,12 @@ pub fn serve_args(repository: &Path) -> ServeArgs {
 
 /// Starts a server and waits for its start-up loading to settle.
 pub fn start(args: ServeArgs) -> RunningServer {
-    let server = RunningServer::start(ServeConfig::resolve(args).expect("valid test config")).expect("server starts");
-    assert!(server.wait_loaded(Duration::from_secs(60)), "models did not finish loading");
+    let server = RunningServer::start(ServeConfig::resolve(args).expect("valid test config"))
+        .expect("server starts");
+    assert!(
+        server.wait_loaded(Duration::from_secs(60)),
+        "models did not finish loading"
+    );
     server
 }
 

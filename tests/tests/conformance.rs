@@ -17,10 +17,18 @@ fn engines() -> Vec<EngineChoice> {
 }
 
 /// Runs every reference case of every model in `repository` with `engine`.
-fn check_repository(repository: &Path, references: &Path, engine: EngineChoice, skip: &[&str]) -> usize {
+fn check_repository(
+    repository: &Path,
+    references: &Path,
+    engine: EngineChoice,
+    skip: &[&str],
+) -> usize {
     let mut checked = 0;
     let mut failures = Vec::new();
-    let mut entries: Vec<_> = std::fs::read_dir(references).expect("reference folder").flatten().collect();
+    let mut entries: Vec<_> = std::fs::read_dir(references)
+        .expect("reference folder")
+        .flatten()
+        .collect();
     entries.sort_by_key(|e| e.path());
     for entry in entries {
         let path = entry.path();
@@ -29,7 +37,13 @@ fn check_repository(repository: &Path, references: &Path, engine: EngineChoice, 
             eprintln!("{name}: skipped on {engine}");
             continue;
         }
-        let model = match load_model(&repository.join(&name).join("1/model.onnx"), &EngineOptions { choice: engine, intra_op_threads: 1 }) {
+        let model = match load_model(
+            &repository.join(&name).join("1/model.onnx"),
+            &EngineOptions {
+                choice: engine,
+                intra_op_threads: 1,
+            },
+        ) {
             Ok(model) => model,
             Err(e) => {
                 failures.push(format!("{name} on {engine}: {e}"));
@@ -61,7 +75,11 @@ fn check_repository(repository: &Path, references: &Path, engine: EngineChoice, 
             checked += 1;
         }
     }
-    assert!(failures.is_empty(), "conformance failures:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "conformance failures:\n{}",
+        failures.join("\n")
+    );
     checked
 }
 
@@ -97,7 +115,12 @@ fn example_models_match_onnx_runtime_on_every_engine() {
     for engine in engines() {
         // tract 0.23 cannot infer the shapes of this exported attention graph (a broadcast
         // `Where` over [batch, 1, seq, seq]); ONNX Runtime serves it.
-        let checked = check_repository(&root.join("models"), &root.join("reference"), engine, &["tract:minilm"]);
+        let checked = check_repository(
+            &root.join("models"),
+            &root.join("reference"),
+            engine,
+            &["tract:minilm"],
+        );
         assert!(checked >= 6, "{engine}: only {checked} cases ran");
     }
 }

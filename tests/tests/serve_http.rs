@@ -1,7 +1,9 @@
 //! `modelpod serve` over real HTTP on port 0: both protocols, batching, admission, deadlines,
 //! auth, hostile input, failure isolation and the repository API.
 
-use modelpod_tests::{client, compare, fixtures, reference_cases, serve_args, slow_fixtures, start, workspace_root};
+use modelpod_tests::{
+    client, compare, fixtures, reference_cases, serve_args, slow_fixtures, start, workspace_root,
+};
 use reqwest::StatusCode;
 use reqwest::blocking::Response;
 use serde_json::{Value, json};
@@ -10,14 +12,19 @@ use std::time::{Duration, Instant};
 fn json_of(response: Response) -> (StatusCode, Value) {
     let status = response.status();
     let text = response.text().unwrap();
-    (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}")))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}")),
+    )
 }
 
 /// An error reply: the status and a JSON body with the message under both protocols' keys.
 fn expect_error(response: Response, status: u16, needle: &str) -> Value {
     let (got, body) = json_of(response);
     assert_eq!(got.as_u16(), status, "{body}");
-    let message = body["message"].as_str().unwrap_or_else(|| panic!("no message in {body}"));
+    let message = body["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no message in {body}"));
     assert_eq!(body["error"], body["message"]);
     assert!(body["error_type"].is_string());
     assert!(message.contains(needle), "'{message}' lacks '{needle}'");
@@ -44,17 +51,60 @@ fn azure_score_health_and_request_ids() {
     assert_eq!(headers["x-ms-client-request-id"], "client-42");
     assert_eq!(headers["x-request-id"], "req-7");
     assert!(!headers["x-ms-request-id"].is_empty());
-    assert!(headers["x-ms-run-fn-exec-ms"].to_str().unwrap().parse::<f64>().unwrap() >= 0.0);
+    assert!(
+        headers["x-ms-run-fn-exec-ms"]
+            .to_str()
+            .unwrap()
+            .parse::<f64>()
+            .unwrap()
+            >= 0.0
+    );
     let labels: Vec<String> = response.json().unwrap();
     assert_eq!(labels.len(), 2);
-    assert!(labels.iter().all(|l| ["setosa", "versicolor", "virginica"].contains(&l.as_str())));
+    assert!(
+        labels
+            .iter()
+            .all(|l| ["setosa", "versicolor", "virginica"].contains(&l.as_str()))
+    );
 
     // Several models and no ?model=: the caller must choose.
-    expect_error(http.post(server.url("/score")).json(&json!({"data": [[1, 2, 3, 4]]})).send().unwrap(), 400, "?model=");
-    expect_error(http.post(server.url("/score?model=nope")).json(&json!({"data": []})).send().unwrap(), 404, "nope");
-    expect_error(http.post(server.url("/score?model=mlp&version=9")).json(&json!({"data": []})).send().unwrap(), 404, "version 9");
-    expect_error(http.post(server.url("/score?model=mlp&version=x")).json(&json!({"data": []})).send().unwrap(), 400, "version");
-    expect_error(http.get(server.url("/no/such/route")).send().unwrap(), 404, "no route");
+    expect_error(
+        http.post(server.url("/score"))
+            .json(&json!({"data": [[1, 2, 3, 4]]}))
+            .send()
+            .unwrap(),
+        400,
+        "?model=",
+    );
+    expect_error(
+        http.post(server.url("/score?model=nope"))
+            .json(&json!({"data": []}))
+            .send()
+            .unwrap(),
+        404,
+        "nope",
+    );
+    expect_error(
+        http.post(server.url("/score?model=mlp&version=9"))
+            .json(&json!({"data": []}))
+            .send()
+            .unwrap(),
+        404,
+        "version 9",
+    );
+    expect_error(
+        http.post(server.url("/score?model=mlp&version=x"))
+            .json(&json!({"data": []}))
+            .send()
+            .unwrap(),
+        400,
+        "version",
+    );
+    expect_error(
+        http.get(server.url("/no/such/route")).send().unwrap(),
+        404,
+        "no route",
+    );
 }
 
 #[test]
@@ -65,22 +115,48 @@ fn azure_score_runs_the_declared_pipeline() {
     for case in reference_cases(&workspace_root().join("tests/fixtures/reference/cnn.json")) {
         let image = case.inputs["image"].to_tensor();
         let rows = image.shape()[0];
-        let pixels: Vec<f64> = image.data().to_f64_vec().iter().map(|x| (x / 0.0039215686).round()).collect();
+        let pixels: Vec<f64> = image
+            .data()
+            .to_f64_vec()
+            .iter()
+            .map(|x| (x / 0.0039215686).round())
+            .collect();
         let data: Vec<&[f64]> = pixels.chunks(64).collect();
-        let (status, body) = json_of(http.post(server.url("/score?model=cnn")).json(&json!({"data": data})).send().unwrap());
+        let (status, body) = json_of(
+            http.post(server.url("/score?model=cnn"))
+                .json(&json!({"data": data}))
+                .send()
+                .unwrap(),
+        );
         assert_eq!(status, 200, "{body}");
         let scores = case.outputs["scores"].to_tensor().data().to_f64_vec();
         for (row, top) in body.as_array().unwrap().iter().enumerate() {
             let expected = &scores[row * 10..(row + 1) * 10];
             let mut order: Vec<usize> = (0..10).collect();
             order.sort_by(|&a, &b| expected[b].total_cmp(&expected[a]));
-            let got: Vec<u64> = top.as_array().unwrap().iter().map(|e| e["index"].as_u64().unwrap()).collect();
-            assert_eq!(got, order[..3].iter().map(|&i| i as u64).collect::<Vec<_>>(), "row {row} of {rows}");
+            let got: Vec<u64> = top
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["index"].as_u64().unwrap())
+                .collect();
+            assert_eq!(
+                got,
+                order[..3].iter().map(|&i| i as u64).collect::<Vec<_>>(),
+                "row {row} of {rows}"
+            );
             assert!((top[0]["score"].as_f64().unwrap() - expected[order[0]]).abs() < 1e-3);
         }
     }
     // A row of the wrong length names the shape the pipeline wanted.
-    expect_error(http.post(server.url("/score?model=cnn")).json(&json!({"data": [[1, 2, 3]]})).send().unwrap(), 422, "64 values");
+    expect_error(
+        http.post(server.url("/score?model=cnn"))
+            .json(&json!({"data": [[1, 2, 3]]}))
+            .send()
+            .unwrap(),
+        422,
+        "64 values",
+    );
 }
 
 #[test]
@@ -88,7 +164,9 @@ fn v2_json_inference_matches_references() {
     let server = start(serve_args(&fixtures()));
     let http = client();
     for name in ["mlp", "cnn", "embed", "two_inputs", "int_ops"] {
-        for case in reference_cases(&workspace_root().join(format!("tests/fixtures/reference/{name}.json"))) {
+        for case in
+            reference_cases(&workspace_root().join(format!("tests/fixtures/reference/{name}.json")))
+        {
             let inputs: Vec<Value> = case
                 .inputs
                 .iter()
@@ -110,7 +188,8 @@ fn v2_json_inference_matches_references() {
                     shape: serde_json::from_value(output["shape"].clone()).unwrap(),
                     data: output["data"].as_array().unwrap().clone(),
                 };
-                compare(out_name, &actual.to_tensor(), &case.outputs[out_name]).unwrap_or_else(|e| panic!("{name}: {e}"));
+                compare(out_name, &actual.to_tensor(), &case.outputs[out_name])
+                    .unwrap_or_else(|e| panic!("{name}: {e}"));
             }
         }
     }
@@ -138,14 +217,30 @@ fn v2_binary_tensors_round_trip() {
         .send()
         .unwrap();
     assert_eq!(response.status(), 200);
-    let json_len: usize = response.headers()["inference-header-content-length"].to_str().unwrap().parse().unwrap();
+    let json_len: usize = response.headers()["inference-header-content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     let body = response.bytes().unwrap();
     let head: Value = serde_json::from_slice(&body[..json_len]).unwrap();
     let output = &head["outputs"][0];
-    assert_eq!(output["parameters"]["binary_data_size"].as_u64().unwrap() as usize, body.len() - json_len);
-    let data = modelpod_accel::TensorData::from_le_bytes(modelpod_accel::DataType::Fp32, &body[json_len..]).unwrap();
+    assert_eq!(
+        output["parameters"]["binary_data_size"].as_u64().unwrap() as usize,
+        body.len() - json_len
+    );
+    let data = modelpod_accel::TensorData::from_le_bytes(
+        modelpod_accel::DataType::Fp32,
+        &body[json_len..],
+    )
+    .unwrap();
     let shape: Vec<usize> = serde_json::from_value(output["shape"].clone()).unwrap();
-    compare("logits", &modelpod_accel::Tensor::new(shape, data).unwrap(), &case.outputs["logits"]).unwrap();
+    compare(
+        "logits",
+        &modelpod_accel::Tensor::new(shape, data).unwrap(),
+        &case.outputs["logits"],
+    )
+    .unwrap();
 
     // Declared binary sizes that do not add up are refused.
     let mut short = header.clone().into_bytes();
@@ -171,7 +266,10 @@ fn concurrent_requests_are_batched_and_each_gets_its_own_rows() {
     // Answers one at a time first: the expected result for each request.
     let http = client();
     let expected: Vec<Value> = (0..48)
-        .map(|i| json_of(http.post(&url).json(&request(i)).send().unwrap()).1["outputs"][0]["data"].clone())
+        .map(|i| {
+            json_of(http.post(&url).json(&request(i)).send().unwrap()).1["outputs"][0]["data"]
+                .clone()
+        })
         .collect();
     let before = scrape_sum(&server, "modelpod_batch_rows_count", "mlp");
     let handles: Vec<_> = (0..8)
@@ -184,7 +282,10 @@ fn concurrent_requests_are_batched_and_each_gets_its_own_rows() {
                     let i = t * 6 + round;
                     let (status, body) = json_of(http.post(&url).json(&request(i)).send().unwrap());
                     assert_eq!(status, 200);
-                    assert_eq!(body["outputs"][0]["data"], expected[i], "request {i} got another caller's rows");
+                    assert_eq!(
+                        body["outputs"][0]["data"], expected[i],
+                        "request {i} got another caller's rows"
+                    );
                 }
             })
         })
@@ -197,7 +298,12 @@ fn concurrent_requests_are_batched_and_each_gets_its_own_rows() {
 }
 
 fn scrape_sum(server: &modelpod::RunningServer, metric: &str, model: &str) -> f64 {
-    let text = client().get(server.url("/metrics")).send().unwrap().text().unwrap();
+    let text = client()
+        .get(server.url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
     text.lines()
         .filter(|l| l.starts_with(metric) && l.contains(&format!("model=\"{model}\"")))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
@@ -212,14 +318,50 @@ fn hostile_inputs_get_clear_4xx_and_the_server_stays_up() {
     let http = client();
     let score = server.url("/score?model=mlp");
     let infer = server.url("/v2/models/mlp/infer");
-    expect_error(http.post(&score).body("{\"data\": [[1,2").send().unwrap(), 400, "not valid JSON");
+    expect_error(
+        http.post(&score).body("{\"data\": [[1,2").send().unwrap(),
+        400,
+        "not valid JSON",
+    );
     expect_error(http.post(&score).body("").send().unwrap(), 400, "empty");
     expect_error(http.post(&infer).body("").send().unwrap(), 400, "empty");
-    expect_error(http.post(&infer).body("{]").send().unwrap(), 400, "malformed");
-    expect_error(http.post(&score).json(&json!({"rows": [[1, 2, 3, 4]]})).send().unwrap(), 400, "\"data\"");
-    expect_error(http.post(&score).json(&json!({"data": [[1, 2, 3]]})).send().unwrap(), 422, "[4]");
-    expect_error(http.post(&score).json(&json!({"data": [["a", 2, 3, 4]]})).send().unwrap(), 422, "FP32");
-    expect_error(http.post(&score).json(&json!({"data": [[1, 2, 3, 4], [1, 2]]})).send().unwrap(), 422, "ragged");
+    expect_error(
+        http.post(&infer).body("{]").send().unwrap(),
+        400,
+        "malformed",
+    );
+    expect_error(
+        http.post(&score)
+            .json(&json!({"rows": [[1, 2, 3, 4]]}))
+            .send()
+            .unwrap(),
+        400,
+        "\"data\"",
+    );
+    expect_error(
+        http.post(&score)
+            .json(&json!({"data": [[1, 2, 3]]}))
+            .send()
+            .unwrap(),
+        422,
+        "[4]",
+    );
+    expect_error(
+        http.post(&score)
+            .json(&json!({"data": [["a", 2, 3, 4]]}))
+            .send()
+            .unwrap(),
+        422,
+        "FP32",
+    );
+    expect_error(
+        http.post(&score)
+            .json(&json!({"data": [[1, 2, 3, 4], [1, 2]]}))
+            .send()
+            .unwrap(),
+        422,
+        "ragged",
+    );
     expect_error(
         http.post(&infer)
             .json(&json!({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "INT64", "data": [1, 2, 3, 4]}]}))
@@ -252,18 +394,42 @@ fn hostile_inputs_get_clear_4xx_and_the_server_stays_up() {
         422,
         "wrong",
     );
-    expect_error(http.post(server.url("/v2/models/nope/infer")).json(&json!({"inputs": []})).send().unwrap(), 404, "nope");
+    expect_error(
+        http.post(server.url("/v2/models/nope/infer"))
+            .json(&json!({"inputs": []}))
+            .send()
+            .unwrap(),
+        404,
+        "nope",
+    );
     // Deep nesting: serde_json's recursion limit turns it into a 400, not a stack overflow.
-    let deep = format!("{{\"data\": {}1{}}}", "[".repeat(100_000), "]".repeat(100_000));
-    expect_error(http.post(&score).body(deep).send().unwrap(), 400, "recursion");
+    let deep = format!(
+        "{{\"data\": {}1{}}}",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    expect_error(
+        http.post(&score).body(deep).send().unwrap(),
+        400,
+        "recursion",
+    );
     // Bodies over the limit: declared and streamed.
     let huge = vec![b' '; 2 * 1024 * 1024];
-    expect_error(http.post(&score).body(huge.clone()).send().unwrap(), 413, "limit");
+    expect_error(
+        http.post(&score).body(huge.clone()).send().unwrap(),
+        413,
+        "limit",
+    );
     let stream = reqwest::blocking::Body::new(std::io::Cursor::new(huge));
     expect_error(http.post(&infer).body(stream).send().unwrap(), 413, "limit");
     // Still serving.
     assert_eq!(http.get(server.url("/")).send().unwrap().status(), 200);
-    let (status, _) = json_of(http.post(&score).json(&json!({"data": [[1, 2, 3, 4]]})).send().unwrap());
+    let (status, _) = json_of(
+        http.post(&score)
+            .json(&json!({"data": [[1, 2, 3, 4]]}))
+            .send()
+            .unwrap(),
+    );
     assert_eq!(status, 200);
 }
 
@@ -278,26 +444,68 @@ fn bearer_keys_guard_scoring_but_not_health() {
     let denied = http.post(&score).json(&body).send().unwrap();
     assert_eq!(denied.headers()["www-authenticate"], "Bearer");
     expect_error(denied, 401, "Bearer");
-    expect_error(http.post(&score).bearer_auth("nope").json(&body).send().unwrap(), 401, "Bearer");
+    expect_error(
+        http.post(&score)
+            .bearer_auth("nope")
+            .json(&body)
+            .send()
+            .unwrap(),
+        401,
+        "Bearer",
+    );
     for key in ["primary-key", "secondary-key"] {
-        assert_eq!(http.post(&score).bearer_auth(key).json(&body).send().unwrap().status(), 200);
+        assert_eq!(
+            http.post(&score)
+                .bearer_auth(key)
+                .json(&body)
+                .send()
+                .unwrap()
+                .status(),
+            200
+        );
     }
     let infer = server.url("/v2/models/mlp/infer");
-    expect_error(http.post(&infer).json(&json!({"inputs": []})).send().unwrap(), 401, "Bearer");
-    expect_error(http.post(server.url("/v2/repository/models/mlp/unload")).send().unwrap(), 401, "Bearer");
+    expect_error(
+        http.post(&infer)
+            .json(&json!({"inputs": []}))
+            .send()
+            .unwrap(),
+        401,
+        "Bearer",
+    );
+    expect_error(
+        http.post(server.url("/v2/repository/models/mlp/unload"))
+            .send()
+            .unwrap(),
+        401,
+        "Bearer",
+    );
     assert_eq!(http.get(server.url("/")).send().unwrap().status(), 200);
-    assert_eq!(http.get(server.url("/v2/health/live")).send().unwrap().status(), 200);
+    assert_eq!(
+        http.get(server.url("/v2/health/live"))
+            .send()
+            .unwrap()
+            .status(),
+        200
+    );
 }
 
 /// A request to the slow model that keeps its worker busy for a while (binary v2 body).
 fn slow_request(http: &reqwest::blocking::Client, url: &str, rows: usize) -> Response {
-    let bytes: Vec<u8> = vec![0.5f32; rows * 256].iter().flat_map(|x| x.to_le_bytes()).collect();
+    let bytes: Vec<u8> = vec![0.5f32; rows * 256]
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
     let header = json!({"inputs": [{"name": "x", "shape": [rows, 256], "datatype": "FP32",
         "parameters": {"binary_data_size": bytes.len()}}], "parameters": {"binary_data_output": true}})
     .to_string();
     let mut body = header.clone().into_bytes();
     body.extend_from_slice(&bytes);
-    http.post(url).header("Inference-Header-Content-Length", header.len()).body(body).send().unwrap()
+    http.post(url)
+        .header("Inference-Header-Content-Length", header.len())
+        .body(body)
+        .send()
+        .unwrap()
 }
 
 /// Rows of the slow model that take at least `at_least` on this machine and engine.
@@ -330,13 +538,24 @@ fn admission_queue_wait_gives_503_and_scoring_timeout_gives_504() {
     };
     let until = Instant::now() + Duration::from_secs(30);
     while scrape_sum(&server, "modelpod_inflight_requests", "slow") < 1.0 {
-        assert!(Instant::now() < until, "the busy request never started scoring");
+        assert!(
+            Instant::now() < until,
+            "the busy request never started scoring"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     let started = Instant::now();
-    let body = expect_error(slow_request(&client(), &url, 1), 503, "maxConcurrentRequestsPerContainer");
+    let body = expect_error(
+        slow_request(&client(), &url, 1),
+        503,
+        "maxConcurrentRequestsPerContainer",
+    );
     assert_eq!(body["error_type"], "Overloaded");
-    assert!(started.elapsed() < Duration::from_millis(350), "503 took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_millis(350),
+        "503 took {:?}",
+        started.elapsed()
+    );
     assert_eq!(busy.join().unwrap(), 200);
     drop(server);
 
@@ -345,8 +564,16 @@ fn admission_queue_wait_gives_503_and_scoring_timeout_gives_504() {
     let server = start(args);
     let url = server.url("/v2/models/slow/infer");
     let started = Instant::now();
-    expect_error(slow_request(&client(), &url, rows), 504, "scoringTimeoutMs = 100");
-    assert!(started.elapsed() < Duration::from_secs(2), "504 took {:?}", started.elapsed());
+    expect_error(
+        slow_request(&client(), &url, rows),
+        504,
+        "scoringTimeoutMs = 100",
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "504 took {:?}",
+        started.elapsed()
+    );
     assert_eq!(slow_request(&client(), &url, 1).status(), 200);
 }
 
@@ -354,28 +581,90 @@ fn admission_queue_wait_gives_503_and_scoring_timeout_gives_504() {
 fn a_broken_model_fails_alone_and_readiness_says_so() {
     let server = start(serve_args(&fixtures()));
     let http = client();
-    let (status, index) = json_of(http.post(server.url("/v2/repository/index")).send().unwrap());
+    let (status, index) = json_of(
+        http.post(server.url("/v2/repository/index"))
+            .send()
+            .unwrap(),
+    );
     assert_eq!(status, 200);
     let entries = index.as_array().unwrap();
     let broken = entries.iter().find(|e| e["name"] == "broken").unwrap();
     assert_eq!(broken["state"], "UNAVAILABLE");
-    assert!(broken["reason"].as_str().unwrap().contains("not a readable ONNX model"));
-    assert!(entries.iter().filter(|e| e["name"] != "broken").all(|e| e["state"] == "READY"));
-    let (_, ready_only) = json_of(http.post(server.url("/v2/repository/index")).json(&json!({"ready": true})).send().unwrap());
+    assert!(
+        broken["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not a readable ONNX model")
+    );
+    assert!(
+        entries
+            .iter()
+            .filter(|e| e["name"] != "broken")
+            .all(|e| e["state"] == "READY")
+    );
+    let (_, ready_only) = json_of(
+        http.post(server.url("/v2/repository/index"))
+            .json(&json!({"ready": true}))
+            .send()
+            .unwrap(),
+    );
     assert_eq!(ready_only.as_array().unwrap().len(), entries.len() - 1);
-    expect_error(http.post(server.url("/score?model=broken")).json(&json!({"data": [[1]]})).send().unwrap(), 503, "not a readable ONNX model");
-    expect_error(http.get(server.url("/v2/models/broken/ready")).send().unwrap(), 503, "not a readable");
-    assert_eq!(http.get(server.url("/v2/models/mlp/ready")).send().unwrap().status(), 200);
+    expect_error(
+        http.post(server.url("/score?model=broken"))
+            .json(&json!({"data": [[1]]}))
+            .send()
+            .unwrap(),
+        503,
+        "not a readable ONNX model",
+    );
+    expect_error(
+        http.get(server.url("/v2/models/broken/ready"))
+            .send()
+            .unwrap(),
+        503,
+        "not a readable",
+    );
+    assert_eq!(
+        http.get(server.url("/v2/models/mlp/ready"))
+            .send()
+            .unwrap()
+            .status(),
+        200
+    );
     // Strict readiness (the default) reports the failure; the others keep serving.
-    assert_eq!(http.get(server.url("/v2/health/ready")).send().unwrap().status(), 503);
-    assert_eq!(http.get(server.url("/v2/health/live")).send().unwrap().status(), 200);
+    assert_eq!(
+        http.get(server.url("/v2/health/ready"))
+            .send()
+            .unwrap()
+            .status(),
+        503
+    );
+    assert_eq!(
+        http.get(server.url("/v2/health/live"))
+            .send()
+            .unwrap()
+            .status(),
+        200
+    );
     // Asking again retries and fails again, with the cause.
-    expect_error(http.post(server.url("/v2/repository/models/broken/load")).send().unwrap(), 503, "not a readable");
+    expect_error(
+        http.post(server.url("/v2/repository/models/broken/load"))
+            .send()
+            .unwrap(),
+        503,
+        "not a readable",
+    );
 
     let mut args = serve_args(&fixtures());
     args.strict_readiness = Some(false);
     let lenient = start(args);
-    assert_eq!(http.get(lenient.url("/v2/health/ready")).send().unwrap().status(), 200);
+    assert_eq!(
+        http.get(lenient.url("/v2/health/ready"))
+            .send()
+            .unwrap()
+            .status(),
+        200
+    );
 }
 
 #[test]
@@ -385,12 +674,40 @@ fn repository_unload_and_load() {
     let infer = server.url("/v2/models/mlp/infer");
     let body = json!({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]});
     assert_eq!(http.post(&infer).json(&body).send().unwrap().status(), 200);
-    assert_eq!(http.post(server.url("/v2/repository/models/mlp/unload")).send().unwrap().status(), 200);
-    expect_error(http.post(&infer).json(&body).send().unwrap(), 503, "not ready");
-    assert_eq!(http.post(server.url("/v2/repository/models/mlp/load")).send().unwrap().status(), 200);
+    assert_eq!(
+        http.post(server.url("/v2/repository/models/mlp/unload"))
+            .send()
+            .unwrap()
+            .status(),
+        200
+    );
+    expect_error(
+        http.post(&infer).json(&body).send().unwrap(),
+        503,
+        "not ready",
+    );
+    assert_eq!(
+        http.post(server.url("/v2/repository/models/mlp/load"))
+            .send()
+            .unwrap()
+            .status(),
+        200
+    );
     assert_eq!(http.post(&infer).json(&body).send().unwrap().status(), 200);
-    expect_error(http.post(server.url("/v2/repository/models/nope/load")).send().unwrap(), 404, "nope");
-    expect_error(http.post(server.url("/v2/repository/models/nope/unload")).send().unwrap(), 404, "nope");
+    expect_error(
+        http.post(server.url("/v2/repository/models/nope/load"))
+            .send()
+            .unwrap(),
+        404,
+        "nope",
+    );
+    expect_error(
+        http.post(server.url("/v2/repository/models/nope/unload"))
+            .send()
+            .unwrap(),
+        404,
+        "nope",
+    );
 }
 
 #[test]
@@ -401,9 +718,16 @@ fn metadata_config_swagger_and_metrics() {
     assert_eq!(server_meta["name"], "modelpod");
     let (status, meta) = json_of(http.get(server.url("/v2/models/mlp")).send().unwrap());
     assert_eq!(status, 200);
-    assert_eq!(meta["inputs"][0], json!({"name": "input", "datatype": "FP32", "shape": [-1, 4]}));
+    assert_eq!(
+        meta["inputs"][0],
+        json!({"name": "input", "datatype": "FP32", "shape": [-1, 4]})
+    );
     assert_eq!(meta["versions"], json!(["1"]));
-    let (_, config) = json_of(http.get(server.url("/v2/models/mlp/config")).send().unwrap());
+    let (_, config) = json_of(
+        http.get(server.url("/v2/models/mlp/config"))
+            .send()
+            .unwrap(),
+    );
     assert_eq!(config["max_batch_size"], 32);
     assert_eq!(config["input"][0]["dims"], json!([4]));
     assert_eq!(config["input"][0]["data_type"], "TYPE_FP32");
@@ -416,11 +740,21 @@ fn metadata_config_swagger_and_metrics() {
     assert!(swagger["paths"]["/score"]["post"].is_object());
     for name in ["mlp", "cnn", "embed", "two_inputs", "int_ops"] {
         let example = &swagger["definitions"][format!("{name}Input")]["example"];
-        let (status, body) = json_of(http.post(server.url(&format!("/score?model={name}"))).json(example).send().unwrap());
+        let (status, body) = json_of(
+            http.post(server.url(&format!("/score?model={name}")))
+                .json(example)
+                .send()
+                .unwrap(),
+        );
         assert_eq!(status, 200, "{name} example {example}: {body}");
     }
 
-    let text = http.get(server.url("/metrics")).send().unwrap().text().unwrap();
+    let text = http
+        .get(server.url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
     for needle in [
         "modelpod_requests_total{",
         "modelpod_request_duration_seconds_bucket{",
@@ -431,7 +765,10 @@ fn metadata_config_swagger_and_metrics() {
     ] {
         assert!(text.contains(needle), "/metrics lacks {needle}");
     }
-    assert!(text.lines().any(|l| l.starts_with("modelpod_model_state{") && l.contains("model=\"broken\"") && l.contains("state=\"failed\"") && l.ends_with(" 1")));
+    assert!(text.lines().any(|l| l.starts_with("modelpod_model_state{")
+        && l.contains("model=\"broken\"")
+        && l.contains("state=\"failed\"")
+        && l.ends_with(" 1")));
 }
 
 #[test]
@@ -439,12 +776,25 @@ fn azure_single_model_layout_scores_without_naming_the_model() {
     let root = tempfile::tempdir().unwrap();
     let version_dir = root.path().join("azureml-models/iris_mlp/3");
     std::fs::create_dir_all(&version_dir).unwrap();
-    std::fs::copy(fixtures().join("mlp/1/model.onnx"), version_dir.join("model.onnx")).unwrap();
+    std::fs::copy(
+        fixtures().join("mlp/1/model.onnx"),
+        version_dir.join("model.onnx"),
+    )
+    .unwrap();
     let server = start(serve_args(&version_dir));
     let http = client();
-    let (status, body) = json_of(http.post(server.url("/score")).json(&json!({"data": [[1, 2, 3, 4]]})).send().unwrap());
+    let (status, body) = json_of(
+        http.post(server.url("/score"))
+            .json(&json!({"data": [[1, 2, 3, 4]]}))
+            .send()
+            .unwrap(),
+    );
     assert_eq!(status, 200, "{body}");
     assert_eq!(body.as_array().unwrap()[0].as_array().unwrap().len(), 3);
-    let (status, _) = json_of(http.get(server.url("/v2/models/iris_mlp/versions/3")).send().unwrap());
+    let (status, _) = json_of(
+        http.get(server.url("/v2/models/iris_mlp/versions/3"))
+            .send()
+            .unwrap(),
+    );
     assert_eq!(status, 200);
 }

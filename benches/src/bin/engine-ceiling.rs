@@ -7,7 +7,9 @@
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use modelpod_accel::{DataType, EngineChoice, EngineOptions, Tensor, TensorData, load_model, ort_engine};
+use modelpod_accel::{
+    DataType, EngineChoice, EngineOptions, Tensor, TensorData, load_model, ort_engine,
+};
 use modelpod_scoring::manifest::ModelManifest;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -60,16 +62,27 @@ fn main() -> anyhow::Result<()> {
     }
     let options = EngineOptions {
         choice,
-        intra_op_threads: args.intra_op_threads.or(manifest.intra_op_threads).unwrap_or(1),
+        intra_op_threads: args
+            .intra_op_threads
+            .or(manifest.intra_op_threads)
+            .unwrap_or(1),
     };
-    let model = load_model(&file, &options).with_context(|| format!("loading {}", file.display()))?;
+    let model =
+        load_model(&file, &options).with_context(|| format!("loading {}", file.display()))?;
     let instances = args.instances.or(manifest.instances).unwrap_or(1);
     if !args.json {
         println!(
             "{} v{} on {} ({} instance(s), {} intra-op thread(s))",
-            args.model, args.version, model.engine(), instances, options.intra_op_threads
+            args.model,
+            args.version,
+            model.engine(),
+            instances,
+            options.intra_op_threads
         );
-        println!("{:>6} {:>12} {:>12} {:>10} {:>10}", "batch", "rows/s", "runs/s", "p50 ms", "p99 ms");
+        println!(
+            "{:>6} {:>12} {:>12} {:>10} {:>10}",
+            "batch", "rows/s", "runs/s", "p50 ms", "p99 ms"
+        );
     }
     for &batch in &args.batch {
         let inputs = Arc::new(random_inputs(model.signature(), batch, args.dim)?);
@@ -79,17 +92,19 @@ fn main() -> anyhow::Result<()> {
             .map(|_| {
                 let mut backend = model.instantiate()?;
                 let (inputs, stop, measuring) = (inputs.clone(), stop.clone(), measuring.clone());
-                Ok(std::thread::spawn(move || -> anyhow::Result<Vec<Duration>> {
-                    let mut latencies = Vec::new();
-                    while !stop.load(Ordering::Relaxed) {
-                        let started = Instant::now();
-                        backend.run(inputs.as_ref().clone())?;
-                        if measuring.load(Ordering::Relaxed) {
-                            latencies.push(started.elapsed());
+                Ok(std::thread::spawn(
+                    move || -> anyhow::Result<Vec<Duration>> {
+                        let mut latencies = Vec::new();
+                        while !stop.load(Ordering::Relaxed) {
+                            let started = Instant::now();
+                            backend.run(inputs.as_ref().clone())?;
+                            if measuring.load(Ordering::Relaxed) {
+                                latencies.push(started.elapsed());
+                            }
                         }
-                    }
-                    Ok(latencies)
-                }))
+                        Ok(latencies)
+                    },
+                ))
             })
             .collect::<anyhow::Result<_>>()?;
         std::thread::sleep(Duration::from_secs(1));
@@ -107,7 +122,9 @@ fn main() -> anyhow::Result<()> {
             bail!("no run finished within {} s at batch {batch}", args.seconds);
         }
         latencies.sort();
-        let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1e3;
+        let pct = |p: f64| {
+            latencies[((latencies.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1e3
+        };
         let runs = latencies.len() as f64 / elapsed;
         if args.json {
             println!(
@@ -116,7 +133,12 @@ fn main() -> anyhow::Result<()> {
                     "batch": batch, "rows_per_s": runs * batch as f64, "runs_per_s": runs, "p50_ms": pct(0.5), "p99_ms": pct(0.99)})
             );
         } else {
-            println!("{batch:>6} {:>12.1} {runs:>12.1} {:>10.3} {:>10.3}", runs * batch as f64, pct(0.5), pct(0.99));
+            println!(
+                "{batch:>6} {:>12.1} {runs:>12.1} {:>10.3} {:>10.3}",
+                runs * batch as f64,
+                pct(0.5),
+                pct(0.99)
+            );
         }
     }
     Ok(())
@@ -124,7 +146,11 @@ fn main() -> anyhow::Result<()> {
 
 /// Inputs of the signature's types with `batch` rows; other symbolic dimensions get `dim`.
 /// Integer inputs stay small so they are valid indices (token ids, classes).
-fn random_inputs(signature: &modelpod_accel::Signature, batch: usize, dim: usize) -> anyhow::Result<Vec<Tensor>> {
+fn random_inputs(
+    signature: &modelpod_accel::Signature,
+    batch: usize,
+    dim: usize,
+) -> anyhow::Result<Vec<Tensor>> {
     let mut seed = 0x2545F4914F6CDD1Du64;
     let mut next = move || {
         seed ^= seed << 13;
@@ -136,11 +162,21 @@ fn random_inputs(signature: &modelpod_accel::Signature, batch: usize, dim: usize
         .inputs
         .iter()
         .map(|spec| {
-            let shape: Vec<usize> =
-                spec.dims.iter().enumerate().map(|(i, d)| d.unwrap_or(if i == 0 { batch } else { dim })).collect();
+            let shape: Vec<usize> = spec
+                .dims
+                .iter()
+                .enumerate()
+                .map(|(i, d)| d.unwrap_or(if i == 0 { batch } else { dim }))
+                .collect();
             let count = shape.iter().product();
             let values: Vec<f64> = (0..count)
-                .map(|_| if spec.dtype.is_float() { next() * 2.0 - 1.0 } else { (next() * 100.0).floor() })
+                .map(|_| {
+                    if spec.dtype.is_float() {
+                        next() * 2.0 - 1.0
+                    } else {
+                        (next() * 100.0).floor()
+                    }
+                })
                 .collect();
             let data = match spec.dtype {
                 // Masks and boolean inputs: all set.

@@ -23,7 +23,10 @@ pub enum ServeError {
     #[error("--backend ort: {0}")]
     OrtRequired(modelpod_accel::EngineError),
     #[error("cannot listen on {address}: {source}")]
-    Bind { address: String, source: std::io::Error },
+    Bind {
+        address: String,
+        source: std::io::Error,
+    },
 }
 
 /// What every handler shares.
@@ -43,7 +46,8 @@ pub struct AppState {
 impl AppState {
     /// Readiness: start-up loading done, and with strict readiness every model ready.
     pub fn ready(&self) -> bool {
-        self.loaded.load(Ordering::Acquire) && (!self.config.strict_readiness || self.registry.all_ready())
+        self.loaded.load(Ordering::Acquire)
+            && (!self.config.strict_readiness || self.registry.all_ready())
     }
 }
 
@@ -80,15 +84,20 @@ impl ScoringServer {
         });
         let app_state = state.clone();
         let address = format!("{}:{}", config.host, config.port);
-        let http = HttpServer::new(move || App::new()
+        let http = HttpServer::new(move || {
+            App::new()
                 .app_data(app_state.clone())
                 .wrap(actix_web::middleware::from_fn(routes::request_ids))
-                .configure(routes::configure))
-            .workers(config.http_workers)
-            // Accepted requests get up to their scoring timeout to finish after SIGTERM.
-            .shutdown_timeout(config.scoring_timeout.as_secs().clamp(1, 300))
-            .bind(&address)
-            .map_err(|source| ServeError::Bind { address: address.clone(), source })?;
+                .configure(routes::configure)
+        })
+        .workers(config.http_workers)
+        // Accepted requests get up to their scoring timeout to finish after SIGTERM.
+        .shutdown_timeout(config.scoring_timeout.as_secs().clamp(1, 300))
+        .bind(&address)
+        .map_err(|source| ServeError::Bind {
+            address: address.clone(),
+            source,
+        })?;
         let address = *http.addrs().first().expect("bound to at least one address");
         let server = http.run();
         let loader_state = state.clone();
@@ -98,7 +107,10 @@ impl ScoringServer {
                 loader_state.registry.load_all();
                 loader_state.loaded.store(true, Ordering::Release);
                 let index = loader_state.registry.index();
-                let ready = index.iter().filter(|e| e.state == modelpod_scoring::ModelState::Ready).count();
+                let ready = index
+                    .iter()
+                    .filter(|e| e.state == modelpod_scoring::ModelState::Ready)
+                    .count();
                 tracing::info!(ready, total = index.len(), "start-up loading finished");
             })
             .expect("spawning the loader thread");
@@ -108,7 +120,11 @@ impl ScoringServer {
             auth = state.auth.enabled(),
             "listening on http://{address}"
         );
-        Ok(ScoringServer { server, address, state })
+        Ok(ScoringServer {
+            server,
+            address,
+            state,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -136,7 +152,10 @@ impl ScoringServer {
 /// Loads ONNX Runtime up front so `--ort-library` wins over the default locations and a
 /// demanded but missing library fails at start, not on the first model.
 fn prepare_engines(config: &ServeConfig) -> Result<(), ServeError> {
-    match (ort_engine::init_ort(config.ort_library.as_deref()), config.backend) {
+    match (
+        ort_engine::init_ort(config.ort_library.as_deref()),
+        config.backend,
+    ) {
         (Ok(library), _) => tracing::debug!(library = %library.display(), "ONNX Runtime available"),
         (Err(e), EngineChoice::Ort) => return Err(ServeError::OrtRequired(e)),
         (Err(e), EngineChoice::Auto) => tracing::info!("{e}; serving with tract"),
@@ -163,7 +182,11 @@ impl RunningServer {
                 actix_web::rt::System::new().block_on(async move {
                     match ScoringServer::build(config) {
                         Ok(server) => {
-                            let _ = sender.send(Ok((server.local_addr(), server.registry(), server.handle())));
+                            let _ = sender.send(Ok((
+                                server.local_addr(),
+                                server.registry(),
+                                server.handle(),
+                            )));
                             server.run().await
                         }
                         Err(e) => {

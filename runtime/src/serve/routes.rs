@@ -28,16 +28,34 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v2/health/live", web::get().to(live))
         .route("/v2/health/ready", web::get().to(ready))
         .route("/v2/models/{name}", web::get().to(model_metadata))
-        .route("/v2/models/{name}/versions/{version}", web::get().to(model_metadata))
+        .route(
+            "/v2/models/{name}/versions/{version}",
+            web::get().to(model_metadata),
+        )
         .route("/v2/models/{name}/ready", web::get().to(model_ready))
-        .route("/v2/models/{name}/versions/{version}/ready", web::get().to(model_ready))
+        .route(
+            "/v2/models/{name}/versions/{version}/ready",
+            web::get().to(model_ready),
+        )
         .route("/v2/models/{name}/config", web::get().to(model_config))
-        .route("/v2/models/{name}/versions/{version}/config", web::get().to(model_config))
+        .route(
+            "/v2/models/{name}/versions/{version}/config",
+            web::get().to(model_config),
+        )
         .route("/v2/models/{name}/infer", web::post().to(infer))
-        .route("/v2/models/{name}/versions/{version}/infer", web::post().to(infer))
+        .route(
+            "/v2/models/{name}/versions/{version}/infer",
+            web::post().to(infer),
+        )
         .route("/v2/repository/index", web::post().to(repository_index))
-        .route("/v2/repository/models/{name}/load", web::post().to(repository_load))
-        .route("/v2/repository/models/{name}/unload", web::post().to(repository_unload))
+        .route(
+            "/v2/repository/models/{name}/load",
+            web::post().to(repository_load),
+        )
+        .route(
+            "/v2/repository/models/{name}/unload",
+            web::post().to(repository_unload),
+        )
         .default_service(web::to(not_found));
 }
 
@@ -60,7 +78,10 @@ pub async fn request_ids(
     }
     if !headers.contains_key("x-ms-request-id") {
         let id = uuid::Uuid::new_v4().to_string();
-        headers.insert(HeaderName::from_static("x-ms-request-id"), HeaderValue::from_str(&id).expect("uuid is ASCII"));
+        headers.insert(
+            HeaderName::from_static("x-ms-request-id"),
+            HeaderValue::from_str(&id).expect("uuid is ASCII"),
+        );
     }
     Ok(response)
 }
@@ -74,7 +95,9 @@ async fn not_found(request: HttpRequest) -> HttpResponse {
 }
 
 async fn azure_health() -> HttpResponse {
-    HttpResponse::Ok().content_type("text/plain; charset=utf-8").body("Healthy")
+    HttpResponse::Ok()
+        .content_type("text/plain; charset=utf-8")
+        .body("Healthy")
 }
 
 async fn live() -> HttpResponse {
@@ -104,7 +127,11 @@ async fn server_metadata() -> HttpResponse {
 }
 
 fn path_model(request: &HttpRequest) -> Result<(String, Option<u64>), ApiError> {
-    let name = request.match_info().get("name").unwrap_or_default().to_string();
+    let name = request
+        .match_info()
+        .get("name")
+        .unwrap_or_default()
+        .to_string();
     let version = parse_version(request.match_info().get("version"))?;
     Ok((name, version))
 }
@@ -113,7 +140,8 @@ fn parse_version(version: Option<&str>) -> Result<Option<u64>, ApiError> {
     match version.filter(|v| !v.is_empty()) {
         None => Ok(None),
         Some(v) => v.parse::<u64>().map(Some).map_err(|_| {
-            ScoringError::BadRequest(format!("model version '{v}' is not a positive integer")).into()
+            ScoringError::BadRequest(format!("model version '{v}' is not a positive integer"))
+                .into()
         }),
     }
 }
@@ -125,7 +153,10 @@ fn platform(model: &ServedModel) -> &'static str {
     }
 }
 
-async fn model_metadata(request: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn model_metadata(
+    request: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let (name, version) = path_model(&request)?;
     let model = state.registry.get(&name, version)?;
     let tensors = |specs: &[modelpod_accel::TensorSpec]| -> Vec<Value> {
@@ -150,7 +181,10 @@ async fn model_metadata(request: HttpRequest, state: web::Data<AppState>) -> Res
     })))
 }
 
-async fn model_ready(request: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn model_ready(
+    request: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let (name, version) = path_model(&request)?;
     match state.registry.get(&name, version) {
         Ok(_) => Ok(HttpResponse::Ok().json(json!({ "name": name, "ready": true }))),
@@ -161,7 +195,10 @@ async fn model_ready(request: HttpRequest, state: web::Data<AppState>) -> Result
 }
 
 /// Triton's model configuration, which perf_analyzer and tritonclient read.
-async fn model_config(request: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn model_config(
+    request: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let (name, version) = path_model(&request)?;
     let model = state.registry.get(&name, version)?;
     let batched = model.policy.batches();
@@ -198,11 +235,15 @@ struct IndexRequest {
     ready: Option<bool>,
 }
 
-async fn repository_index(state: web::Data<AppState>, body: Bytes) -> Result<HttpResponse, ApiError> {
+async fn repository_index(
+    state: web::Data<AppState>,
+    body: Bytes,
+) -> Result<HttpResponse, ApiError> {
     let filter: IndexRequest = if body.iter().all(u8::is_ascii_whitespace) {
         IndexRequest::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| ScoringError::BadRequest(format!("malformed index request: {e}")))?
+        serde_json::from_slice(&body)
+            .map_err(|e| ScoringError::BadRequest(format!("malformed index request: {e}")))?
     };
     let entries: Vec<_> = state
         .registry
@@ -220,7 +261,10 @@ async fn repository_index(state: web::Data<AppState>, body: Bytes) -> Result<Htt
     Ok(HttpResponse::Ok().json(entries))
 }
 
-async fn repository_load(request: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn repository_load(
+    request: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     state.auth.check(&request)?;
     let (name, _) = path_model(&request)?;
     let registry = state.registry.clone();
@@ -230,7 +274,10 @@ async fn repository_load(request: HttpRequest, state: web::Data<AppState>) -> Re
     Ok(HttpResponse::Ok().json(json!({})))
 }
 
-async fn repository_unload(request: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn repository_unload(
+    request: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     state.auth.check(&request)?;
     let (name, _) = path_model(&request)?;
     let registry = state.registry.clone();
@@ -241,7 +288,11 @@ async fn repository_unload(request: HttpRequest, state: web::Data<AppState>) -> 
 }
 
 /// Reads a body up to the configured limit, refusing a larger one before reading it all.
-async fn read_body(request: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<Bytes, ApiError> {
+async fn read_body(
+    request: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -252,7 +303,8 @@ async fn read_body(request: &HttpRequest, mut payload: web::Payload, limit: usiz
     }
     let mut body = BytesMut::with_capacity(declared.unwrap_or(0));
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ScoringError::BadRequest(format!("reading the request body: {e}")))?;
+        let chunk = chunk
+            .map_err(|e| ScoringError::BadRequest(format!("reading the request body: {e}")))?;
         if body.len() + chunk.len() > limit {
             return Err(ApiError::PayloadTooLarge { limit });
         }
@@ -270,9 +322,12 @@ async fn execute(
 ) -> Result<JobOutput, ApiError> {
     let config = &state.config;
     let deadline = arrival + config.scoring_timeout;
-    let _permit = match tokio::time::timeout(config.max_queue_wait, state.admission.acquire()).await {
+    let _permit = match tokio::time::timeout(config.max_queue_wait, state.admission.acquire()).await
+    {
         Ok(Ok(permit)) => permit,
-        Ok(Err(_)) => return Err(ScoringError::Overloaded("the server is shutting down".into()).into()),
+        Ok(Err(_)) => {
+            return Err(ScoringError::Overloaded("the server is shutting down".into()).into());
+        }
         Err(_) => {
             return Err(ScoringError::Overloaded(format!(
                 "Too many requests: no scoring slot became free within maxQueueWaitMs = {} ms (maxConcurrentRequestsPerContainer = {})",
@@ -286,7 +341,9 @@ async fn execute(
     let reply = model.submit(inputs, Some(deadline))?;
     match tokio::time::timeout_at(deadline.into(), reply).await {
         Ok(Ok(result)) => Ok(result?),
-        Ok(Err(_)) => Err(ScoringError::Engine("the model's worker stopped before answering".into()).into()),
+        Ok(Err(_)) => {
+            Err(ScoringError::Engine("the model's worker stopped before answering".into()).into())
+        }
         Err(_) => Err(ScoringError::DeadlineExceeded(format!(
             "scoring did not finish within scoringTimeoutMs = {} ms",
             config.scoring_timeout.as_millis()
@@ -304,7 +361,9 @@ struct InFlight<'a> {
 
 impl<'a> InFlight<'a> {
     fn enter(state: &'a AppState, model: &ServedModel) -> InFlight<'a> {
-        state.in_flight.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        state
+            .in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         let gauge = metrics::gauge!("modelpod_inflight_requests", "model" => model.name.clone());
         gauge.increment(1.0);
         InFlight { state, gauge }
@@ -313,17 +372,26 @@ impl<'a> InFlight<'a> {
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.state.in_flight.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        self.state
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
         self.gauge.decrement(1.0);
     }
 }
 
 /// Records one finished inference request.
-fn record(protocol: &'static str, model: &str, arrival: Instant, outcome: Result<&JobOutput, &ApiError>) {
+fn record(
+    protocol: &'static str,
+    model: &str,
+    arrival: Instant,
+    outcome: Result<&JobOutput, &ApiError>,
+) {
     let model = model.to_string();
     let status = match outcome {
         Ok(_) => "200".to_string(),
-        Err(e) => actix_web::ResponseError::status_code(e).as_u16().to_string(),
+        Err(e) => actix_web::ResponseError::status_code(e)
+            .as_u16()
+            .to_string(),
     };
     metrics::counter!("modelpod_requests_total", "model" => model.clone(), "protocol" => protocol, "code" => status)
         .increment(1);
@@ -331,8 +399,10 @@ fn record(protocol: &'static str, model: &str, arrival: Instant, outcome: Result
         .record(arrival.elapsed().as_secs_f64());
     match outcome {
         Ok(out) => {
-            metrics::histogram!("modelpod_queue_duration_seconds", "model" => model.clone()).record(out.queue_time.as_secs_f64());
-            metrics::histogram!("modelpod_compute_duration_seconds", "model" => model).record(out.compute_time.as_secs_f64());
+            metrics::histogram!("modelpod_queue_duration_seconds", "model" => model.clone())
+                .record(out.queue_time.as_secs_f64());
+            metrics::histogram!("modelpod_compute_duration_seconds", "model" => model)
+                .record(out.compute_time.as_secs_f64());
         }
         Err(e) => {
             metrics::counter!("modelpod_request_failures_total", "model" => model, "protocol" => protocol, "error_type" => e.kind())
@@ -348,19 +418,31 @@ struct ScoreQuery {
 }
 
 /// Azure's `POST /score`: `{"data": ...}` through the model's declared pipeline.
-async fn score(request: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn score(
+    request: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let arrival = Instant::now();
     state.auth.check(&request)?;
     let query = web::Query::<ScoreQuery>::from_query(request.query_string())
         .map_err(|e| ScoringError::BadRequest(format!("invalid query string: {e}")))?
         .into_inner();
-    let name = match query.model.filter(|m| !m.is_empty()).or_else(|| state.config.default_model.clone()) {
+    let name = match query
+        .model
+        .filter(|m| !m.is_empty())
+        .or_else(|| state.config.default_model.clone())
+    {
         Some(name) => name,
         None => {
             let names = state.registry.model_names();
             match names.as_slice() {
                 [only] => only.clone(),
-                [] => return Err(ScoringError::ModelNotFound("no models are served here".into()).into()),
+                [] => {
+                    return Err(
+                        ScoringError::ModelNotFound("no models are served here".into()).into(),
+                    );
+                }
                 several => {
                     return Err(ScoringError::BadRequest(format!(
                         "several models are served ({}); name one with ?model=",
@@ -371,14 +453,17 @@ async fn score(request: HttpRequest, payload: web::Payload, state: web::Data<App
             }
         }
     };
-    let model = state.registry.get(&name, parse_version(query.version.as_deref())?)?;
+    let model = state
+        .registry
+        .get(&name, parse_version(query.version.as_deref())?)?;
     let result = async {
         let body = read_body(&request, payload, state.config.max_request_bytes).await?;
         if body.iter().all(u8::is_ascii_whitespace) {
             return Err(ScoringError::BadRequest("the request body is empty".into()).into());
         }
-        let value: Value = serde_json::from_slice(&body)
-            .map_err(|e| ScoringError::BadRequest(format!("the request body is not valid JSON: {e}")))?;
+        let value: Value = serde_json::from_slice(&body).map_err(|e| {
+            ScoringError::BadRequest(format!("the request body is not valid JSON: {e}"))
+        })?;
         let inputs = model.pipeline.decode(&value)?;
         execute(&state, &model, inputs, arrival).await
     }
@@ -387,12 +472,19 @@ async fn score(request: HttpRequest, payload: web::Payload, state: web::Data<App
     let output = result?;
     let reply = model.pipeline.encode(&output.outputs)?;
     Ok(HttpResponse::Ok()
-        .insert_header(("x-ms-run-fn-exec-ms", format!("{:.3}", arrival.elapsed().as_secs_f64() * 1000.0)))
+        .insert_header((
+            "x-ms-run-fn-exec-ms",
+            format!("{:.3}", arrival.elapsed().as_secs_f64() * 1000.0),
+        ))
         .json(reply))
 }
 
 /// Open Inference Protocol v2 `infer`, JSON or binary tensors.
-async fn infer(request: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn infer(
+    request: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let arrival = Instant::now();
     state.auth.check(&request)?;
     let (name, version) = path_model(&request)?;
@@ -403,7 +495,11 @@ async fn infer(request: HttpRequest, payload: web::Payload, state: web::Data<App
             v.to_str()
                 .ok()
                 .and_then(|v| v.trim().parse::<usize>().ok())
-                .ok_or_else(|| ScoringError::BadRequest("Inference-Header-Content-Length is not a number".into()))?,
+                .ok_or_else(|| {
+                    ScoringError::BadRequest(
+                        "Inference-Header-Content-Length is not a number".into(),
+                    )
+                })?,
         ),
     };
     let mut parsed = None;
@@ -439,4 +535,3 @@ async fn infer(request: HttpRequest, payload: web::Payload, state: web::Data<App
     }
     Ok(response.body(encoded.body))
 }
-

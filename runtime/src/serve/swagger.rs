@@ -9,7 +9,8 @@ use serde_json::{Map, Value, json};
 fn schema_of(example: &Value) -> Value {
     match example {
         Value::Array(items) => {
-            let mut schema = json!({ "type": "array", "items": items.first().map_or(json!({}), schema_of) });
+            let mut schema =
+                json!({ "type": "array", "items": items.first().map_or(json!({}), schema_of) });
             if !items.is_empty() {
                 schema["minItems"] = json!(1);
             }
@@ -32,7 +33,9 @@ pub async fn swagger(request: HttpRequest, state: web::Data<AppState>) -> HttpRe
     let mut definitions = Map::new();
     let mut model_names = Vec::new();
     for name in state.registry.model_names() {
-        let Ok(model) = state.registry.get(&name, None) else { continue };
+        let Ok(model) = state.registry.get(&name, None) else {
+            continue;
+        };
         let example = model.pipeline.example_request();
         definitions.insert(
             format!("{name}Input"),
@@ -46,7 +49,9 @@ pub async fn swagger(request: HttpRequest, state: web::Data<AppState>) -> HttpRe
         model_names.push(name);
     }
     let default_input = match (state.config.default_model.as_ref(), model_names.as_slice()) {
-        (Some(name), _) if definitions.contains_key(&format!("{name}Input")) => format!("#/definitions/{name}Input"),
+        (Some(name), _) if definitions.contains_key(&format!("{name}Input")) => {
+            format!("#/definitions/{name}Input")
+        }
         (_, [only]) => format!("#/definitions/{only}Input"),
         _ => "#/definitions/ServiceInput".to_string(),
     };
@@ -97,6 +102,7 @@ pub async fn swagger(request: HttpRequest, state: web::Data<AppState>) -> HttpRe
             "description": "For example: Bearer abc123" } });
         document["paths"]["/score"]["post"]["security"] = json!([{ "Bearer": [] }]);
     }
-    document["paths"]["/score"]["post"]["parameters"] = Value::Array(std::mem::take(&mut parameters));
+    document["paths"]["/score"]["post"]["parameters"] =
+        Value::Array(std::mem::take(&mut parameters));
     HttpResponse::Ok().json(document)
 }

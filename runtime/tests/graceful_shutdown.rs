@@ -1,0 +1,132 @@
+//! The real `modelpod` binary: it reports its bound address, and on SIGTERM stops accepting
+//! while finishing the request it already accepted, then exits cleanly.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn slow_request(address: &str, rows: usize, sent: impl FnOnce()) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let values: Vec<String> = std::iter::repeat_n("0.5".to_string(), rows * 256).collect();
+    let body = format!(
+        r#"{{"inputs":[{{"name":"x","shape":[{rows},256],"datatype":"FP32","data":[{}]}}],"outputs":[{{"name":"y","parameters":{{"binary_data":true}}}}]}}"#,
+        values.join(",")
+    );
+    let mut stream = std::net::TcpStream::connect(address)?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    write!(
+        stream,
+        "POST /v2/models/slow/infer HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    sent();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let text = String::from_utf8_lossy(&response).to_string();
+    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    Ok((status, text))
+}
+
+#[test]
+fn sigterm_finishes_accepted_requests_then_exits() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_modelpod"))
+        .args([
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--max-concurrent-requests",
+            "4",
+            "--model-repository",
+        ])
+        .arg(workspace_root().join("tests/fixtures/slow-models"))
+        .current_dir(workspace_root())
+        .env("MODELPOD_LOG_FORMAT", "text")
+        .env("NO_COLOR", "1")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("modelpod starts");
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let mut address = None;
+    let mut ready = false;
+    let until = Instant::now() + Duration::from_secs(60);
+    while (address.is_none() || !ready) && Instant::now() < until {
+        let Ok(line) = lines_rx.recv_timeout(Duration::from_millis(100)) else {
+            continue;
+        };
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            address = rest.split_whitespace().next().map(|a| {
+                a.trim_end_matches(|c: char| !c.is_ascii_digit())
+                    .to_string()
+            });
+        }
+        ready |= line.contains("start-up loading finished");
+    }
+    let address = address.expect("the server logs its bound address");
+    assert!(ready, "models did not load");
+
+    // Find a request size that keeps the worker busy for a while on this machine.
+    let mut rows = 64;
+    loop {
+        let started = Instant::now();
+        assert_eq!(slow_request(&address, rows, || ()).unwrap().0, 200);
+        if started.elapsed() > Duration::from_millis(400) || rows >= 1 << 15 {
+            break;
+        }
+        rows *= 2;
+    }
+    let in_flight = {
+        let address = address.clone();
+        let (sent_tx, sent_rx) = std::sync::mpsc::channel();
+        let handle = std::thread::spawn(move || {
+            slow_request(&address, rows * 2, move || sent_tx.send(()).unwrap())
+        });
+        sent_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the request is sent");
+        handle
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    let (code, text) = in_flight
+        .join()
+        .unwrap()
+        .expect("the accepted request gets an answer");
+    assert_eq!(code, 200, "{}", &text[..text.len().min(300)]);
+    let until = Instant::now() + Duration::from_secs(30);
+    let exit = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            Instant::now() < until,
+            "modelpod did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(exit.success(), "exit status {exit:?}");
+    assert!(
+        std::net::TcpStream::connect(&address).is_err(),
+        "still accepting after exit"
+    );
+}

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Everything CI runs: installs what the tests need (ONNX Runtime, Python tools, fixtures'
+# example models), checks formatting and lints, then runs every test of the workspace.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/setup.sh
+
+# Here a missing ONNX Runtime or Python client is a failure, not a skipped test.
+export MODELPOD_TEST_REQUIRE_ORT=1
+export MODELPOD_TEST_REQUIRE_PYTHON=1
+
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked

@@ -567,6 +567,76 @@ mod tests {
         assert_eq!(ids(s.select(t0)), vec![2]);
     }
 
+    /// A backend that returns each input row plus 1000 times its position in the batch, so a
+    /// reply holding another caller's rows (or its own rows misplaced) is caught.
+    struct TaggingBackend;
+
+    impl Backend for TaggingBackend {
+        fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, modelpod_accel::EngineError> {
+            let t = &inputs[0];
+            let row_len: usize = t.row_shape().iter().product();
+            let data: Vec<f64> = t.data().to_f64_vec();
+            let tagged: Vec<f64> = data
+                .iter()
+                .enumerate()
+                .map(|(i, x)| x + 1000.0 * (i / row_len) as f64)
+                .collect();
+            Ok(vec![Tensor::new(t.shape().to_vec(), tagged).unwrap()])
+        }
+    }
+
+    #[test]
+    fn every_caller_gets_exactly_its_own_rows_from_a_worker_pool() {
+        let batcher = Arc::new(Batcher::start(
+            "test",
+            vec![],
+            policy(8, 1, &[]),
+            (0..3)
+                .map(|_| Box::new(TaggingBackend) as Box<dyn Backend>)
+                .collect(),
+        ));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let batcher = batcher.clone();
+                std::thread::spawn(move || {
+                    let mut replies = Vec::new();
+                    for i in 0..50 {
+                        let rows = 1 + (t + i) % 4;
+                        let width = 2 + (i % 2); // two shapes that must not share a batch
+                        let id = (t * 100 + i) as f64; // < 1000, so a foreign row cannot look like a tagged own row
+                        let input = Tensor::new(vec![rows, width], vec![id; rows * width]).unwrap();
+                        replies.push((id, rows, width, batcher.submit(vec![input], None).unwrap()));
+                    }
+                    replies
+                })
+            })
+            .collect();
+        let mut answered = 0;
+        for thread in threads {
+            for (id, rows, width, reply) in thread.join().unwrap() {
+                let output = runtime.block_on(reply).unwrap().unwrap();
+                assert!(output.batch_rows <= 8);
+                let out = &output.outputs[0];
+                assert_eq!(out.shape(), &[rows, width]);
+                // Rows keep their caller's value; the tag only says where in the batch they ran.
+                let values = out.data().to_f64_vec();
+                for row in values.chunks(width) {
+                    let position = (row[0] - id) / 1000.0;
+                    assert!(
+                        position >= 0.0 && position.fract() == 0.0 && position < 8.0,
+                        "row {row:?} is not request {id}'s"
+                    );
+                    assert!(row.iter().all(|&v| v == row[0]));
+                }
+                answered += 1;
+            }
+        }
+        assert_eq!(answered, 400);
+    }
+
     mod properties {
         use super::*;
         use proptest::prelude::*;

@@ -1,8 +1,10 @@
-//! modelpod's runtime: configuration, the scoring server (`modelpod serve`), authentication,
+//! modelpod's runtime: configuration, the scoring server (`modelpod serve`), the load generator
+//! (`modelpod bench`), authentication,
 //! metrics and the one mapping from errors to HTTP responses.
 
 pub mod auth;
 pub mod azure_config;
+pub mod bench;
 pub mod config;
 pub mod http_error;
 pub mod metrics;

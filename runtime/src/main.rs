@@ -1,6 +1,7 @@
 //! The `modelpod` binary.
 
 use clap::{Parser, Subcommand};
+use modelpod::bench::BenchArgs;
 use modelpod::{ScoringServer, ServeArgs, ServeConfig, telemetry};
 
 /// modelpod: a model-serving runtime for Azure ML (SDK v1) scoring contracts and the Open
@@ -16,6 +17,8 @@ struct Cli {
 enum Command {
     /// Run the scoring server over a model repository.
     Serve(ServeArgs),
+    /// Measure a serving endpoint: throughput and latency percentiles under load.
+    Bench(BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -29,6 +32,13 @@ fn main() -> anyhow::Result<()> {
                 server.run().await?;
                 anyhow::Ok(())
             })
+        }
+        Command::Bench(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(modelpod::bench::run(args))?;
+            Ok(())
         }
     }
 }

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Honesty check of `modelpod bench`: the same target, model and settings measured by it and by
+# Triton's perf_analyzer, alternately, over the v2 binary route with one row per request.
+#
+#   sudo -E bash benches/bench_vs_perf_analyzer.sh [MODEL:CONCURRENCY ...]   (default: iris:1 iris:8 image_cnn:8)
+#
+# Writes target/bench/honesty.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ $# -gt 0 ]; then POINTS=("$@"); else POINTS=(iris:1 iris:8 image_cnn:8); fi
+SECONDS_PER_POINT=${SECONDS_PER_POINT:-5}
+OUT=target/bench
+mkdir -p "$OUT"
+
+bash scripts/setup.sh >/dev/null
+cargo build --release -q -p modelpod
+bash benches/perf_analyzer/install.sh >/dev/null
+
+LOG="$OUT/honesty-serve.log"
+./target/release/modelpod serve --model-repository examples/models \
+  --deployment-config examples/deploymentconfig.json --host 127.0.0.1 --port 0 > "$LOG" 2>&1 &
+SERVER=$!
+trap 'kill $SERVER 2>/dev/null || true' EXIT
+for _ in $(seq 1 600); do grep -q "start-up loading finished" "$LOG" 2>/dev/null && break; sleep 0.1; done
+ADDRESS=$(sed -n 's/.*listening on http:\/\/\([0-9.:]*\).*/\1/p' "$LOG" | head -1)
+[ -n "$ADDRESS" ] || { cat "$LOG" >&2; exit 1; }
+
+: > "$OUT/honesty.jsonl"
+for point in "${POINTS[@]}"; do
+  model=${point%%:*}; concurrency=${point##*:}
+  echo "$model at concurrency $concurrency" >&2
+  ./target/release/modelpod bench "http://$ADDRESS" --model "$model" --protocol v2-binary \
+    --concurrency "$concurrency" --duration "${SECONDS_PER_POINT}s" --warmup 2s --no-progress \
+    --json "$OUT/honesty-bench.json" > /dev/null
+  bash benches/perf_analyzer/perf_analyzer.sh -m "$model" -u "$ADDRESS" -i http \
+    --concurrency-range "$concurrency:$concurrency" --measurement-interval "$((SECONDS_PER_POINT * 1000))" \
+    --stability-percentage 20 -f "$OUT/honesty-pa.csv" > /dev/null
+  python3 - "$model" "$concurrency" "$OUT" >> "$OUT/honesty.jsonl" <<'PY'
+import csv, json, sys
+model, c, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+b = json.load(open(f"{out}/honesty-bench.json"))["points"][0]
+pa = [r for r in csv.DictReader(open(f"{out}/honesty-pa.csv")) if int(r["Concurrency"]) == c]
+if not pa:
+    sys.exit(f"perf_analyzer dropped {model} c={c} (unstable)")
+p = pa[0]
+print(json.dumps({"model": model, "concurrency": c,
+    "bench_rps": b["requests_per_s"], "bench_p50_us": b["p50_us"], "bench_p99_us": b["p99_us"],
+    "pa_rps": float(p["Inferences/Second"]), "pa_p50_us": float(p["p50 latency"]), "pa_p99_us": float(p["p99 latency"])}))
+PY
+done
+
+python3 - "$OUT" <<'PY' | tee "$OUT/honesty.md"
+import json, sys
+rows = [json.loads(l) for l in open(f"{sys.argv[1]}/honesty.jsonl")]
+print("| model | concurrency | modelpod bench req/s | perf_analyzer req/s | ratio | bench p50 µs | perf_analyzer p50 µs | ratio | bench p99 µs | perf_analyzer p99 µs |")
+print("|---|---|---|---|---|---|---|---|---|---|")
+for r in rows:
+    print(f"| {r['model']} | {r['concurrency']} | {r['bench_rps']:.0f} | {r['pa_rps']:.0f} | {r['bench_rps'] / r['pa_rps']:.2f} "
+          f"| {r['bench_p50_us']:.0f} | {r['pa_p50_us']:.0f} | {r['bench_p50_us'] / r['pa_p50_us']:.2f} "
+          f"| {r['bench_p99_us']:.0f} | {r['pa_p99_us']:.0f} |")
+PY

@@ -1,0 +1,175 @@
+//! `modelpod bench`: a load generator for modelpod's routes (Azure `/score`, v2 JSON, v2 binary
+//! tensors) and any other Open Inference Protocol v2 server.
+//!
+//! Closed loop (fixed concurrency) and open loop (fixed request rate, latency measured from each
+//! request's intended send time so queueing is not hidden by coordinated omission); warm-up;
+//! fixed duration or request count; sweeps; HDR histograms; errors by status code; the server's
+//! own queue and compute time read from `/metrics` before and after each point.
+
+mod load;
+mod report;
+mod workload;
+
+use clap::{Args, ValueEnum};
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use load::{LoadMode, PointResult};
+pub use workload::Workload;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Protocol {
+    /// Azure ML v1: POST /score?model=M with {"data": ...}.
+    Azure,
+    /// Open Inference Protocol v2 with JSON tensors.
+    V2,
+    /// Open Inference Protocol v2 with the binary tensor data extension (as perf_analyzer sends).
+    V2Binary,
+}
+
+/// `modelpod bench`: measure a serving endpoint.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Base URL of the target, e.g. http://127.0.0.1:5001.
+    pub url: String,
+    /// Model to call.
+    #[arg(long, env = "MODELPOD_BENCH_MODEL")]
+    pub model: String,
+    /// Route and encoding.
+    #[arg(long, value_enum, default_value = "v2-binary")]
+    pub protocol: Protocol,
+    /// Closed loop: concurrency levels to sweep, comma-separated [default: 1].
+    #[arg(long, value_delimiter = ',', conflicts_with = "rate")]
+    pub concurrency: Vec<usize>,
+    /// Open loop: request rates (per second) to sweep, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub rate: Vec<f64>,
+    /// Measurement time per point (e.g. 10s, 500ms).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Measure this many requests per point instead of a fixed time.
+    #[arg(long)]
+    pub requests: Option<u64>,
+    /// Unmeasured load before each point.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// Rows per request.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Size of other symbolic dimensions, as NAME:D1,D2 (the batch dimension excluded) or a
+    /// single number for all of them.
+    #[arg(long = "shape")]
+    pub shapes: Vec<String>,
+    /// Send this file as the request body instead of generating one.
+    #[arg(long)]
+    pub input: Option<PathBuf>,
+    /// Bearer key or token.
+    #[arg(long, env = "MODELPOD_BENCH_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Open loop: most requests in flight before new sends count as client-side drops.
+    #[arg(long, default_value_t = 4096)]
+    pub max_in_flight: usize,
+    /// Write the results as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write the results as a Markdown table.
+    #[arg(long)]
+    pub markdown: Option<PathBuf>,
+    /// No progress bar (also off when stderr is not a terminal).
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("{0}")]
+    Setup(String),
+    #[error("HTTP: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Parses `10s`, `1.5s`, `250ms`, `2m` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let value: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration (e.g. 10s, 250ms)"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" | "min" => value * 60.0,
+        _ => return Err(format!("'{text}': unknown unit '{unit}' (ms, s, m)")),
+    };
+    if !(seconds.is_finite() && seconds >= 0.0) {
+        return Err(format!("'{text}' is not a duration"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// Runs the sweep and prints (and writes) the report.
+pub async fn run(args: BenchArgs) -> Result<Vec<PointResult>, BenchError> {
+    if args.batch == 0 {
+        return Err(BenchError::Setup("--batch must be at least 1".into()));
+    }
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(usize::MAX)
+        .tcp_nodelay(true)
+        .build()?;
+    let workload = Workload::prepare(&client, &args).await?;
+    let modes: Vec<LoadMode> = if !args.rate.is_empty() {
+        args.rate.iter().map(|&r| LoadMode::Rate(r)).collect()
+    } else if args.concurrency.is_empty() {
+        vec![LoadMode::Concurrency(1)]
+    } else {
+        args.concurrency
+            .iter()
+            .map(|&c| LoadMode::Concurrency(c))
+            .collect()
+    };
+    for mode in &modes {
+        if matches!(mode, LoadMode::Concurrency(0))
+            || matches!(mode, LoadMode::Rate(r) if !(*r > 0.0 && r.is_finite()))
+        {
+            return Err(BenchError::Setup(format!("invalid load level {mode}")));
+        }
+    }
+    eprintln!("{}", workload.describe());
+    let mut results = Vec::new();
+    for mode in modes {
+        let result = load::measure(&client, &workload, &args, mode).await?;
+        results.push(result);
+    }
+    let table = report::table(&results);
+    println!("{table}");
+    if let Some(path) = &args.json {
+        std::fs::write(path, report::json(&args, &workload, &results))?;
+    }
+    if let Some(path) = &args.markdown {
+        std::fs::write(path, report::markdown(&results))?;
+    }
+    Ok(results)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5h").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+}

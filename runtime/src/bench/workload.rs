@@ -1,0 +1,281 @@
+//! The request a benchmark sends, built once from the target's own description of the model
+//! (v2 metadata and config, or the Azure swagger example) or read from a file.
+
+use super::{BenchArgs, BenchError, Protocol};
+use bytes::Bytes;
+use modelpod_accel::{DataType, Tensor, TensorData};
+use serde_json::{Value, json};
+
+/// One prepared request, sent unchanged for the whole run.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    pub base_url: String,
+    pub infer_url: String,
+    pub body: Bytes,
+    pub content_type: &'static str,
+    /// `Inference-Header-Content-Length` for binary v2 bodies.
+    pub inference_header: Option<usize>,
+    pub authorization: Option<String>,
+    pub model: String,
+    pub protocol: Protocol,
+    pub rows: usize,
+}
+
+impl Workload {
+    pub async fn prepare(
+        client: &reqwest::Client,
+        args: &BenchArgs,
+    ) -> Result<Workload, BenchError> {
+        let base_url = args.url.trim_end_matches('/').to_string();
+        let authorization = args.api_key.as_ref().map(|k| format!("Bearer {k}"));
+        let model = args.model.clone();
+        let infer_url = match args.protocol {
+            Protocol::Azure => format!("{base_url}/score?model={model}"),
+            Protocol::V2 | Protocol::V2Binary => format!("{base_url}/v2/models/{model}/infer"),
+        };
+        let mut workload = Workload {
+            base_url,
+            infer_url,
+            body: Bytes::new(),
+            content_type: "application/json",
+            inference_header: None,
+            authorization,
+            model,
+            protocol: args.protocol,
+            rows: args.batch,
+        };
+        if let Some(path) = &args.input {
+            let body = std::fs::read(path)
+                .map_err(|e| BenchError::Setup(format!("{}: {e}", path.display())))?;
+            if args.protocol == Protocol::V2Binary {
+                return Err(BenchError::Setup("--input with --protocol v2-binary is not supported: give a JSON body and --protocol v2".into()));
+            }
+            workload.body = Bytes::from(body);
+            return Ok(workload);
+        }
+        match args.protocol {
+            Protocol::Azure => {
+                workload.body = Bytes::from(azure_body(client, &workload, args.batch).await?)
+            }
+            Protocol::V2 | Protocol::V2Binary => {
+                let inputs = v2_inputs(client, &workload, args).await?;
+                let (body, header) = v2_body(&inputs, args.protocol == Protocol::V2Binary);
+                workload.body = Bytes::from(body);
+                if let Some(len) = header {
+                    workload.inference_header = Some(len);
+                    workload.content_type = "application/octet-stream";
+                }
+            }
+        }
+        Ok(workload)
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "{} {:?}: {} rows per request, {} byte body",
+            self.infer_url,
+            self.protocol,
+            self.rows,
+            self.body.len()
+        )
+    }
+
+    pub fn request(&self, client: &reqwest::Client) -> reqwest::RequestBuilder {
+        let mut request = client
+            .post(&self.infer_url)
+            .header(reqwest::header::CONTENT_TYPE, self.content_type)
+            .body(self.body.clone());
+        if let Some(len) = self.inference_header {
+            request = request.header("Inference-Header-Content-Length", len);
+        }
+        if let Some(auth) = &self.authorization {
+            request = request.header(reqwest::header::AUTHORIZATION, auth);
+        }
+        request
+    }
+}
+
+async fn get_json(
+    client: &reqwest::Client,
+    workload: &Workload,
+    path: &str,
+) -> Result<Option<Value>, BenchError> {
+    let mut request = client.get(format!("{}{path}", workload.base_url));
+    if let Some(auth) = &workload.authorization {
+        request = request.header(reqwest::header::AUTHORIZATION, auth);
+    }
+    let response = request.send().await?;
+    if !response.status().is_success() {
+        return Ok(None);
+    }
+    Ok(Some(response.json().await?))
+}
+
+/// The server's own swagger example for the model, its rows repeated to `rows`.
+async fn azure_body(
+    client: &reqwest::Client,
+    workload: &Workload,
+    rows: usize,
+) -> Result<Vec<u8>, BenchError> {
+    let swagger = get_json(client, workload, "/swagger.json")
+        .await?
+        .ok_or_else(|| {
+            BenchError::Setup("the target has no /swagger.json; pass --input FILE".into())
+        })?;
+    let example = swagger["definitions"][format!("{}Input", workload.model)]["example"].clone();
+    let Some(first_row) = example["data"]
+        .as_array()
+        .and_then(|rows| rows.first())
+        .cloned()
+    else {
+        return Err(BenchError::Setup(format!(
+            "swagger.json has no list-of-rows example for '{}'; pass --input FILE",
+            workload.model
+        )));
+    };
+    Ok(serde_json::to_vec(&json!({ "data": vec![first_row; rows] })).expect("serialisable"))
+}
+
+/// Random inputs shaped from the model's v2 metadata: the batch dimension gets `--batch`
+/// rows, other symbolic dimensions the `--shape` given (or 1).
+async fn v2_inputs(
+    client: &reqwest::Client,
+    workload: &Workload,
+    args: &BenchArgs,
+) -> Result<Vec<(String, Tensor)>, BenchError> {
+    let metadata = get_json(client, workload, &format!("/v2/models/{}", workload.model))
+        .await?
+        .ok_or_else(|| {
+            BenchError::Setup(format!(
+                "{} has no v2 metadata for model '{}'",
+                workload.base_url, workload.model
+            ))
+        })?;
+    let batched = get_json(
+        client,
+        workload,
+        &format!("/v2/models/{}/config", workload.model),
+    )
+    .await?
+    .and_then(|c| c["max_batch_size"].as_u64())
+    .is_none_or(|max| max > 0);
+    let inputs = metadata["inputs"]
+        .as_array()
+        .ok_or_else(|| BenchError::Setup("v2 metadata lists no inputs".into()))?;
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut random = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed >> 11) as f64 / (1u64 << 53) as f64
+    };
+    inputs
+        .iter()
+        .map(|input| {
+            let name = input["name"].as_str().unwrap_or_default().to_string();
+            let dtype: DataType = input["datatype"]
+                .as_str()
+                .unwrap_or_default()
+                .parse()
+                .map_err(|e| BenchError::Setup(format!("input '{name}': {e}")))?;
+            let dims: Vec<i64> = serde_json::from_value(input["shape"].clone())
+                .map_err(|e| BenchError::Setup(format!("input '{name}' shape: {e}")))?;
+            let mut overrides = shape_override(&args.shapes, &name)?.into_iter();
+            let shape: Vec<usize> = dims
+                .iter()
+                .enumerate()
+                .map(|(i, &d)| match (i, d) {
+                    (0, _) if batched => args.batch,
+                    (_, d) if d >= 0 => d as usize,
+                    _ => overrides.next().unwrap_or(1),
+                })
+                .collect();
+            let count = shape.iter().product();
+            let data = match dtype {
+                DataType::Bool => TensorData::Bool(vec![true; count]),
+                d if d.is_float() => {
+                    TensorData::Fp64((0..count).map(|_| random() * 2.0 - 1.0).collect()).cast(d)
+                }
+                // Small non-negative integers stay valid as indices (token ids, masks, classes).
+                d => {
+                    TensorData::Fp64((0..count).map(|_| (random() * 2.0).floor()).collect()).cast(d)
+                }
+            };
+            Ok((name, Tensor::new(shape, data).expect("count matches shape")))
+        })
+        .collect()
+}
+
+/// `NAME:d1,d2` applies to one input, a bare `d1,d2` to every input.
+fn shape_override(shapes: &[String], input: &str) -> Result<Vec<usize>, BenchError> {
+    let parse = |dims: &str| -> Result<Vec<usize>, BenchError> {
+        dims.split(',')
+            .map(|d| {
+                d.trim().parse::<usize>().map_err(|_| {
+                    BenchError::Setup(format!("--shape '{dims}': not a list of sizes"))
+                })
+            })
+            .collect()
+    };
+    for shape in shapes {
+        match shape.split_once(':') {
+            Some((name, dims)) if name == input => return parse(dims),
+            Some(_) => continue,
+            None => return parse(shape),
+        }
+    }
+    Ok(Vec::new())
+}
+
+fn v2_body(inputs: &[(String, Tensor)], binary: bool) -> (Vec<u8>, Option<usize>) {
+    let mut raw = Vec::new();
+    let described: Vec<Value> = inputs
+        .iter()
+        .map(|(name, t)| {
+            let mut input =
+                json!({ "name": name, "shape": t.shape(), "datatype": t.dtype().as_str() });
+            if binary {
+                let bytes = t.data().to_le_bytes();
+                input["parameters"] = json!({ "binary_data_size": bytes.len() });
+                raw.extend_from_slice(&bytes);
+            } else {
+                input["data"] = modelpod_scoring::json::to_flat_json(t.data());
+            }
+            input
+        })
+        .collect();
+    let mut header = json!({ "inputs": described });
+    if binary {
+        header["parameters"] = json!({ "binary_data_output": true });
+    }
+    let mut body = serde_json::to_vec(&header).expect("serialisable");
+    if !binary {
+        return (body, None);
+    }
+    let len = body.len();
+    body.extend_from_slice(&raw);
+    (body, Some(len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shape_overrides_by_name_or_for_all() {
+        let shapes = vec!["ids:16".to_string(), "4,4".to_string()];
+        assert_eq!(shape_override(&shapes, "ids").unwrap(), vec![16]);
+        assert_eq!(shape_override(&shapes, "mask").unwrap(), vec![4, 4]);
+        assert!(shape_override(&["x:a".into()], "x").is_err());
+    }
+
+    #[test]
+    fn binary_body_is_header_then_little_endian_data() {
+        let t = Tensor::new(vec![1, 2], vec![1.0f32, 2.0]).unwrap();
+        let (body, header) = v2_body(&[("x".into(), t)], true);
+        let len = header.unwrap();
+        let head: Value = serde_json::from_slice(&body[..len]).unwrap();
+        assert_eq!(head["inputs"][0]["parameters"]["binary_data_size"], 8);
+        assert_eq!(&body[len..len + 4], &1.0f32.to_le_bytes());
+    }
+}

@@ -1,0 +1,87 @@
+//! `modelpod bench` against a real server: closed and open loop, every protocol, error
+//! accounting, and the server-side figures it reads from `/metrics`.
+
+use modelpod::bench::{BenchArgs, PointResult, Protocol, run};
+use modelpod_tests::{fixtures, serve_args, start};
+use std::time::Duration;
+
+fn args(url: String, model: &str, protocol: Protocol) -> BenchArgs {
+    BenchArgs {
+        url,
+        model: model.into(),
+        protocol,
+        concurrency: vec![],
+        rate: vec![],
+        duration: Duration::from_millis(800),
+        requests: None,
+        warmup: Duration::from_millis(200),
+        batch: 1,
+        shapes: vec![],
+        input: None,
+        api_key: None,
+        max_in_flight: 1024,
+        json: None,
+        markdown: None,
+        no_progress: true,
+    }
+}
+
+fn bench(args: BenchArgs) -> Vec<PointResult> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(run(args))
+        .unwrap()
+}
+
+#[test]
+fn closed_loop_sweep_on_every_protocol() {
+    let server = start(serve_args(&fixtures()));
+    for protocol in [Protocol::V2Binary, Protocol::V2, Protocol::Azure] {
+        let mut a = args(server.url(""), "mlp", protocol);
+        a.concurrency = vec![1, 4];
+        a.batch = 2;
+        let results = bench(a);
+        assert_eq!(results.len(), 2);
+        for r in &results {
+            assert!(r.succeeded > 20, "{protocol:?}: {r:?}");
+            assert!(r.errors.is_empty(), "{protocol:?}: {:?}", r.errors);
+            assert!((r.rows_per_s - 2.0 * r.requests_per_s).abs() < 1e-6);
+            assert!(r.p50_us <= r.p99_us && r.p99_us <= r.max_us);
+            assert!(r.server_compute_mean_us.is_some_and(|c| c > 0.0), "{r:?}");
+        }
+    }
+}
+
+#[test]
+fn open_loop_holds_the_rate_and_counts_from_the_intended_time() {
+    let server = start(serve_args(&fixtures()));
+    let mut a = args(server.url(""), "embed", Protocol::V2Binary);
+    a.rate = vec![200.0];
+    a.shapes = vec!["5".into()];
+    a.duration = Duration::from_secs(1);
+    let r = &bench(a)[0];
+    assert!((180..=220).contains(&r.succeeded), "{r:?}");
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+}
+
+#[test]
+fn request_count_mode_and_error_accounting() {
+    let mut server_args = serve_args(&fixtures());
+    server_args.api_keys = vec!["k".into()];
+    let server = start(server_args);
+    // Without the key every request is a 401, counted, not timed.
+    let mut a = args(server.url(""), "mlp", Protocol::V2);
+    a.requests = Some(50);
+    a.concurrency = vec![2];
+    a.input = Some(
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/mlp_request.json"),
+    );
+    let r = &bench(a.clone())[0];
+    assert_eq!(r.errors.get("401"), Some(&50), "{r:?}");
+    assert_eq!(r.succeeded, 0);
+    a.api_key = Some("k".into());
+    let r = &bench(a)[0];
+    assert_eq!(r.succeeded, 50, "{r:?}");
+}

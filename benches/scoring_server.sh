@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerates the scoring-server figures of BENCHMARKS.md: for each model, the in-process
-# engine ceiling (engine-ceiling) against `modelpod serve` driven by Triton's perf_analyzer
+# engine ceiling (`modelpod bench --in-process`) against `modelpod serve` driven by Triton's perf_analyzer
 # over the v2 binary route at concurrency 1, 8 and 32.
 #
 #   sudo bash benches/scoring_server.sh [MODEL...]     (default: iris image_cnn)
@@ -15,7 +15,7 @@ OUT=target/bench
 mkdir -p "$OUT"
 
 bash scripts/setup.sh >/dev/null
-cargo build --release -q -p modelpod -p modelpod-benches
+cargo build --release -q -p modelpod
 bash benches/perf_analyzer/install.sh >/dev/null
 
 # Best batch per model for the ceiling.
@@ -24,8 +24,11 @@ declare -A BATCHES=([iris]="1,8,32,64" [digits]="1,8,32,64" [image_cnn]="1,2,4,8
 : > "$OUT/ceiling.jsonl"
 for model in "${MODELS[@]}"; do
   echo "engine ceiling: $model" >&2
-  ./target/release/engine-ceiling --repository examples/models --model "$model" \
-    --batch "${BATCHES[$model]:-1,8,32}" --seconds "$SECONDS_PER_POINT" --json >> "$OUT/ceiling.jsonl"
+  ./target/release/modelpod bench --in-process --model-repository examples/models --model "$model" \
+    --batch "${BATCHES[$model]:-1,8,32}" --duration "${SECONDS_PER_POINT}s" --warmup 1s --no-progress \
+    --json "$OUT/ceiling-$model.json" > /dev/null
+  python3 -c 'import json,sys; [print(json.dumps(dict(p, model=sys.argv[2]))) for p in json.load(open(sys.argv[1]))["points"]]' \
+    "$OUT/ceiling-$model.json" "$model" >> "$OUT/ceiling.jsonl"
 done
 
 LOG="$OUT/serve.log"
@@ -110,20 +113,20 @@ import json, sys
 out = sys.argv[1]
 ceiling = [json.loads(l) for l in open(f"{out}/ceiling.jsonl")]
 server = [json.loads(l) for l in open(f"{out}/server.jsonl")]
-print("| model | engine | ceiling b=1 (rows/s) | ceiling best (rows/s @ batch) | server c=1 | c=8 | c=32 | best server / ceiling | p50 / p99 at c=1 (µs) | p50 / p99 at c=32 (µs) |")
-print("|---|---|---|---|---|---|---|---|---|---|")
+print("| model | ceiling b=1 (rows/s) | ceiling best (rows/s @ batch) | server c=1 | c=8 | c=32 | best server / ceiling | p50 / p99 at c=1 (µs) | p50 / p99 at c=32 (µs) |")
+print("|---|---|---|---|---|---|---|---|---|")
 for model in dict.fromkeys(c["model"] for c in ceiling):
     cs = [c for c in ceiling if c["model"] == model]
     b1 = next(c for c in cs if c["batch"] == 1)
     best = max(cs, key=lambda c: c["rows_per_s"])
     ss = {s["concurrency"]: s for s in server if s["model"] == model}
     top = max(s["infer_per_s"] for s in ss.values())
-    print(f"| {model} | {best['engine']} | {b1['rows_per_s']:.0f} | {best['rows_per_s']:.0f} @ {best['batch']} "
+    print(f"| {model} | {b1['rows_per_s']:.0f} | {best['rows_per_s']:.0f} @ {best['batch']} "
           f"| {ss[1]['infer_per_s']:.0f} | {ss[8]['infer_per_s']:.0f} | {ss[32]['infer_per_s']:.0f} "
           f"| {top / best['rows_per_s']:.2f} | {ss[1]['p50_us']:.0f} / {ss[1]['p99_us']:.0f} "
           f"| {ss[32]['p50_us']:.0f} / {ss[32]['p99_us']:.0f} |")
-smallest = min(dict.fromkeys(c["model"] for c in ceiling), key=lambda m: next(c["p50_ms"] for c in ceiling if c["model"] == m and c["batch"] == 1))
-engine_p50_us = next(c["p50_ms"] for c in ceiling if c["model"] == smallest and c["batch"] == 1) * 1000
+smallest = min(dict.fromkeys(c["model"] for c in ceiling), key=lambda m: next(c["p50_us"] for c in ceiling if c["model"] == m and c["batch"] == 1))
+engine_p50_us = next(c["p50_us"] for c in ceiling if c["model"] == smallest and c["batch"] == 1)
 server_p50_us = next(s["p50_us"] for s in server if s["model"] == smallest and s["concurrency"] == 1)
 inside = next(s for s in server if s["model"] == smallest and s["concurrency"] == 1)
 print(f"\nAdded latency on the smallest model ({smallest}) at concurrency 1:\n")

@@ -429,7 +429,7 @@ def make_image_cnn(ex: Example) -> str:
 instances = 1
 
 [batching]
-# engine-ceiling shows this CNN's throughput peaks at batch 2-4 on CPU and falls beyond.
+# `modelpod bench --in-process` shows this CNN's throughput peaks at batch 2-4 on CPU and falls beyond.
 max_batch_size = 4
 max_queue_delay_us = 0
 

@@ -12,7 +12,9 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 fn image(rows: usize) -> Tensor {
-    let values: Vec<f32> = (0..rows * 3 * 224 * 224).map(|i| (i % 255) as f32 / 255.0).collect();
+    let values: Vec<f32> = (0..rows * 3 * 224 * 224)
+        .map(|i| (i % 255) as f32 / 255.0)
+        .collect();
     Tensor::new(vec![rows, 3, 224, 224], values).unwrap()
 }
 
@@ -36,23 +38,45 @@ fn codecs(c: &mut Criterion) {
     });
     let small = json!({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]}).to_string();
     group.throughput(Throughput::Bytes(small.len() as u64));
-    group.bench_function("json 1x4 FP32", |b| b.iter(|| v2::decode_request(black_box(small.as_bytes()), None).unwrap()));
+    group.bench_function("json 1x4 FP32", |b| {
+        b.iter(|| v2::decode_request(black_box(small.as_bytes()), None).unwrap())
+    });
     let values: Vec<f32> = (0..64 * 64).map(|i| i as f32 * 0.25).collect();
-    let medium = json!({"inputs": [{"name": "x", "shape": [64, 64], "datatype": "FP32", "data": values}]}).to_string();
+    let medium =
+        json!({"inputs": [{"name": "x", "shape": [64, 64], "datatype": "FP32", "data": values}]})
+            .to_string();
     group.throughput(Throughput::Bytes(medium.len() as u64));
-    group.bench_function("json 64x64 FP32", |b| b.iter(|| v2::decode_request(black_box(medium.as_bytes()), None).unwrap()));
+    group.bench_function("json 64x64 FP32", |b| {
+        b.iter(|| v2::decode_request(black_box(medium.as_bytes()), None).unwrap())
+    });
     group.finish();
 
     let mut group = c.benchmark_group("v2 encode");
     let signature = Signature {
         inputs: vec![],
-        outputs: vec![TensorSpec { name: "y".into(), dtype: DataType::Fp32, dims: vec![None, Some(1000)] }],
+        outputs: vec![TensorSpec {
+            name: "y".into(),
+            dtype: DataType::Fp32,
+            dims: vec![None, Some(1000)],
+        }],
     };
     let output = Tensor::new(vec![1, 1000], vec![0.001f32; 1000]).unwrap();
     for binary in [false, true] {
-        group.bench_function(BenchmarkId::new("1x1000 FP32", if binary { "binary" } else { "json" }), |b| {
-            b.iter(|| v2::encode_response("m", "1", None, &signature, std::slice::from_ref(black_box(&output)), &[(0, binary)]))
-        });
+        group.bench_function(
+            BenchmarkId::new("1x1000 FP32", if binary { "binary" } else { "json" }),
+            |b| {
+                b.iter(|| {
+                    v2::encode_response(
+                        "m",
+                        "1",
+                        None,
+                        &signature,
+                        std::slice::from_ref(black_box(&output)),
+                        &[(0, binary)],
+                    )
+                })
+            },
+        );
     }
     group.finish();
 }
@@ -63,13 +87,23 @@ fn batch_assembly(c: &mut Criterion) {
         let parts: Vec<Tensor> = (0..rows).map(|_| image(1)).collect();
         let refs: Vec<&Tensor> = parts.iter().collect();
         group.throughput(Throughput::Elements(rows as u64));
-        group.bench_with_input(BenchmarkId::new("concat 3x224x224 rows", rows), &refs, |b, refs| {
-            b.iter(|| Tensor::concat_rows(black_box(refs)).unwrap())
-        });
+        group.bench_with_input(
+            BenchmarkId::new("concat 3x224x224 rows", rows),
+            &refs,
+            |b, refs| b.iter(|| Tensor::concat_rows(black_box(refs)).unwrap()),
+        );
         let joined = Tensor::concat_rows(&refs).unwrap();
-        group.bench_with_input(BenchmarkId::new("split 3x224x224 rows", rows), &joined, |b, joined| {
-            b.iter(|| (0..rows).map(|i| joined.slice_rows(i, 1).unwrap()).collect::<Vec<_>>())
-        });
+        group.bench_with_input(
+            BenchmarkId::new("split 3x224x224 rows", rows),
+            &joined,
+            |b, joined| {
+                b.iter(|| {
+                    (0..rows)
+                        .map(|i| joined.slice_rows(i, 1).unwrap())
+                        .collect::<Vec<_>>()
+                })
+            },
+        );
     }
     group.finish();
 }
@@ -77,24 +111,34 @@ fn batch_assembly(c: &mut Criterion) {
 fn queue_selection(c: &mut Criterion) {
     let mut group = c.benchmark_group("queue selection");
     for queued in [8usize, 256] {
-        group.bench_with_input(BenchmarkId::new("push+select, max batch 32, two shapes", queued), &queued, |b, &queued| {
-            let t0 = Instant::now();
-            b.iter(|| {
-                let mut state = BatchState::new(BatchPolicy {
-                    max_batch_size: 32,
-                    max_queue_delay: Duration::ZERO,
-                    preferred_batch_sizes: vec![],
-                });
-                for i in 0..queued {
-                    state.push(Pending { key: vec![vec![i % 2]], rows: 1, enqueued_at: t0, deadline: None, item: i });
-                }
-                let mut batches = 0;
-                while let Selection::Run(batch) = state.select(t0) {
-                    batches += batch.len();
-                }
-                black_box(batches)
-            })
-        });
+        group.bench_with_input(
+            BenchmarkId::new("push+select, max batch 32, two shapes", queued),
+            &queued,
+            |b, &queued| {
+                let t0 = Instant::now();
+                b.iter(|| {
+                    let mut state = BatchState::new(BatchPolicy {
+                        max_batch_size: 32,
+                        max_queue_delay: Duration::ZERO,
+                        preferred_batch_sizes: vec![],
+                    });
+                    for i in 0..queued {
+                        state.push(Pending {
+                            key: vec![vec![i % 2]],
+                            rows: 1,
+                            enqueued_at: t0,
+                            deadline: None,
+                            item: i,
+                        });
+                    }
+                    let mut batches = 0;
+                    while let Selection::Run(batch) = state.select(t0) {
+                        batches += batch.len();
+                    }
+                    black_box(batches)
+                })
+            },
+        );
     }
     group.finish();
 }

@@ -15,7 +15,11 @@ fn args(url: String, model: &str, protocol: Protocol) -> BenchArgs {
         duration: Duration::from_millis(800),
         requests: None,
         warmup: Duration::from_millis(200),
-        batch: 1,
+        batch: vec![1],
+        in_process: false,
+        model_repository: None,
+        model_version: 1,
+        backend: Default::default(),
         shapes: vec![],
         input: None,
         api_key: None,
@@ -41,7 +45,7 @@ fn closed_loop_sweep_on_every_protocol() {
     for protocol in [Protocol::V2Binary, Protocol::V2, Protocol::Azure] {
         let mut a = args(server.url(""), "mlp", protocol);
         a.concurrency = vec![1, 4];
-        a.batch = 2;
+        a.batch = vec![2];
         let results = bench(a);
         assert_eq!(results.len(), 2);
         for r in &results {
@@ -84,4 +88,21 @@ fn request_count_mode_and_error_accounting() {
     a.api_key = Some("k".into());
     let r = &bench(a)[0];
     assert_eq!(r.succeeded, 50, "{r:?}");
+}
+
+#[test]
+fn in_process_mode_sweeps_batch_sizes_without_a_server() {
+    let mut a = args(String::new(), "cnn", Protocol::V2Binary);
+    a.in_process = true;
+    a.model_repository = Some(fixtures());
+    a.batch = vec![1, 4];
+    let results = bench(a);
+    assert_eq!(
+        results.iter().map(|r| r.batch).collect::<Vec<_>>(),
+        vec![1, 4]
+    );
+    for r in &results {
+        assert!(r.succeeded > 10, "{r:?}");
+        assert!((r.rows_per_s - r.requests_per_s * r.batch as f64).abs() < 1e-6);
+    }
 }

@@ -34,6 +34,8 @@ impl fmt::Display for LoadMode {
 pub struct PointResult {
     pub concurrency: Option<usize>,
     pub rate: Option<f64>,
+    /// Rows per request (per engine run in process).
+    pub batch: usize,
     pub seconds: f64,
     pub succeeded: u64,
     /// Failed requests by HTTP status, or `connection` when no answer came.
@@ -231,6 +233,7 @@ pub async fn measure(
             LoadMode::Rate(r) => Some(r),
             LoadMode::Concurrency(_) => None,
         },
+        batch: workload.rows,
         seconds,
         succeeded,
         client_dropped,

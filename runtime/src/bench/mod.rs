@@ -6,6 +6,7 @@
 //! fixed duration or request count; sweeps; HDR histograms; errors by status code; the server's
 //! own queue and compute time read from `/metrics` before and after each point.
 
+mod in_process;
 mod load;
 mod report;
 mod workload;
@@ -31,7 +32,8 @@ pub enum Protocol {
 /// `modelpod bench`: measure a serving endpoint.
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
-    /// Base URL of the target, e.g. http://127.0.0.1:5001.
+    /// Base URL of the target, e.g. http://127.0.0.1:5001 (not used with --in-process).
+    #[arg(required_unless_present = "in_process", default_value = "")]
     pub url: String,
     /// Model to call.
     #[arg(long, env = "MODELPOD_BENCH_MODEL")]
@@ -54,9 +56,21 @@ pub struct BenchArgs {
     /// Unmeasured load before each point.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub warmup: Duration,
-    /// Rows per request.
+    /// Rows per request; with --in-process, batch sizes to sweep (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    pub batch: Vec<usize>,
+    /// Run the model through its engine in this process, with no HTTP: the ceiling.
+    #[arg(long, requires = "model_repository")]
+    pub in_process: bool,
+    /// Model repository for --in-process.
+    #[arg(long)]
+    pub model_repository: Option<PathBuf>,
+    /// Model version for --in-process.
     #[arg(long, default_value_t = 1)]
-    pub batch: usize,
+    pub model_version: u64,
+    /// Engine for --in-process when the manifest names none.
+    #[arg(long, default_value = "auto")]
+    pub backend: modelpod_accel::EngineChoice,
     /// Size of other symbolic dimensions, as NAME:D1,D2 (the batch dimension excluded) or a
     /// single number for all of them.
     #[arg(long = "shape")]
@@ -116,8 +130,22 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 
 /// Runs the sweep and prints (and writes) the report.
 pub async fn run(args: BenchArgs) -> Result<Vec<PointResult>, BenchError> {
-    if args.batch == 0 {
+    if args.batch.contains(&0) {
         return Err(BenchError::Setup("--batch must be at least 1".into()));
+    }
+    if args.in_process {
+        let results = tokio::task::spawn_blocking({
+            let args = args.clone();
+            move || in_process::measure(&args)
+        })
+        .await
+        .map_err(|e| BenchError::Setup(e.to_string()))??;
+        return finish(&args, &format!("{} in process", args.model), &results).map(|()| results);
+    }
+    if args.batch.len() != 1 {
+        return Err(BenchError::Setup(
+            "over HTTP, give one --batch size per run".into(),
+        ));
     }
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(usize::MAX)
@@ -147,15 +175,19 @@ pub async fn run(args: BenchArgs) -> Result<Vec<PointResult>, BenchError> {
         let result = load::measure(&client, &workload, &args, mode).await?;
         results.push(result);
     }
-    let table = report::table(&results);
-    println!("{table}");
+    finish(&args, &workload.infer_url, &results)?;
+    Ok(results)
+}
+
+fn finish(args: &BenchArgs, target: &str, results: &[PointResult]) -> Result<(), BenchError> {
+    println!("{}", report::table(results));
     if let Some(path) = &args.json {
-        std::fs::write(path, report::json(&args, &workload, &results))?;
+        std::fs::write(path, report::json(args, target, results))?;
     }
     if let Some(path) = &args.markdown {
-        std::fs::write(path, report::markdown(&results))?;
+        std::fs::write(path, report::markdown(results))?;
     }
-    Ok(results)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! The sweep's results as a terminal table, JSON and Markdown.
 
-use super::{BenchArgs, PointResult, Workload};
+use super::{BenchArgs, PointResult};
 use serde_json::json;
 
 fn level(r: &PointResult) -> String {
@@ -41,12 +41,13 @@ const HEADERS: [&str; 11] = [
     "srv compute µs",
 ];
 
-fn rows(results: &[PointResult]) -> Vec<[String; 11]> {
+fn rows(results: &[PointResult]) -> Vec<[String; 12]> {
     results
         .iter()
         .map(|r| {
             [
                 level(r),
+                r.batch.to_string(),
                 format!("{:.1}", r.requests_per_s),
                 format!("{:.1}", r.rows_per_s),
                 r.p50_us.to_string(),
@@ -101,13 +102,11 @@ pub fn markdown(results: &[PointResult]) -> String {
     out
 }
 
-pub fn json(args: &BenchArgs, workload: &Workload, results: &[PointResult]) -> String {
+pub fn json(args: &BenchArgs, target: &str, results: &[PointResult]) -> String {
     serde_json::to_string_pretty(&json!({
-        "target": workload.infer_url,
-        "model": workload.model,
-        "protocol": workload.protocol,
-        "rows_per_request": workload.rows,
-        "body_bytes": workload.body.len(),
+        "target": target,
+        "model": args.model,
+        "protocol": if args.in_process { None } else { Some(args.protocol) },
         "warmup_s": args.warmup.as_secs_f64(),
         "points": results,
     }))

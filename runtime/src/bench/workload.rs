@@ -42,7 +42,7 @@ impl Workload {
             authorization,
             model,
             protocol: args.protocol,
-            rows: args.batch,
+            rows: args.batch[0],
         };
         if let Some(path) = &args.input {
             let body = std::fs::read(path)
@@ -55,7 +55,7 @@ impl Workload {
         }
         match args.protocol {
             Protocol::Azure => {
-                workload.body = Bytes::from(azure_body(client, &workload, args.batch).await?)
+                workload.body = Bytes::from(azure_body(client, &workload, args.batch[0]).await?)
             }
             Protocol::V2 | Protocol::V2Binary => {
                 let inputs = v2_inputs(client, &workload, args).await?;
@@ -185,7 +185,7 @@ async fn v2_inputs(
                 .iter()
                 .enumerate()
                 .map(|(i, &d)| match (i, d) {
-                    (0, _) if batched => args.batch,
+                    (0, _) if batched => args.batch[0],
                     (_, d) if d >= 0 => d as usize,
                     _ => overrides.next().unwrap_or(1),
                 })
@@ -207,7 +207,7 @@ async fn v2_inputs(
 }
 
 /// `NAME:d1,d2` applies to one input, a bare `d1,d2` to every input.
-fn shape_override(shapes: &[String], input: &str) -> Result<Vec<usize>, BenchError> {
+pub(super) fn shape_override(shapes: &[String], input: &str) -> Result<Vec<usize>, BenchError> {
     let parse = |dims: &str| -> Result<Vec<usize>, BenchError> {
         dims.split(',')
             .map(|d| {

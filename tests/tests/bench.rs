@@ -24,6 +24,8 @@ fn args(url: String, model: &str, protocol: Protocol) -> BenchArgs {
         input: None,
         api_key: None,
         max_in_flight: 1024,
+        compare: None,
+        rounds: 2,
         json: None,
         markdown: None,
         no_progress: true,
@@ -105,4 +107,27 @@ fn in_process_mode_sweeps_batch_sizes_without_a_server() {
         assert!(r.succeeded > 10, "{r:?}");
         assert!((r.rows_per_s - r.requests_per_s * r.batch as f64).abs() < 1e-6);
     }
+}
+
+#[test]
+fn compare_mode_measures_both_targets_alternately() {
+    let first = start(serve_args(&fixtures()));
+    let mut slow_args = serve_args(&fixtures());
+    // A second, differently configured server (one request scored at a time).
+    slow_args.max_concurrent_requests = Some(1);
+    let second = start(slow_args);
+    let mut a = args(first.url(""), "mlp", Protocol::V2Binary);
+    a.compare = Some(second.url(""));
+    a.concurrency = vec![4];
+    a.duration = std::time::Duration::from_millis(500);
+    a.warmup = std::time::Duration::from_millis(100);
+    let results = bench(a);
+    // Two rounds, each target once per round.
+    assert_eq!(results.len(), 4);
+    assert!(
+        results
+            .iter()
+            .all(|r| r.succeeded > 10 && r.errors.is_empty()),
+        "{results:?}"
+    );
 }

@@ -81,6 +81,13 @@ pub struct BenchArgs {
     /// Bearer key or token.
     #[arg(long, env = "MODELPOD_BENCH_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// Compare mode: a second target (same model and settings), measured alternately with the
+    /// first at every point; the report gives second / first ratios.
+    #[arg(long, conflicts_with = "in_process")]
+    pub compare: Option<String>,
+    /// Compare mode: alternations per point (A, B, A, B, ...); figures are averaged over them.
+    #[arg(long, default_value_t = 2)]
+    pub rounds: usize,
     /// Open loop: most requests in flight before new sends count as client-side drops.
     #[arg(long, default_value_t = 4096)]
     pub max_in_flight: usize,
@@ -152,6 +159,19 @@ pub async fn run(args: BenchArgs) -> Result<Vec<PointResult>, BenchError> {
         .tcp_nodelay(true)
         .build()?;
     let workload = Workload::prepare(&client, &args).await?;
+    let other = match &args.compare {
+        Some(url) => Some(
+            Workload::prepare(
+                &client,
+                &BenchArgs {
+                    url: url.clone(),
+                    ..args.clone()
+                },
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let modes: Vec<LoadMode> = if !args.rate.is_empty() {
         args.rate.iter().map(|&r| LoadMode::Rate(r)).collect()
     } else if args.concurrency.is_empty() {
@@ -170,6 +190,31 @@ pub async fn run(args: BenchArgs) -> Result<Vec<PointResult>, BenchError> {
         }
     }
     eprintln!("{}", workload.describe());
+    if let Some(other) = other {
+        eprintln!("compared with {}", other.describe());
+        let mut pairs = Vec::new();
+        for mode in modes {
+            let (mut first, mut second) = (Vec::new(), Vec::new());
+            for _ in 0..args.rounds.max(1) {
+                first.push(load::measure(&client, &workload, &args, mode).await?);
+                second.push(load::measure(&client, &other, &args, mode).await?);
+            }
+            pairs.push(report::Comparison::new(mode, first, second));
+        }
+        println!(
+            "{}",
+            report::comparison_table(&workload.infer_url, &other.infer_url, &pairs)
+        );
+        if let Some(path) = &args.json {
+            std::fs::write(path, serde_json::to_string_pretty(&serde_json::json!({
+                "first": workload.infer_url, "second": other.infer_url, "model": args.model, "points": pairs,
+            })).expect("serialisable"))?;
+        }
+        return Ok(pairs
+            .into_iter()
+            .flat_map(|p| p.first.into_iter().chain(p.second))
+            .collect());
+    }
     let mut results = Vec::new();
     for mode in modes {
         let result = load::measure(&client, &workload, &args, mode).await?;

@@ -112,3 +112,84 @@ pub fn json(args: &BenchArgs, target: &str, results: &[PointResult]) -> String {
     }))
     .expect("serialisable")
 }
+
+/// One point of a comparison: every round on each target, and the averaged ratios.
+#[derive(Debug, serde::Serialize)]
+pub struct Comparison {
+    pub load: String,
+    pub first_requests_per_s: f64,
+    pub second_requests_per_s: f64,
+    /// second / first.
+    pub throughput_ratio: f64,
+    pub first_p50_us: f64,
+    pub second_p50_us: f64,
+    pub p50_ratio: f64,
+    pub first_p99_us: f64,
+    pub second_p99_us: f64,
+    pub first: Vec<PointResult>,
+    pub second: Vec<PointResult>,
+}
+
+impl Comparison {
+    pub fn new(
+        mode: super::LoadMode,
+        first: Vec<PointResult>,
+        second: Vec<PointResult>,
+    ) -> Comparison {
+        let mean = |rs: &[PointResult], f: fn(&PointResult) -> f64| {
+            rs.iter().map(f).sum::<f64>() / rs.len().max(1) as f64
+        };
+        let (a_rps, b_rps) = (
+            mean(&first, |r| r.requests_per_s),
+            mean(&second, |r| r.requests_per_s),
+        );
+        let (a_p50, b_p50) = (
+            mean(&first, |r| r.p50_us as f64),
+            mean(&second, |r| r.p50_us as f64),
+        );
+        Comparison {
+            load: mode.to_string(),
+            first_requests_per_s: a_rps,
+            second_requests_per_s: b_rps,
+            throughput_ratio: b_rps / a_rps,
+            first_p50_us: a_p50,
+            second_p50_us: b_p50,
+            p50_ratio: b_p50 / a_p50,
+            first_p99_us: mean(&first, |r| r.p99_us as f64),
+            second_p99_us: mean(&second, |r| r.p99_us as f64),
+            first,
+            second,
+        }
+    }
+}
+
+pub fn comparison_table(first: &str, second: &str, pairs: &[Comparison]) -> String {
+    let mut out = format!("A = {first}\nB = {second}\n");
+    out.push_str(&format!(
+        "{:>18}  {:>10}  {:>10}  {:>6}  {:>9}  {:>9}  {:>7}  {:>9}  {:>9}\n",
+        "load",
+        "A req/s",
+        "B req/s",
+        "B/A",
+        "A p50 µs",
+        "B p50 µs",
+        "B/A p50",
+        "A p99 µs",
+        "B p99 µs"
+    ));
+    for p in pairs {
+        out.push_str(&format!(
+            "{:>18}  {:>10.1}  {:>10.1}  {:>6.2}  {:>9.0}  {:>9.0}  {:>7.2}  {:>9.0}  {:>9.0}\n",
+            p.load,
+            p.first_requests_per_s,
+            p.second_requests_per_s,
+            p.throughput_ratio,
+            p.first_p50_us,
+            p.second_p50_us,
+            p.p50_ratio,
+            p.first_p99_us,
+            p.second_p99_us
+        ));
+    }
+    out
+}

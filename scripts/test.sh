@@ -6,6 +6,12 @@ cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh
 
+# `modelpod bench --plot` labels its PNG with a TrueType font from the system.
+if [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] && [ -z "${MODELPOD_PLOT_FONT:-}" ]; then
+  echo "[test] installing fonts-dejavu-core for plot labels"
+  apt-get update -qq && apt-get install -y -qq fonts-dejavu-core >/dev/null
+fi
+
 # Here a missing ONNX Runtime or Python client is a failure, not a skipped test.
 export MODELPOD_TEST_REQUIRE_ORT=1
 export MODELPOD_TEST_REQUIRE_PYTHON=1

@@ -28,6 +28,7 @@ fn args(url: String, model: &str, protocol: Protocol) -> BenchArgs {
         rounds: 2,
         json: None,
         markdown: None,
+        plot: None,
         no_progress: true,
     }
 }
@@ -129,5 +130,31 @@ fn compare_mode_measures_both_targets_alternately() {
             .iter()
             .all(|r| r.succeeded > 10 && r.errors.is_empty()),
         "{results:?}"
+    );
+}
+
+#[test]
+fn sweep_writes_json_markdown_and_a_png_plot() {
+    let server = start(serve_args(&fixtures()));
+    let out = tempfile::tempdir().unwrap();
+    let mut a = args(server.url(""), "mlp", Protocol::V2Binary);
+    a.concurrency = vec![1, 2, 4];
+    a.duration = std::time::Duration::from_millis(300);
+    a.warmup = std::time::Duration::from_millis(100);
+    a.json = Some(out.path().join("r.json"));
+    a.markdown = Some(out.path().join("r.md"));
+    a.plot = Some(out.path().join("r.png"));
+    bench(a);
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("r.json")).unwrap()).unwrap();
+    assert_eq!(json["points"].as_array().unwrap().len(), 3);
+    let markdown = std::fs::read_to_string(out.path().join("r.md")).unwrap();
+    assert_eq!(markdown.lines().count(), 5);
+    let png = std::fs::read(out.path().join("r.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    assert!(
+        png.len() > 5_000,
+        "an empty-looking plot: {} bytes",
+        png.len()
     );
 }

@@ -8,6 +8,7 @@
 
 mod in_process;
 mod load;
+mod plot;
 mod report;
 mod workload;
 
@@ -94,6 +95,9 @@ pub struct BenchArgs {
     /// Write the results as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Draw latency percentiles against throughput across the sweep as a PNG.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
     /// Write the results as a Markdown table.
     #[arg(long)]
     pub markdown: Option<PathBuf>,
@@ -231,6 +235,13 @@ fn finish(args: &BenchArgs, target: &str, results: &[PointResult]) -> Result<(),
     }
     if let Some(path) = &args.markdown {
         std::fs::write(path, report::markdown(results))?;
+    }
+    if let Some(path) = &args.plot {
+        plot::latency_vs_throughput(
+            path,
+            &format!("{}: latency vs throughput ({target})", args.model),
+            results,
+        )?;
     }
     Ok(())
 }

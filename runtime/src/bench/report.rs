@@ -27,8 +27,12 @@ fn server(value: Option<f64>) -> String {
     value.map_or("-".into(), |v| format!("{v:.0}"))
 }
 
-const HEADERS: [&str; 11] = [
+/// One constant for both, so the header and every row always have the same columns.
+const COLUMNS: usize = 12;
+
+const HEADERS: [&str; COLUMNS] = [
     "load",
+    "batch",
     "req/s",
     "rows/s",
     "p50 µs",
@@ -41,7 +45,7 @@ const HEADERS: [&str; 11] = [
     "srv compute µs",
 ];
 
-fn rows(results: &[PointResult]) -> Vec<[String; 12]> {
+fn rows(results: &[PointResult]) -> Vec<[String; COLUMNS]> {
     results
         .iter()
         .map(|r| {

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Regenerates every figure in BENCHMARKS.md from scratch on the example models:
+# the scoring server against the engine ceiling, modelpod bench against perf_analyzer, and the
+# criterion micro-benchmarks. Needs root (perf_analyzer runs in a chroot). Outputs: target/bench/
+# and target/criterion/.
+#
+#   sudo -E bash benches/regenerate.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash benches/scoring_server.sh iris image_cnn
+bash benches/bench_vs_perf_analyzer.sh iris:1 iris:8 image_cnn:8
+cargo bench -p modelpod-benches --bench hot_paths -- --warm-up-time 1 --measurement-time 2
+echo "tables: target/bench/scoring_server.md, target/bench/honesty.md; criterion: target/criterion/" >&2

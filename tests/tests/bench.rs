@@ -55,7 +55,7 @@ fn closed_loop_sweep_on_every_protocol() {
             assert!(r.succeeded > 20, "{protocol:?}: {r:?}");
             assert!(r.errors.is_empty(), "{protocol:?}: {:?}", r.errors);
             assert!((r.rows_per_s - 2.0 * r.requests_per_s).abs() < 1e-6);
-            assert!(r.p50_us <= r.p99_us && r.p99_us <= r.max_us);
+            assert!(r.latency.p50_us <= r.latency.p99_us && r.latency.p99_us <= r.latency.max_us);
             assert!(r.server_compute_mean_us.is_some_and(|c| c > 0.0), "{r:?}");
         }
     }

@@ -2,11 +2,11 @@
 //! no queue — with the instance count and threads of its manifest. This is the ceiling every
 //! server figure is read against.
 
+use super::load::LatencySummary;
+use super::workload::{DEFAULT_SYMBOLIC_DIM, INPUT_SEED, random_tensor, shape_override};
 use super::{BenchArgs, BenchError, PointResult};
 use hdrhistogram::Histogram;
-use modelpod_accel::{
-    DataType, EngineChoice, EngineOptions, Signature, Tensor, TensorData, load_model, ort_engine,
-};
+use modelpod_accel::{EngineChoice, EngineOptions, Signature, Tensor, load_model, ort_engine};
 use modelpod_scoring::manifest::ModelManifest;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -107,12 +107,7 @@ pub fn measure(args: &BenchArgs) -> Result<Vec<PointResult>, BenchError> {
             client_dropped: 0,
             requests_per_s: runs,
             rows_per_s: runs * batch as f64,
-            mean_us: latencies.mean(),
-            p50_us: latencies.value_at_quantile(0.5),
-            p90_us: latencies.value_at_quantile(0.9),
-            p99_us: latencies.value_at_quantile(0.99),
-            p999_us: latencies.value_at_quantile(0.999),
-            max_us: latencies.max(),
+            latency: LatencySummary::of(&latencies),
             server_queue_mean_us: None,
             server_compute_mean_us: None,
         });
@@ -120,46 +115,27 @@ pub fn measure(args: &BenchArgs) -> Result<Vec<PointResult>, BenchError> {
     Ok(results)
 }
 
-/// Inputs of the signature's types with `batch` rows; other symbolic dimensions from `--shape`
-/// (or 8). Integer inputs stay small so they are valid indices (token ids, classes).
+/// Inputs of the signature's types with `batch` rows; other symbolic dimensions from `--shape`.
 fn random_inputs(signature: &Signature, batch: usize, shapes: &[String]) -> Vec<Tensor> {
-    let mut seed = 0x2545_F491_4F6C_DD1Du64;
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        (seed >> 11) as f64 / (1u64 << 53) as f64
-    };
+    let mut seed = INPUT_SEED;
     signature
         .inputs
         .iter()
         .map(|spec| {
-            let mut overrides = super::workload::shape_override(shapes, &spec.name)
+            let mut overrides = shape_override(shapes, &spec.name)
                 .unwrap_or_default()
                 .into_iter();
             let shape: Vec<usize> = spec
                 .dims
                 .iter()
                 .enumerate()
-                .map(|(i, d)| {
-                    d.unwrap_or_else(|| {
-                        if i == 0 {
-                            batch
-                        } else {
-                            overrides.next().unwrap_or(8)
-                        }
-                    })
+                .map(|(i, d)| match (i, d) {
+                    (_, Some(d)) => *d,
+                    (0, None) => batch,
+                    _ => overrides.next().unwrap_or(DEFAULT_SYMBOLIC_DIM),
                 })
                 .collect();
-            let count = shape.iter().product();
-            let data = match spec.dtype {
-                DataType::Bool => TensorData::Bool(vec![true; count]),
-                d if d.is_float() => {
-                    TensorData::Fp64((0..count).map(|_| next() * 2.0 - 1.0).collect()).cast(d)
-                }
-                d => TensorData::Fp64((0..count).map(|_| (next() * 2.0).floor()).collect()).cast(d),
-            };
-            Tensor::new(shape, data).expect("count matches shape")
+            random_tensor(spec.dtype, shape, &mut seed)
         })
         .collect()
 }

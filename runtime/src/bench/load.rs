@@ -44,16 +44,36 @@ pub struct PointResult {
     pub client_dropped: u64,
     pub requests_per_s: f64,
     pub rows_per_s: f64,
+    #[serde(flatten)]
+    pub latency: LatencySummary,
+    /// Mean time requests spent queued / computing inside the server during the point, from
+    /// its `/metrics` (modelpod only).
+    pub server_queue_mean_us: Option<f64>,
+    pub server_compute_mean_us: Option<f64>,
+}
+
+/// Latency percentiles of successful requests, in microseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct LatencySummary {
     pub mean_us: f64,
     pub p50_us: u64,
     pub p90_us: u64,
     pub p99_us: u64,
     pub p999_us: u64,
     pub max_us: u64,
-    /// Mean time requests spent queued / computing inside the server during the point, from
-    /// its `/metrics` (modelpod only).
-    pub server_queue_mean_us: Option<f64>,
-    pub server_compute_mean_us: Option<f64>,
+}
+
+impl LatencySummary {
+    pub fn of(latencies: &Histogram<u64>) -> LatencySummary {
+        LatencySummary {
+            mean_us: latencies.mean(),
+            p50_us: latencies.value_at_quantile(0.5),
+            p90_us: latencies.value_at_quantile(0.9),
+            p99_us: latencies.value_at_quantile(0.99),
+            p999_us: latencies.value_at_quantile(0.999),
+            max_us: latencies.max(),
+        }
+    }
 }
 
 /// What every sender records into.
@@ -239,12 +259,7 @@ pub async fn measure(
         client_dropped,
         requests_per_s: (succeeded + failed) as f64 / seconds,
         rows_per_s: succeeded as f64 * workload.rows as f64 / seconds,
-        mean_us: latencies.mean(),
-        p50_us: latencies.value_at_quantile(0.5),
-        p90_us: latencies.value_at_quantile(0.9),
-        p99_us: latencies.value_at_quantile(0.99),
-        p999_us: latencies.value_at_quantile(0.999),
-        max_us: latencies.max(),
+        latency: LatencySummary::of(&latencies),
         errors,
         server_queue_mean_us: server("modelpod_queue_duration_seconds"),
         server_compute_mean_us: server("modelpod_compute_duration_seconds"),

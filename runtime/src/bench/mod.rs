@@ -72,8 +72,8 @@ pub struct BenchArgs {
     /// Engine for --in-process when the manifest names none.
     #[arg(long, default_value = "auto")]
     pub backend: modelpod_accel::EngineChoice,
-    /// Size of other symbolic dimensions, as NAME:D1,D2 (the batch dimension excluded) or a
-    /// single number for all of them.
+    /// Size of other symbolic dimensions (sequence lengths), as NAME:D1,D2 (the batch dimension
+    /// excluded) or D1,D2 for every input [default: 8].
     #[arg(long = "shape")]
     pub shapes: Vec<String>,
     /// Send this file as the request body instead of generating one.

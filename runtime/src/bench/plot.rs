@@ -57,7 +57,7 @@ pub fn latency_vs_throughput(
     let max_x = points.iter().map(|r| r.requests_per_s).fold(0.0, f64::max) * 1.1;
     let max_y = points
         .iter()
-        .map(|r| r.p99_us as f64 / 1000.0)
+        .map(|r| r.latency.p99_us as f64 / 1000.0)
         .fold(0.0, f64::max)
         * 1.1;
     let root = BitMapBackend::new(path, (960, 600)).into_drawing_area();
@@ -77,9 +77,9 @@ pub fn latency_vs_throughput(
         .draw()
         .map_err(|e| fail(&e))?;
     let series: [(&str, Percentile, RGBColor); 3] = [
-        ("p50", |r| r.p50_us, BLUE),
-        ("p90", |r| r.p90_us, GREEN),
-        ("p99", |r| r.p99_us, RED),
+        ("p50", |r| r.latency.p50_us, BLUE),
+        ("p90", |r| r.latency.p90_us, GREEN),
+        ("p99", |r| r.latency.p99_us, RED),
     ];
     for (name, value, color) in series {
         let data: Vec<(f64, f64)> = points

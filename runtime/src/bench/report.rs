@@ -54,11 +54,11 @@ fn rows(results: &[PointResult]) -> Vec<[String; COLUMNS]> {
                 r.batch.to_string(),
                 format!("{:.1}", r.requests_per_s),
                 format!("{:.1}", r.rows_per_s),
-                r.p50_us.to_string(),
-                r.p90_us.to_string(),
-                r.p99_us.to_string(),
-                r.p999_us.to_string(),
-                r.max_us.to_string(),
+                r.latency.p50_us.to_string(),
+                r.latency.p90_us.to_string(),
+                r.latency.p99_us.to_string(),
+                r.latency.p999_us.to_string(),
+                r.latency.max_us.to_string(),
                 errors(r),
                 server(r.server_queue_mean_us),
                 server(r.server_compute_mean_us),
@@ -148,8 +148,8 @@ impl Comparison {
             mean(&second, |r| r.requests_per_s),
         );
         let (a_p50, b_p50) = (
-            mean(&first, |r| r.p50_us as f64),
-            mean(&second, |r| r.p50_us as f64),
+            mean(&first, |r| r.latency.p50_us as f64),
+            mean(&second, |r| r.latency.p50_us as f64),
         );
         Comparison {
             load: mode.to_string(),
@@ -159,8 +159,8 @@ impl Comparison {
             first_p50_us: a_p50,
             second_p50_us: b_p50,
             p50_ratio: b_p50 / a_p50,
-            first_p99_us: mean(&first, |r| r.p99_us as f64),
-            second_p99_us: mean(&second, |r| r.p99_us as f64),
+            first_p99_us: mean(&first, |r| r.latency.p99_us as f64),
+            second_p99_us: mean(&second, |r| r.latency.p99_us as f64),
             first,
             second,
         }

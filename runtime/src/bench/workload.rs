@@ -162,13 +162,7 @@ async fn v2_inputs(
     let inputs = metadata["inputs"]
         .as_array()
         .ok_or_else(|| BenchError::Setup("v2 metadata lists no inputs".into()))?;
-    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
-    let mut random = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        (seed >> 11) as f64 / (1u64 << 53) as f64
-    };
+    let mut seed = INPUT_SEED;
     inputs
         .iter()
         .map(|input| {
@@ -187,23 +181,38 @@ async fn v2_inputs(
                 .map(|(i, &d)| match (i, d) {
                     (0, _) if batched => args.batch[0],
                     (_, d) if d >= 0 => d as usize,
-                    _ => overrides.next().unwrap_or(1),
+                    _ => overrides.next().unwrap_or(DEFAULT_SYMBOLIC_DIM),
                 })
                 .collect();
-            let count = shape.iter().product();
-            let data = match dtype {
-                DataType::Bool => TensorData::Bool(vec![true; count]),
-                d if d.is_float() => {
-                    TensorData::Fp64((0..count).map(|_| random() * 2.0 - 1.0).collect()).cast(d)
-                }
-                // Small non-negative integers stay valid as indices (token ids, masks, classes).
-                d => {
-                    TensorData::Fp64((0..count).map(|_| (random() * 2.0).floor()).collect()).cast(d)
-                }
-            };
-            Ok((name, Tensor::new(shape, data).expect("count matches shape")))
+            Ok((name, random_tensor(dtype, shape, &mut seed)))
         })
         .collect()
+}
+
+/// Size of a symbolic dimension other than the batch when `--shape` names none.
+pub(super) const DEFAULT_SYMBOLIC_DIM: usize = 8;
+
+/// Seed of [`random_tensor`]: the same inputs every run, so runs compare.
+pub(super) const INPUT_SEED: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// A benchmark input: floats in [-1, 1), integers 0 or 1 (valid as token ids, masks and class
+/// indices), booleans true. Xorshift: inputs need variety, not statistical quality.
+pub(super) fn random_tensor(dtype: DataType, shape: Vec<usize>, seed: &mut u64) -> Tensor {
+    let mut next = || {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        (*seed >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let count = shape.iter().product();
+    let data = match dtype {
+        DataType::Bool => TensorData::Bool(vec![true; count]),
+        d if d.is_float() => {
+            TensorData::Fp64((0..count).map(|_| next() * 2.0 - 1.0).collect()).cast(d)
+        }
+        d => TensorData::Fp64((0..count).map(|_| (next() * 2.0).floor()).collect()).cast(d),
+    };
+    Tensor::new(shape, data).expect("count matches shape")
 }
 
 /// `NAME:d1,d2` applies to one input, a bare `d1,d2` to every input.

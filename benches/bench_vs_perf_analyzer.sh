@@ -4,6 +4,9 @@
 #
 #   sudo -E bash benches/bench_vs_perf_analyzer.sh [MODEL:CONCURRENCY ...]   (default: iris:1 iris:8 image_cnn:8)
 #
+# PIN_CORES=1 runs the server on core 0 and each load tool on core 1, so the tools' own CPU
+# cost cannot change how much CPU the server gets.
+#
 # Writes target/bench/honesty.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,8 +19,11 @@ bash scripts/setup.sh >/dev/null
 cargo build --release -q -p modelpod
 bash benches/perf_analyzer/install.sh >/dev/null
 
+SERVER_CPU=(); CLIENT_CPU=()
+if [ "${PIN_CORES:-0}" = 1 ]; then SERVER_CPU=(taskset -c 0); CLIENT_CPU=(taskset -c 1); fi
+
 LOG="$OUT/honesty-serve.log"
-./target/release/modelpod serve --model-repository examples/models \
+"${SERVER_CPU[@]}" ./target/release/modelpod serve --model-repository examples/models \
   --deployment-config examples/deploymentconfig.json --host 127.0.0.1 --port 0 > "$LOG" 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true' EXIT
@@ -29,10 +35,10 @@ ADDRESS=$(sed -n 's/.*listening on http:\/\/\([0-9.:]*\).*/\1/p' "$LOG" | head -
 for point in "${POINTS[@]}"; do
   model=${point%%:*}; concurrency=${point##*:}
   echo "$model at concurrency $concurrency" >&2
-  ./target/release/modelpod bench "http://$ADDRESS" --model "$model" --protocol v2-binary \
+  "${CLIENT_CPU[@]}" ./target/release/modelpod bench "http://$ADDRESS" --model "$model" --protocol v2-binary \
     --concurrency "$concurrency" --duration "${SECONDS_PER_POINT}s" --warmup 2s --no-progress \
     --json "$OUT/honesty-bench.json" > /dev/null
-  bash benches/perf_analyzer/perf_analyzer.sh -m "$model" -u "$ADDRESS" -i http \
+  "${CLIENT_CPU[@]}" bash benches/perf_analyzer/perf_analyzer.sh -m "$model" -u "$ADDRESS" -i http \
     --concurrency-range "$concurrency:$concurrency" --measurement-interval "$((SECONDS_PER_POINT * 1000))" \
     --stability-percentage 20 -f "$OUT/honesty-pa.csv" > /dev/null
   python3 - "$model" "$concurrency" "$OUT" >> "$OUT/honesty.jsonl" <<'PY'

@@ -40,19 +40,9 @@ pub fn install() -> PrometheusHandle {
 /// Renders the text format after refreshing per-model state gauges.
 pub fn render(handle: &PrometheusHandle, registry: &Registry) -> String {
     for entry in registry.index() {
-        for state in [
-            ModelState::Ready,
-            ModelState::Loading,
-            ModelState::Failed,
-            ModelState::Registered,
-            ModelState::Unloading,
-        ] {
+        for state in ModelState::ALL {
             let value = if entry.state == state { 1.0 } else { 0.0 };
-            let state_name = serde_json::to_value(state)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_lowercase))
-                .unwrap_or_default();
-            metrics::gauge!("modelpod_model_state", "model" => entry.name.clone(), "version" => entry.version.clone(), "state" => state_name)
+            metrics::gauge!("modelpod_model_state", "model" => entry.name.clone(), "version" => entry.version.clone(), "state" => state.name())
                 .set(value);
         }
     }

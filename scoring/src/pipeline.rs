@@ -91,6 +91,15 @@ impl ScorePipeline {
         })
     }
 
+    /// The dimensions of one row of `spec`: all but the batch dimension when batched.
+    fn row_dims<'s>(&self, spec: &'s TensorSpec) -> &'s [Option<usize>] {
+        if self.batched {
+            spec.dims.get(1..).unwrap_or(&[])
+        } else {
+            &spec.dims
+        }
+    }
+
     /// What a caller should send, for swagger: one example row per input.
     pub fn example_request(&self) -> Value {
         let example = |spec: &TensorSpec, shape: &[usize]| {
@@ -98,12 +107,8 @@ impl ScorePipeline {
             json::to_nested_json(&Tensor::new(shape.to_vec(), data).expect("shape matches"))
         };
         let row_shape = |spec: &TensorSpec| -> Vec<usize> {
-            let dims = if self.batched {
-                &spec.dims[1.min(spec.dims.len())..]
-            } else {
-                &spec.dims[..]
-            };
-            let mut shape: Vec<usize> = dims.iter().map(|d| d.unwrap_or(1)).collect();
+            let mut shape: Vec<usize> =
+                self.row_dims(spec).iter().map(|d| d.unwrap_or(1)).collect();
             if self.batched {
                 shape.insert(0, 1);
             }
@@ -141,12 +146,7 @@ impl ScorePipeline {
         {
             return None;
         }
-        let spec = &self.inputs[0];
-        let dims = if self.batched {
-            &spec.dims[1.min(spec.dims.len())..]
-        } else {
-            &spec.dims[..]
-        };
+        let dims = self.row_dims(&self.inputs[0]);
         Some(vec![dims.iter().map(|d| d.unwrap_or(1)).product()])
     }
 
@@ -213,7 +213,6 @@ impl ScorePipeline {
         // Parse straight into the model's type unless arithmetic comes first.
         let parse_as = match self.pre.first() {
             Some(PreStep::Cast { to }) => *to,
-            Some(PreStep::Scale { .. } | PreStep::Normalize { .. }) => DataType::Fp64,
             _ if self
                 .pre
                 .iter()
@@ -228,7 +227,7 @@ impl ScorePipeline {
         if self.batched && shape.is_empty() {
             return Err(ScoringError::InvalidInput(format!(
                 "\"data\" must be a list of rows, each of shape {}",
-                shape_text(&spec.dims[1.min(spec.dims.len())..])
+                shape_text(self.row_dims(spec))
             )));
         }
         let mut tensor = Tensor::new(shape, values)?;
@@ -304,7 +303,7 @@ impl ScorePipeline {
             let expected = if self.batched {
                 format!(
                     "a list of rows, each of shape {}",
-                    shape_text(&spec.dims[1.min(spec.dims.len())..])
+                    shape_text(self.row_dims(spec))
                 )
             } else {
                 format!("shape {}", shape_text(&spec.dims))

@@ -30,6 +30,25 @@ pub enum ModelState {
 }
 
 impl ModelState {
+    pub const ALL: [ModelState; 5] = [
+        ModelState::Registered,
+        ModelState::Loading,
+        ModelState::Ready,
+        ModelState::Failed,
+        ModelState::Unloading,
+    ];
+
+    /// modelpod's own name for the state, as `/metrics` labels it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelState::Registered => "registered",
+            ModelState::Loading => "loading",
+            ModelState::Ready => "ready",
+            ModelState::Failed => "failed",
+            ModelState::Unloading => "unloading",
+        }
+    }
+
     /// The state as Triton's repository index spells it.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -11,7 +11,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use modelpod_scoring::batcher::JobOutput;
-use modelpod_scoring::{ScoringError, ServedModel, v2};
+use modelpod_scoring::{Registry, ScoringError, ServedModel, v2};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::time::Instant;
@@ -265,25 +265,29 @@ async fn repository_load(
     request: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    state.auth.check(&request)?;
-    let (name, _) = path_model(&request)?;
-    let registry = state.registry.clone();
-    web::block(move || registry.load(&name))
-        .await
-        .map_err(|e| ScoringError::Engine(format!("loader failed: {e}")))??;
-    Ok(HttpResponse::Ok().json(json!({})))
+    on_repository(&request, &state, Registry::load).await
 }
 
 async fn repository_unload(
     request: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    state.auth.check(&request)?;
-    let (name, _) = path_model(&request)?;
+    on_repository(&request, &state, Registry::unload).await
+}
+
+/// The v2 repository extension's load and unload: authenticated, run off the async workers
+/// (loading compiles a model), answered with an empty JSON object.
+async fn on_repository(
+    request: &HttpRequest,
+    state: &AppState,
+    action: fn(&Registry, &str) -> Result<(), ScoringError>,
+) -> Result<HttpResponse, ApiError> {
+    state.auth.check(request)?;
+    let (name, _) = path_model(request)?;
     let registry = state.registry.clone();
-    web::block(move || registry.unload(&name))
+    web::block(move || action(&registry, &name))
         .await
-        .map_err(|e| ScoringError::Engine(format!("unloader failed: {e}")))??;
+        .map_err(|e| ScoringError::Engine(format!("repository {}: {e}", request.path())))??;
     Ok(HttpResponse::Ok().json(json!({})))
 }
 

@@ -22,14 +22,8 @@ bash benches/perf_analyzer/install.sh >/dev/null
 SERVER_CPU=(); CLIENT_CPU=()
 if [ "${PIN_CORES:-0}" = 1 ]; then SERVER_CPU=(taskset -c 0); CLIENT_CPU=(taskset -c 1); fi
 
-LOG="$OUT/honesty-serve.log"
-"${SERVER_CPU[@]}" ./target/release/modelpod serve --model-repository examples/models \
-  --deployment-config examples/deploymentconfig.json --host 127.0.0.1 --port 0 > "$LOG" 2>&1 &
-SERVER=$!
-trap 'kill $SERVER 2>/dev/null || true' EXIT
-for _ in $(seq 1 600); do grep -q "start-up loading finished" "$LOG" 2>/dev/null && break; sleep 0.1; done
-ADDRESS=$(sed -n 's/.*listening on http:\/\/\([0-9.:]*\).*/\1/p' "$LOG" | head -1)
-[ -n "$ADDRESS" ] || { cat "$LOG" >&2; exit 1; }
+source benches/serve_examples.sh
+start_example_server "$OUT/honesty-serve.log" "${SERVER_CPU[@]}"
 
 : > "$OUT/honesty.jsonl"
 for point in "${POINTS[@]}"; do

@@ -31,19 +31,8 @@ for model in "${MODELS[@]}"; do
     "$OUT/ceiling-$model.json" "$model" >> "$OUT/ceiling.jsonl"
 done
 
-LOG="$OUT/serve.log"
-./target/release/modelpod serve --model-repository examples/models \
-  --deployment-config examples/deploymentconfig.json --host 127.0.0.1 --port 0 \
-  --log-format text > "$LOG" 2>&1 &
-SERVER=$!
-trap 'kill $SERVER 2>/dev/null || true' EXIT
-for _ in $(seq 1 600); do
-  grep -q "start-up loading finished" "$LOG" 2>/dev/null && break
-  sleep 0.1
-done
-ADDRESS=$(sed -n 's/.*listening on http:\/\/\([0-9.:]*\).*/\1/p' "$LOG" | head -1)
-[ -n "$ADDRESS" ] || { echo "server did not start:" >&2; cat "$LOG" >&2; exit 1; }
-echo "modelpod serve at $ADDRESS" >&2
+source benches/serve_examples.sh
+start_example_server "$OUT/serve.log"
 
 : > "$OUT/server.jsonl"
 for model in "${MODELS[@]}"; do

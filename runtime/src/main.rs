@@ -21,8 +21,16 @@ enum Command {
     Bench(BenchArgs),
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn main() {
+    // One line with the whole cause chain, and no backtrace: these are the user's errors
+    // (a bad flag value, an unreachable target, a port in use), not the program's.
+    if let Err(error) = run(Cli::parse()) {
+        eprintln!("modelpod: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let config = ServeConfig::resolve(args)?;

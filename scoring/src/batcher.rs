@@ -318,7 +318,12 @@ impl Batcher {
 
     /// Stops taking requests, lets the workers finish everything already queued, and joins them.
     pub fn shutdown(&self) {
-        self.shared.closing.store(true, Ordering::Release);
+        {
+            // Under the queue lock: a worker checks `closing` and starts waiting atomically
+            // with respect to it, so the wake-up below cannot fall between the two.
+            let _queue = self.shared.state.lock();
+            self.shared.closing.store(true, Ordering::Release);
+        }
         self.shared.wake.notify_all();
         for handle in self.workers.lock().drain(..) {
             let _ = handle.join();

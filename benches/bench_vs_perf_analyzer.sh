@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
-# Honesty check of `modelpod bench`: the same target, model and settings measured by it and by
-# Triton's perf_analyzer, alternately, over the v2 binary route with one row per request.
+# Honesty check of `modelpod bench`: the same target, model, settings and tensor values measured
+# by it and by Triton's perf_analyzer, alternately, over the v2 binary route with one row per
+# request. Each point is measured ROUNDS times per tool (bench, perf_analyzer, bench, ...) and
+# the medians are compared, because run-to-run spread on a shared 2-core machine is about 5 %.
 #
 #   sudo -E bash benches/bench_vs_perf_analyzer.sh [MODEL:CONCURRENCY ...]   (default: iris:1 iris:8 image_cnn:8)
 #
-# PIN_CORES=1 runs the server on core 0 and each load tool on core 1, so the tools' own CPU
-# cost cannot change how much CPU the server gets.
+# perf_analyzer's default inputs are random bytes (NaN, infinities and subnormals among them,
+# which slow some kernels); here it is given the values `modelpod bench` generated
+# (`--save-inputs`), so the two tools ask the server for the same work.
+# PIN_CORES=1 runs the server on core 0 and each load tool on core 1.
 #
 # Writes target/bench/honesty.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ $# -gt 0 ]; then POINTS=("$@"); else POINTS=(iris:1 iris:8 image_cnn:8); fi
 SECONDS_PER_POINT=${SECONDS_PER_POINT:-5}
+ROUNDS=${ROUNDS:-3}
 OUT=target/bench
 mkdir -p "$OUT"
 
@@ -28,14 +33,15 @@ start_example_server "$OUT/honesty-serve.log" "${SERVER_CPU[@]}"
 : > "$OUT/honesty.jsonl"
 for point in "${POINTS[@]}"; do
   model=${point%%:*}; concurrency=${point##*:}
-  echo "$model at concurrency $concurrency" >&2
-  "${CLIENT_CPU[@]}" ./target/release/modelpod bench "http://$ADDRESS" --model "$model" --protocol v2-binary \
-    --concurrency "$concurrency" --duration "${SECONDS_PER_POINT}s" --warmup 2s --no-progress \
-    --json "$OUT/honesty-bench.json" > /dev/null
-  "${CLIENT_CPU[@]}" bash benches/perf_analyzer/perf_analyzer.sh -m "$model" -u "$ADDRESS" -i http \
-    --concurrency-range "$concurrency:$concurrency" --measurement-interval "$((SECONDS_PER_POINT * 1000))" \
-    --stability-percentage 20 -f "$OUT/honesty-pa.csv" > /dev/null
-  python3 - "$model" "$concurrency" "$OUT" >> "$OUT/honesty.jsonl" <<'PY'
+  for round in $(seq 1 "$ROUNDS"); do
+    echo "$model at concurrency $concurrency, round $round of $ROUNDS" >&2
+    "${CLIENT_CPU[@]}" ./target/release/modelpod bench "http://$ADDRESS" --model "$model" --protocol v2-binary \
+      --concurrency "$concurrency" --duration "${SECONDS_PER_POINT}s" --warmup 2s --no-progress \
+      --save-inputs "$OUT/honesty-inputs.json" --json "$OUT/honesty-bench.json" > /dev/null
+    "${CLIENT_CPU[@]}" bash benches/perf_analyzer/perf_analyzer.sh -m "$model" -u "$ADDRESS" -i http \
+      --concurrency-range "$concurrency:$concurrency" --measurement-interval "$((SECONDS_PER_POINT * 1000))" \
+      --input-data "$OUT/honesty-inputs.json" --stability-percentage 20 -f "$OUT/honesty-pa.csv" > /dev/null
+    python3 - "$model" "$concurrency" "$OUT" >> "$OUT/honesty.jsonl" <<'PY'
 import csv, json, sys
 model, c, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 b = json.load(open(f"{out}/honesty-bench.json"))["points"][0]
@@ -47,15 +53,25 @@ print(json.dumps({"model": model, "concurrency": c,
     "bench_rps": b["requests_per_s"], "bench_p50_us": b["p50_us"], "bench_p99_us": b["p99_us"],
     "pa_rps": float(p["Inferences/Second"]), "pa_p50_us": float(p["p50 latency"]), "pa_p99_us": float(p["p99 latency"])}))
 PY
+  done
 done
 
-python3 - "$OUT" <<'PY' | tee "$OUT/honesty.md"
-import json, sys
+python3 - "$OUT" "$ROUNDS" <<'PY' | tee "$OUT/honesty.md"
+import json, statistics, sys
 rows = [json.loads(l) for l in open(f"{sys.argv[1]}/honesty.jsonl")]
-print("| model | concurrency | modelpod bench req/s | perf_analyzer req/s | ratio | bench p50 µs | perf_analyzer p50 µs | ratio | bench p99 µs | perf_analyzer p99 µs |")
-print("|---|---|---|---|---|---|---|---|---|---|")
+points = {}
 for r in rows:
-    print(f"| {r['model']} | {r['concurrency']} | {r['bench_rps']:.0f} | {r['pa_rps']:.0f} | {r['bench_rps'] / r['pa_rps']:.2f} "
-          f"| {r['bench_p50_us']:.0f} | {r['pa_p50_us']:.0f} | {r['bench_p50_us'] / r['pa_p50_us']:.2f} "
-          f"| {r['bench_p99_us']:.0f} | {r['pa_p99_us']:.0f} |")
+    points.setdefault((r["model"], r["concurrency"]), []).append(r)
+print(f"Medians of {sys.argv[2]} alternating rounds per tool; ratio = modelpod bench / perf_analyzer.\n")
+print("| model | concurrency | bench req/s | perf_analyzer req/s | ratio | bench p50 µs | perf_analyzer p50 µs | ratio | bench p99 µs | perf_analyzer p99 µs |")
+print("|---|---|---|---|---|---|---|---|---|---|")
+worst = 0.0
+for (model, c), rs in points.items():
+    m = {k: statistics.median(r[k] for r in rs) for k in rs[0] if k.endswith(("_rps", "_us"))}
+    rps, p50 = m["bench_rps"] / m["pa_rps"], m["bench_p50_us"] / m["pa_p50_us"]
+    worst = max(worst, abs(rps - 1), abs(p50 - 1))
+    print(f"| {model} | {c} | {m['bench_rps']:.0f} | {m['pa_rps']:.0f} | {rps:.2f} "
+          f"| {m['bench_p50_us']:.0f} | {m['pa_p50_us']:.0f} | {p50:.2f} "
+          f"| {m['bench_p99_us']:.0f} | {m['pa_p99_us']:.0f} |")
+print(f"\nLargest disagreement in throughput or p50: {100 * worst:.1f} %")
 PY

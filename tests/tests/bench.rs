@@ -22,6 +22,8 @@ fn args(url: String, model: &str, protocol: Protocol) -> BenchArgs {
         backend: Default::default(),
         shapes: vec![],
         input: None,
+        save_inputs: None,
+        cycle_models: None,
         api_key: None,
         max_in_flight: 1024,
         compare: None,
@@ -144,6 +146,7 @@ fn sweep_writes_json_markdown_and_a_png_plot() {
     a.json = Some(out.path().join("r.json"));
     a.markdown = Some(out.path().join("r.md"));
     a.plot = Some(out.path().join("r.png"));
+    a.save_inputs = Some(out.path().join("inputs.json"));
     bench(a);
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.path().join("r.json")).unwrap()).unwrap();
@@ -157,4 +160,49 @@ fn sweep_writes_json_markdown_and_a_png_plot() {
         "an empty-looking plot: {} bytes",
         png.len()
     );
+    // perf_analyzer's --input-data format: one request, the row's shape without the batch.
+    let inputs: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("inputs.json")).unwrap()).unwrap();
+    let x = &inputs["data"][0]["input"];
+    assert_eq!(x["shape"], serde_json::json!([4]));
+    assert_eq!(
+        x["content"]["b64"].as_str().unwrap().len(),
+        24,
+        "16 bytes in base64"
+    );
+}
+
+#[test]
+fn cycle_mode_sends_each_request_to_the_next_model() {
+    let repo = tempfile::tempdir().unwrap();
+    let models = modelpod_tests::linear_models::write_repository(repo.path(), 5);
+    let server = start(serve_args(repo.path()));
+    let list = repo.path().join("models.txt");
+    let names: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
+    std::fs::write(&list, names.join("\n")).unwrap();
+    let mut a = args(server.url(""), names[0], Protocol::V2Binary);
+    a.cycle_models = Some(list);
+    a.concurrency = vec![1];
+    a.requests = Some(50);
+    a.warmup = Duration::ZERO;
+    let points = bench(a);
+    assert!(points[0].errors.is_empty(), "{:?}", points[0].errors);
+    assert_eq!(points[0].succeeded, 50);
+    let text = modelpod_tests::client()
+        .get(server.url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    for name in names {
+        let served: f64 = text
+            .lines()
+            .filter(|l| {
+                l.starts_with("modelpod_requests_total{")
+                    && l.contains(&format!("model=\"{name}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        assert_eq!(served, 10.0, "{name} got {served} of 50 requests");
+    }
 }

@@ -239,8 +239,13 @@ pub async fn measure(
     let succeeded = latencies.len();
     let server = |name: &str| -> Option<f64> {
         let (b, a) = (before.as_ref()?, after.as_ref()?);
-        let (s0, c0) = histogram_totals(b, name, &workload.model);
-        let (s1, c1) = histogram_totals(a, name, &workload.model);
+        let model = if workload.cycles() {
+            ""
+        } else {
+            &workload.model
+        };
+        let (s0, c0) = histogram_totals(b, name, model);
+        let (s1, c1) = histogram_totals(a, name, model);
         (c1 > c0).then(|| (s1 - s0) / (c1 - c0) * 1e6)
     };
     let failed: u64 = errors.values().sum();
@@ -295,11 +300,15 @@ async fn scrape(client: &reqwest::Client, workload: &Workload) -> Option<String>
     response.text().await.ok()
 }
 
-/// `_sum` and `_count` of a histogram over every series labelled with `model`.
+/// `_sum` and `_count` of a histogram over every series labelled with `model` (every series
+/// when `model` is empty).
 pub(crate) fn histogram_totals(text: &str, name: &str, model: &str) -> (f64, f64) {
     let label = format!("model=\"{model}\"");
     let (mut sum, mut count) = (0.0, 0.0);
-    for line in text.lines().filter(|l| l.contains(&label)) {
+    for line in text
+        .lines()
+        .filter(|l| model.is_empty() || l.contains(&label))
+    {
         let value = line
             .rsplit(' ')
             .next()
@@ -324,5 +333,6 @@ mod tests {
                     x_sum{model=\"m\",version=\"2\"} 0.5\nx_count{model=\"m\",version=\"2\"} 1\n\
                     x_sum{model=\"other\"} 9\nx_bucket{model=\"m\",le=\"1\"} 4\n";
         assert_eq!(histogram_totals(text, "x", "m"), (2.0, 4.0));
+        assert_eq!(histogram_totals(text, "x", ""), (11.0, 4.0));
     }
 }

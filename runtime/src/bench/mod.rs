@@ -79,6 +79,14 @@ pub struct BenchArgs {
     /// Send this file as the request body instead of generating one.
     #[arg(long)]
     pub input: Option<PathBuf>,
+    /// Send each request to the next model named in this file (one per line), round robin;
+    /// the request body is built for `--model`, so the models must share its inputs.
+    #[arg(long, conflicts_with_all = ["in_process", "compare"])]
+    pub cycle_models: Option<PathBuf>,
+    /// Also write the generated v2 inputs as a perf_analyzer `--input-data` file, so both
+    /// tools can send the same tensor values (their cost can depend on the values).
+    #[arg(long, conflicts_with = "input")]
+    pub save_inputs: Option<PathBuf>,
     /// Bearer key or token.
     #[arg(long, env = "MODELPOD_BENCH_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,

@@ -6,11 +6,15 @@ use bytes::Bytes;
 use modelpod_accel::{DataType, Tensor, TensorData};
 use serde_json::{Value, json};
 
-/// One prepared request, sent unchanged for the whole run.
+/// One prepared request, sent unchanged for the whole run (to one model, or to each model of
+/// `--cycle-models` in turn).
 #[derive(Debug, Clone)]
 pub struct Workload {
     pub base_url: String,
     pub infer_url: String,
+    /// Infer URLs taken in turn, one per request, when cycling through models.
+    cycle: std::sync::Arc<[String]>,
+    next: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     pub body: Bytes,
     pub content_type: &'static str,
     /// `Inference-Header-Content-Length` for binary v2 bodies.
@@ -29,13 +33,33 @@ impl Workload {
         let base_url = args.url.trim_end_matches('/').to_string();
         let authorization = args.api_key.as_ref().map(|k| format!("Bearer {k}"));
         let model = args.model.clone();
-        let infer_url = match args.protocol {
-            Protocol::Azure => format!("{base_url}/score?model={model}"),
-            Protocol::V2 | Protocol::V2Binary => format!("{base_url}/v2/models/{model}/infer"),
+        let cycle: std::sync::Arc<[String]> = match &args.cycle_models {
+            None => std::sync::Arc::new([]),
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| BenchError::Setup(format!("{}: {e}", path.display())))?;
+                let names: Vec<&str> = text
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .collect();
+                if names.is_empty() {
+                    return Err(BenchError::Setup(format!(
+                        "{} names no models",
+                        path.display()
+                    )));
+                }
+                names
+                    .iter()
+                    .map(|name| infer_url_for(&base_url, args.protocol, name))
+                    .collect()
+            }
         };
         let mut workload = Workload {
+            infer_url: infer_url_for(&base_url, args.protocol, &args.model),
             base_url,
-            infer_url,
+            cycle,
+            next: Default::default(),
             body: Bytes::new(),
             content_type: "application/json",
             inference_header: None,
@@ -59,6 +83,11 @@ impl Workload {
             }
             Protocol::V2 | Protocol::V2Binary => {
                 let inputs = v2_inputs(client, &workload, args).await?;
+                if let Some(path) = &args.save_inputs {
+                    let data = perf_analyzer_input_data(&inputs)?;
+                    std::fs::write(path, serde_json::to_vec(&data).expect("serialisable"))
+                        .map_err(|e| BenchError::Setup(format!("{}: {e}", path.display())))?;
+                }
                 let (body, header) = v2_body(&inputs, args.protocol == Protocol::V2Binary);
                 workload.body = Bytes::from(body);
                 if let Some(len) = header {
@@ -80,9 +109,20 @@ impl Workload {
         )
     }
 
+    /// Whether requests go to many models in turn.
+    pub fn cycles(&self) -> bool {
+        !self.cycle.is_empty()
+    }
+
     pub fn request(&self, client: &reqwest::Client) -> reqwest::RequestBuilder {
+        let url = if self.cycle.is_empty() {
+            &self.infer_url
+        } else {
+            let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            &self.cycle[i % self.cycle.len()]
+        };
         let mut request = client
-            .post(&self.infer_url)
+            .post(url)
             .header(reqwest::header::CONTENT_TYPE, self.content_type)
             .body(self.body.clone());
         if let Some(len) = self.inference_header {
@@ -92,6 +132,13 @@ impl Workload {
             request = request.header(reqwest::header::AUTHORIZATION, auth);
         }
         request
+    }
+}
+
+fn infer_url_for(base_url: &str, protocol: Protocol, model: &str) -> String {
+    match protocol {
+        Protocol::Azure => format!("{base_url}/score?model={model}"),
+        Protocol::V2 | Protocol::V2Binary => format!("{base_url}/v2/models/{model}/infer"),
     }
 }
 
@@ -236,6 +283,29 @@ pub(super) fn shape_override(shapes: &[String], input: &str) -> Result<Vec<usize
     Ok(Vec::new())
 }
 
+/// perf_analyzer's `--input-data` format for one request: each input's bytes in base64 and its
+/// shape without the batch dimension (perf_analyzer adds that from its own `-b`).
+fn perf_analyzer_input_data(inputs: &[(String, Tensor)]) -> Result<Value, BenchError> {
+    use base64::Engine as _;
+    let mut request = serde_json::Map::new();
+    for (name, tensor) in inputs {
+        if tensor.shape().first() != Some(&1) {
+            return Err(BenchError::Setup(
+                "--save-inputs writes one row per request: use --batch 1".into(),
+            ));
+        }
+        let bytes = tensor.data().to_le_bytes();
+        request.insert(
+            name.clone(),
+            json!({
+                "content": { "b64": base64::engine::general_purpose::STANDARD.encode(bytes) },
+                "shape": &tensor.shape()[1..],
+            }),
+        );
+    }
+    Ok(json!({ "data": [request] }))
+}
+
 fn v2_body(inputs: &[(String, Tensor)], binary: bool) -> (Vec<u8>, Option<usize>) {
     let mut raw = Vec::new();
     let described: Vec<Value> = inputs
@@ -286,5 +356,24 @@ mod tests {
         let head: Value = serde_json::from_slice(&body[..len]).unwrap();
         assert_eq!(head["inputs"][0]["parameters"]["binary_data_size"], 8);
         assert_eq!(&body[len..len + 4], &1.0f32.to_le_bytes());
+    }
+
+    #[test]
+    fn perf_analyzer_data_carries_the_same_bytes_without_the_batch_dimension() {
+        use base64::Engine as _;
+        let t = Tensor::new(vec![1, 2], vec![1.0f32, -2.0]).unwrap();
+        let data = perf_analyzer_input_data(&[("x".into(), t)]).unwrap();
+        let x = &data["data"][0]["x"];
+        assert_eq!(x["shape"], json!([2]));
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(x["content"]["b64"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(
+            bytes,
+            [1.0f32.to_le_bytes(), (-2.0f32).to_le_bytes()].concat()
+        );
+
+        let two_rows = Tensor::new(vec![2, 1], vec![1.0f32, 2.0]).unwrap();
+        assert!(perf_analyzer_input_data(&[("x".into(), two_rows)]).is_err());
     }
 }

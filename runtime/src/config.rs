@@ -5,6 +5,8 @@
 use crate::azure_config::{DeploymentConfig, defaults};
 use clap::{Args, ValueEnum};
 use modelpod_accel::EngineChoice;
+use modelpod_scoring::MemoryBudget;
+use modelpod_scoring::memory::parse_bytes;
 use serde::Deserialize;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -87,7 +89,44 @@ pub struct ServeArgs {
     /// Log format [default: text].
     #[arg(long, env = "MODELPOD_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// When models load: eager (every model at start, as many as the memory budget holds) or
+    /// lazy (on first request). Either way a model not loaded is loaded when a request needs it
+    /// [default: eager].
+    #[arg(long, env = "MODELPOD_LOAD_POLICY")]
+    pub load_policy: Option<LoadPolicy>,
+    /// Host memory loaded models may hold (e.g. 6GiB, 512MiB); least recently used idle models
+    /// are evicted to stay under it; "none" for no limit [default: 80 % of the container's
+    /// cgroup memory limit, or none without one].
+    #[arg(long, env = "MODELPOD_MEMORY_BUDGET")]
+    pub memory_budget: Option<String>,
+    /// Accelerator memory budgets for device engines, as DEVICE=SIZE (e.g. cuda:0=20GiB),
+    /// comma-separated.
+    #[arg(
+        long = "device-memory-budget",
+        env = "MODELPOD_DEVICE_MEMORY_BUDGETS",
+        value_delimiter = ','
+    )]
+    pub device_memory_budgets: Vec<String>,
+    /// Rescan the repository every this many seconds, registering added models and unloading
+    /// removed ones [default: off; load and unload through the repository API].
+    #[arg(long, env = "MODELPOD_REPOSITORY_POLL_SECONDS")]
+    pub repository_poll: Option<u64>,
 }
+
+/// When models are loaded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LoadPolicy {
+    /// All at start-up, in parallel, serving each as it becomes ready (Azure's behaviour).
+    #[default]
+    Eager,
+    /// On first request; concurrent first requests wait for one load.
+    Lazy,
+}
+
+/// Share of the cgroup memory limit that models may hold by default; the rest is for requests
+/// in flight, batches and the server itself.
+pub const DEFAULT_BUDGET_SHARE_OF_CGROUP_LIMIT: f64 = 0.8;
 
 /// The native configuration file: the flags' names in snake_case.
 #[derive(Debug, Default, Deserialize)]
@@ -110,6 +149,11 @@ struct ConfigFile {
     http_workers: Option<usize>,
     strict_readiness: Option<bool>,
     log_format: Option<LogFormat>,
+    load_policy: Option<LoadPolicy>,
+    memory_budget: Option<String>,
+    #[serde(default)]
+    device_memory_budgets: Vec<String>,
+    repository_poll: Option<u64>,
 }
 
 /// The validated configuration of a scoring server.
@@ -131,6 +175,9 @@ pub struct ServeConfig {
     pub http_workers: usize,
     pub strict_readiness: bool,
     pub log_format: LogFormat,
+    pub load_policy: LoadPolicy,
+    pub memory_budget: MemoryBudget,
+    pub repository_poll: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +194,36 @@ pub enum ConfigError {
         rule: &'static str,
         value: String,
     },
+}
+
+/// The host budget (given, or a share of the cgroup limit) and any device budgets.
+fn memory_budget(host: Option<&str>, devices: &[String]) -> Result<MemoryBudget, ConfigError> {
+    let invalid = |e: String| ConfigError::OutOfRange {
+        name: "memory-budget",
+        rule: "a size such as 6GiB, or none",
+        value: e,
+    };
+    let mut budget = MemoryBudget::unlimited();
+    let host = match host.map(str::trim) {
+        Some(text) if text.eq_ignore_ascii_case("none") => None,
+        Some(text) => Some(parse_bytes(text).map_err(invalid)?),
+        None => crate::memory::cgroup_memory_limit()
+            .map(|limit| (limit as f64 * DEFAULT_BUDGET_SHARE_OF_CGROUP_LIMIT) as u64),
+    };
+    if let Some(bytes) = host {
+        budget = budget.with_limit(modelpod_scoring::memory::HOST, bytes);
+    }
+    for device in devices {
+        let (name, size) = device
+            .split_once('=')
+            .ok_or_else(|| ConfigError::OutOfRange {
+                name: "device-memory-budget",
+                rule: "DEVICE=SIZE, e.g. cuda:0=20GiB",
+                value: device.clone(),
+            })?;
+        budget = budget.with_limit(name.trim(), parse_bytes(size).map_err(invalid)?);
+    }
+    Ok(budget)
 }
 
 impl ServeConfig {
@@ -224,6 +301,19 @@ impl ServeConfig {
                 .or(file.strict_readiness)
                 .unwrap_or(true),
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+            load_policy: args.load_policy.or(file.load_policy).unwrap_or_default(),
+            memory_budget: memory_budget(
+                args.memory_budget.or(file.memory_budget).as_deref(),
+                if args.device_memory_budgets.is_empty() {
+                    &file.device_memory_budgets
+                } else {
+                    &args.device_memory_budgets
+                },
+            )?,
+            repository_poll: args
+                .repository_poll
+                .or(file.repository_poll)
+                .map(Duration::from_secs),
         };
         config.validate()?;
         Ok(config)
@@ -260,6 +350,12 @@ impl ServeConfig {
             self.http_workers >= 1,
             "at least 1",
             self.http_workers.to_string(),
+        )?;
+        range(
+            "repository-poll",
+            self.repository_poll.is_none_or(|p| !p.is_zero()),
+            "at least 1 second",
+            "0".into(),
         )?;
         range(
             "max-request-bytes",

@@ -37,14 +37,36 @@ pub fn install() -> PrometheusHandle {
         .clone()
 }
 
-/// Renders the text format after refreshing per-model state gauges.
+/// Renders the text format after refreshing the gauges read from the registry: per-model state
+/// and footprint, models per state, memory used against the budget, and the process's RSS.
 pub fn render(handle: &PrometheusHandle, registry: &Registry) -> String {
+    let mut per_state = [0usize; ModelState::ALL.len()];
     for entry in registry.index() {
-        for state in ModelState::ALL {
-            let value = if entry.state == state { 1.0 } else { 0.0 };
+        for (i, state) in ModelState::ALL.into_iter().enumerate() {
+            let value = if entry.state == state {
+                per_state[i] += 1;
+                1.0
+            } else {
+                0.0
+            };
             metrics::gauge!("modelpod_model_state", "model" => entry.name.clone(), "version" => entry.version.clone(), "state" => state.name())
                 .set(value);
         }
+        metrics::gauge!("modelpod_model_footprint_bytes", "model" => entry.name, "version" => entry.version)
+            .set(entry.footprint.unwrap_or(0) as f64);
+    }
+    for (state, count) in ModelState::ALL.into_iter().zip(per_state) {
+        metrics::gauge!("modelpod_models", "state" => state.name()).set(count as f64);
+    }
+    let host = modelpod_scoring::memory::HOST;
+    metrics::gauge!("modelpod_memory_used_bytes", "device" => host)
+        .set(registry.memory_used(host) as f64);
+    for (device, limit) in registry.budget().limits() {
+        metrics::gauge!("modelpod_memory_budget_bytes", "device" => device.to_string())
+            .set(limit as f64);
+    }
+    if let Some(rss) = crate::memory::resident_bytes() {
+        metrics::gauge!("modelpod_process_resident_bytes").set(rss as f64);
     }
     handle.render()
 }

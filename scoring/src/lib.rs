@@ -6,10 +6,12 @@ pub mod batcher;
 pub mod error;
 pub mod json;
 pub mod manifest;
+pub mod memory;
 pub mod pipeline;
 pub mod registry;
 pub mod repository;
 pub mod v2;
 
 pub use error::ScoringError;
+pub use memory::{AllocationMeter, MemoryBudget};
 pub use registry::{IndexEntry, ModelState, Registry, RegistryConfig, ServedModel};

@@ -1,19 +1,30 @@
 //! The model registry: every model version the repository holds, its state, and — once
 //! ready — the served model (engine, pipeline, batcher). Readiness, the v2 repository API and
 //! `/metrics` all read model state from here.
+//!
+//! Models load eagerly at start-up (as many as the memory budget holds) or on first use, and
+//! concurrent first requests wait for one load. When a load would pass the budget, the least
+//! recently used models that no request holds are evicted first; a model in use is never
+//! evicted. All state changes happen under one lock, so the budget is never double-spent.
 
 use crate::batcher::{BatchPolicy, Batcher, JobReply};
 use crate::error::ScoringError;
 use crate::manifest::ModelManifest;
+use crate::memory::{
+    AllocationMeter, HOST, MemoryBudget, UNMEASURED_FOOTPRINT_FACTOR, UNMEASURED_OVERHEAD_BYTES,
+    mib,
+};
 use crate::pipeline::{ScorePipeline, shape_text};
 use crate::repository::{ModelSource, RepositoryError, VersionSource, scan_model, scan_repository};
-use modelpod_accel::{EngineKind, EngineOptions, Signature, Tensor, load_model};
-use parking_lot::RwLock;
+use modelpod_accel::{
+    Backend, DataType, EngineKind, EngineOptions, Signature, Tensor, TensorData, load_model,
+};
+use parking_lot::{Condvar, Mutex, RwLock};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// Where a model version is in its life.
@@ -61,13 +72,40 @@ impl ModelState {
     }
 }
 
-/// Server-wide defaults that a model's manifest may override.
-#[derive(Debug, Clone)]
+/// Server-wide settings; a model's manifest may override the engine options.
+#[derive(Clone)]
 pub struct RegistryConfig {
     pub repository: PathBuf,
     pub engine: EngineOptions,
     /// Models loaded in parallel at start-up.
     pub load_parallelism: usize,
+    pub budget: MemoryBudget,
+    /// Measures each load's footprint; without one, footprints are estimated from file sizes.
+    pub meter: Option<Arc<dyn AllocationMeter>>,
+}
+
+impl RegistryConfig {
+    pub fn new(repository: PathBuf, engine: EngineOptions) -> RegistryConfig {
+        RegistryConfig {
+            repository,
+            engine,
+            load_parallelism: 2,
+            budget: MemoryBudget::unlimited(),
+            meter: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for RegistryConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryConfig")
+            .field("repository", &self.repository)
+            .field("engine", &self.engine)
+            .field("load_parallelism", &self.load_parallelism)
+            .field("budget", &self.budget)
+            .field("measured", &self.meter.is_some())
+            .finish()
+    }
 }
 
 /// A loaded model version, ready to take requests.
@@ -80,6 +118,11 @@ pub struct ServedModel {
     pub instances: usize,
     pub pipeline: ScorePipeline,
     pub file: PathBuf,
+    /// Bytes this model holds on `device`, measured at load (see [`crate::memory`]).
+    pub footprint: u64,
+    pub device: String,
+    /// When a request last took this model, in nanoseconds since the registry opened.
+    last_used: AtomicU64,
     batcher: Batcher,
 }
 
@@ -155,6 +198,45 @@ struct VersionEntry {
     state: ModelState,
     reason: Option<String>,
     served: Option<Arc<ServedModel>>,
+    /// Budget held while loading, before the footprint is known.
+    reserved: u64,
+    /// Footprint measured by the last load: the next load of this version reserves it.
+    measured: Option<u64>,
+    /// Unloaded through the repository API: not loaded on demand until loaded again.
+    held_out: bool,
+}
+
+impl VersionEntry {
+    fn new(source: VersionSource) -> VersionEntry {
+        VersionEntry {
+            source,
+            state: ModelState::Registered,
+            reason: None,
+            served: None,
+            reserved: 0,
+            measured: None,
+            held_out: false,
+        }
+    }
+
+    /// What a load of this version is expected to need, before it is measured.
+    fn expected_footprint(&self) -> u64 {
+        self.measured.unwrap_or_else(|| {
+            let file_bytes = self
+                .source
+                .file
+                .as_ref()
+                .ok()
+                .and_then(|f| std::fs::metadata(f).ok())
+                .map_or(0, |m| m.len());
+            file_bytes * UNMEASURED_FOOTPRINT_FACTOR + UNMEASURED_OVERHEAD_BYTES
+        })
+    }
+
+    fn loads_on_demand(&self) -> bool {
+        self.state == ModelState::Loading
+            || (self.state == ModelState::Registered && !self.held_out)
+    }
 }
 
 struct ModelEntry {
@@ -170,11 +252,29 @@ pub struct IndexEntry {
     pub state: ModelState,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Bytes held while loaded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub footprint: Option<u64>,
+}
+
+/// Whether a load may evict other models to make room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Eviction {
+    /// Start-up: fill the budget, never churn it.
+    Never,
+    /// On demand or when asked: evict least recently used idle models.
+    Allowed,
 }
 
 pub struct Registry {
     config: RegistryConfig,
     models: RwLock<BTreeMap<String, ModelEntry>>,
+    /// Time base of `last_used`.
+    epoch: Instant,
+    /// Bumped (under its lock) when a load finishes; waiters for a load sleep on `load_done`.
+    loads_finished: Mutex<u64>,
+    load_done: Condvar,
+    evictions: metrics::Counter,
 }
 
 impl Registry {
@@ -188,7 +288,20 @@ impl Registry {
         Ok(Registry {
             config,
             models: RwLock::new(models),
+            epoch: Instant::now(),
+            loads_finished: Mutex::new(0),
+            load_done: Condvar::new(),
+            evictions: metrics::counter!("modelpod_model_evictions_total"),
         })
+    }
+
+    pub fn budget(&self) -> &MemoryBudget {
+        &self.config.budget
+    }
+
+    /// Bytes the loaded (and loading) models hold on `device`.
+    pub fn memory_used(&self, device: &str) -> u64 {
+        used_on(&self.models.read(), device)
     }
 
     pub fn repository(&self) -> &Path {
@@ -197,6 +310,7 @@ impl Registry {
 
     /// Loads every registered version, `load_parallelism` at a time; each model is served as
     /// soon as it is ready. Failures are recorded per version and never stop the others.
+    /// Models that do not fit the memory budget stay registered, to be loaded on demand.
     pub fn load_all(&self) {
         let pending: Vec<(String, u64)> = self
             .models
@@ -221,7 +335,7 @@ impl Registry {
                     while let Some((name, version)) =
                         pending.get(next.fetch_add(1, Ordering::Relaxed))
                     {
-                        self.load_version(name, *version);
+                        let _ = self.load_version(name, *version, Eviction::Never);
                     }
                 });
             }
@@ -248,15 +362,12 @@ impl Registry {
             .write()
             .insert(name.to_string(), entry_for(source));
         let versions: Vec<u64> = self.models.read()[name].versions.keys().copied().collect();
-        for version in &versions {
-            self.load_version(name, *version);
+        let mut failed = Vec::new();
+        for version in versions {
+            if let Err(e) = self.load_version(name, version, Eviction::Allowed) {
+                failed.push(format!("version {version}: {e}"));
+            }
         }
-        let models = self.models.read();
-        let failed: Vec<String> = models[name]
-            .versions
-            .iter()
-            .filter_map(|(v, e)| e.reason.as_ref().map(|r| format!("version {v}: {r}")))
-            .collect();
         if failed.is_empty() {
             Ok(())
         } else {
@@ -267,12 +378,63 @@ impl Registry {
         }
     }
 
-    /// Stops serving every version of a model; requests already queued finish first.
+    /// Brings the registry in line with the repository on disk: models and versions added
+    /// there are registered (and loaded when `load` is set, as far as the budget allows);
+    /// those removed are unloaded and forgotten. Models already known are left as they are.
+    pub fn poll_repository(&self, load: bool) -> Result<(), RepositoryError> {
+        let on_disk: BTreeMap<String, ModelSource> = scan_repository(&self.config.repository)?
+            .into_iter()
+            .map(|s| (s.name.clone(), s))
+            .collect();
+        let known = self.model_names();
+        for gone in known.iter().filter(|n| !on_disk.contains_key(*n)) {
+            self.unload_versions(gone);
+            self.models.write().remove(gone);
+            tracing::info!(model = %gone, "removed from the repository");
+        }
+        let mut added = Vec::new();
+        {
+            let mut models = self.models.write();
+            for (name, source) in on_disk {
+                match models.get_mut(&name) {
+                    None => {
+                        added.extend(source.versions.iter().map(|v| (name.clone(), v.version)));
+                        models.insert(name, entry_for(source));
+                    }
+                    Some(model) => {
+                        for v in &source.versions {
+                            if let std::collections::btree_map::Entry::Vacant(slot) =
+                                model.versions.entry(v.version)
+                            {
+                                slot.insert(VersionEntry::new(v.clone()));
+                                added.push((name.clone(), v.version));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for (name, version) in &added {
+            tracing::info!(model = %name, version, "found in the repository");
+        }
+        if load {
+            for (name, version) in added {
+                let _ = self.load_version(&name, version, Eviction::Never);
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops serving every version of a model; requests already queued finish first. The
+    /// model is not loaded on demand again until it is loaded explicitly.
     pub fn unload(&self, name: &str) -> Result<(), ScoringError> {
-        if !self.models.read().contains_key(name) {
-            return Err(ScoringError::ModelNotFound(format!(
-                "model '{name}' is not in the repository"
-            )));
+        match self.models.write().get_mut(name) {
+            Some(model) => model.versions.values_mut().for_each(|v| v.held_out = true),
+            None => {
+                return Err(ScoringError::ModelNotFound(format!(
+                    "model '{name}' is not in the repository"
+                )));
+            }
         }
         self.unload_versions(name);
         Ok(())
@@ -296,6 +458,7 @@ impl Registry {
         };
         // The batchers stop when the last in-flight request drops its reference.
         drop(served);
+        self.release_freed_memory();
         if let Some(model) = self.models.write().get_mut(name) {
             for v in model.versions.values_mut() {
                 if v.state == ModelState::Unloading {
@@ -307,57 +470,187 @@ impl Registry {
         tracing::info!(model = name, "unloaded");
     }
 
-    fn load_version(&self, name: &str, version: u64) {
-        let (manifest, source, dir) = {
+    /// Loads one version on this thread, first making room in the budget (evicting idle
+    /// models when `eviction` allows). A version already loading or ready is left alone.
+    fn load_version(
+        &self,
+        name: &str,
+        version: u64,
+        eviction: Eviction,
+    ) -> Result<(), ScoringError> {
+        let (manifest, source, dir, evicted) = {
             let mut models = self.models.write();
-            let Some(model) = models.get_mut(name) else {
-                return;
+            let Some(model) = models.get(name) else {
+                return Ok(());
             };
-            let Some(entry) = model.versions.get_mut(&version) else {
-                return;
+            let Some(entry) = model.versions.get(&version) else {
+                return Ok(());
             };
-            if entry.state == ModelState::Loading || entry.state == ModelState::Ready {
-                return;
+            if matches!(entry.state, ModelState::Loading | ModelState::Ready) {
+                return Ok(());
             }
+            let expected = entry.expected_footprint();
+            let evicted = self.make_room(&mut models, HOST, expected, (name, version), eviction)?;
+            let model = models.get_mut(name).expect("checked above");
+            let entry = model.versions.get_mut(&version).expect("checked above");
             entry.state = ModelState::Loading;
             entry.reason = None;
+            entry.reserved = expected;
             (
                 model.source.manifest.clone(),
                 entry.source.clone(),
                 model.source.dir.clone(),
+                evicted,
             )
         };
+        self.retire(evicted);
         let started = Instant::now();
         let outcome = manifest
             .map_err(|e| format!("invalid manifest: {e}"))
             .and_then(|manifest| self.build(name, version, &manifest, &source, &dir));
-        let mut models = self.models.write();
-        let Some(entry) = models
-            .get_mut(name)
-            .and_then(|m| m.versions.get_mut(&version))
-        else {
-            return;
+        let result = {
+            let mut models = self.models.write();
+            let Some(entry) = models
+                .get_mut(name)
+                .and_then(|m| m.versions.get_mut(&version))
+            else {
+                drop(models);
+                self.finish_load();
+                return Ok(());
+            };
+            entry.reserved = 0;
+            match outcome {
+                Ok(served) => {
+                    tracing::info!(
+                        model = name,
+                        version,
+                        engine = %served.engine,
+                        instances = served.instances,
+                        max_batch_size = served.policy.max_batch_size,
+                        footprint_bytes = served.footprint,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "model ready"
+                    );
+                    metrics::histogram!("modelpod_model_load_duration_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                    entry.measured = Some(served.footprint);
+                    entry.state = ModelState::Ready;
+                    entry.served = Some(Arc::new(served));
+                    // The measurement may exceed the reservation: settle the difference.
+                    let evicted = self
+                        .make_room(&mut models, HOST, 0, (name, version), Eviction::Allowed)
+                        .unwrap_or_default();
+                    Ok(evicted)
+                }
+                Err(reason) => {
+                    tracing::error!(model = name, version, %reason, "model failed to load");
+                    entry.state = ModelState::Failed;
+                    entry.reason = Some(reason.clone());
+                    Err(ScoringError::ModelUnavailable(format!(
+                        "model '{name}' version {version} failed to load: {reason}"
+                    )))
+                }
+            }
         };
-        match outcome {
-            Ok(served) => {
-                tracing::info!(
-                    model = name,
-                    version,
-                    engine = %served.engine,
-                    instances = served.instances,
-                    max_batch_size = served.policy.max_batch_size,
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "model ready"
-                );
-                entry.state = ModelState::Ready;
-                entry.served = Some(Arc::new(served));
-            }
-            Err(reason) => {
-                tracing::error!(model = name, version, %reason, "model failed to load");
-                entry.state = ModelState::Failed;
-                entry.reason = Some(reason);
-            }
+        self.finish_load();
+        result.map(|evicted| self.retire(evicted))
+    }
+
+    /// Evicts least recently used idle models on `device` until `needed` more bytes fit its
+    /// budget, skipping `loading` itself. Runs under the registry's write lock, so no request
+    /// can take an evicted model between the check and the eviction. Returns the evicted
+    /// models, to be dropped (their workers joined) after the lock is released.
+    fn make_room(
+        &self,
+        models: &mut BTreeMap<String, ModelEntry>,
+        device: &str,
+        needed: u64,
+        loading: (&str, u64),
+        eviction: Eviction,
+    ) -> Result<Vec<Arc<ServedModel>>, ScoringError> {
+        let Some(limit) = self.config.budget.limit(device) else {
+            return Ok(Vec::new());
+        };
+        let mut used = used_on(models, device);
+        if used + needed <= limit {
+            return Ok(Vec::new());
         }
+        let overloaded = |used: u64, in_use: usize| {
+            ScoringError::Overloaded(format!(
+                "memory budget full: model '{}' version {} needs about {} on {device}, \
+                 {} of {} is held by loaded models ({in_use} of them in use or loading); \
+                 retry later or raise --memory-budget",
+                loading.0,
+                loading.1,
+                mib(needed),
+                mib(used),
+                mib(limit)
+            ))
+        };
+        if eviction == Eviction::Never {
+            return Err(overloaded(used, 0));
+        }
+        // Idle: ready, on this device, and referenced by nothing but the registry.
+        let mut idle: Vec<(u64, String, u64)> = models
+            .iter()
+            .flat_map(|(name, m)| m.versions.iter().map(move |(v, e)| (name, *v, e)))
+            .filter(|(name, v, _)| (name.as_str(), *v) != loading)
+            .filter_map(|(name, v, e)| {
+                let served = e.served.as_ref()?;
+                (e.state == ModelState::Ready
+                    && served.device == device
+                    && Arc::strong_count(served) == 1)
+                    .then(|| (served.last_used.load(Ordering::Relaxed), name.clone(), v))
+            })
+            .collect();
+        idle.sort_unstable();
+        let mut evicted = Vec::new();
+        for (_, name, version) in idle {
+            if used + needed <= limit {
+                break;
+            }
+            let entry = models
+                .get_mut(&name)
+                .and_then(|m| m.versions.get_mut(&version))
+                .expect("listed above");
+            let served = entry.served.take().expect("ready entries are served");
+            entry.state = ModelState::Registered;
+            used -= served.footprint;
+            tracing::info!(model = %name, version, footprint_bytes = served.footprint, "evicted (least recently used)");
+            self.evictions.increment(1);
+            evicted.push(served);
+        }
+        if used + needed <= limit {
+            Ok(evicted)
+        } else {
+            let in_use = models
+                .values()
+                .flat_map(|m| m.versions.values())
+                .filter(|e| e.state == ModelState::Loading || e.served.is_some())
+                .count();
+            // Nothing else can go: put nothing back (evicted models reload on demand).
+            self.retire(evicted);
+            Err(overloaded(used, in_use))
+        }
+    }
+
+    /// Drops evicted models (joining their idle workers) and returns their memory.
+    fn retire(&self, evicted: Vec<Arc<ServedModel>>) {
+        if !evicted.is_empty() {
+            drop(evicted);
+            self.release_freed_memory();
+        }
+    }
+
+    fn release_freed_memory(&self) {
+        if let Some(meter) = &self.config.meter {
+            meter.release_freed_memory();
+        }
+    }
+
+    fn finish_load(&self) {
+        *self.loads_finished.lock() += 1;
+        self.load_done.notify_all();
     }
 
     fn build(
@@ -369,6 +662,7 @@ impl Registry {
         dir: &Path,
     ) -> Result<ServedModel, String> {
         let file = source.file.clone()?;
+        let allocated_before = self.config.meter.as_ref().map(|m| m.thread_net_allocated());
         let options = EngineOptions {
             choice: manifest.engine.unwrap_or(self.config.engine.choice),
             intra_op_threads: manifest
@@ -380,10 +674,20 @@ impl Registry {
         let policy = batch_policy(manifest, &signature)?;
         let pipeline = ScorePipeline::new(&manifest.score, &signature, policy.batches(), dir)?;
         let instances = manifest.instances.unwrap_or(1);
-        let backends = (0..instances)
+        let mut backends = (0..instances)
             .map(|_| model.instantiate())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| e.to_string())?;
+        warm_up(name, &signature, backends[0].as_mut());
+        let footprint = match (&self.config.meter, allocated_before) {
+            (Some(meter), Some(before)) => meter.thread_net_allocated().wrapping_sub(before),
+            _ => {
+                let file_bytes = std::fs::metadata(&file).map_or(0, |m| m.len());
+                file_bytes * UNMEASURED_FOOTPRINT_FACTOR + UNMEASURED_OVERHEAD_BYTES
+            }
+        };
+        // Frees on this thread of memory allocated elsewhere can make the difference negative.
+        let footprint = if footprint > 1 << 62 { 0 } else { footprint };
         let labels = vec![
             ("model".to_string(), name.to_string()),
             ("version".to_string(), version.to_string()),
@@ -403,6 +707,94 @@ impl Registry {
             policy,
             pipeline,
             file,
+            footprint,
+            device: HOST.to_string(),
+            last_used: AtomicU64::new(self.now()),
+        })
+    }
+
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// The version a request for `version` (or the highest ready, else highest) means.
+    fn resolve(
+        &self,
+        model: &ModelEntry,
+        name: &str,
+        version: Option<u64>,
+    ) -> Result<u64, ScoringError> {
+        match version {
+            Some(v) if model.versions.contains_key(&v) => Ok(v),
+            Some(v) => Err(ScoringError::ModelNotFound(format!(
+                "model '{name}' has no version {v}"
+            ))),
+            None => model
+                .versions
+                .iter()
+                .rev()
+                .find(|(_, e)| e.state == ModelState::Ready)
+                .or_else(|| model.versions.iter().next_back())
+                .map(|(v, _)| *v)
+                .ok_or_else(|| {
+                    ScoringError::ModelNotFound(format!("model '{name}' has no versions"))
+                }),
+        }
+    }
+
+    /// Like [`Registry::get`], but a version that is registered and not held out is loaded on
+    /// this thread (or, if another request is loading it, waited for) until `deadline`. Blocks:
+    /// call it off the async workers.
+    pub fn acquire(
+        &self,
+        name: &str,
+        version: Option<u64>,
+        deadline: Option<Instant>,
+    ) -> Result<Arc<ServedModel>, ScoringError> {
+        loop {
+            let generation = *self.loads_finished.lock();
+            let (resolved, loading_elsewhere) = {
+                let models = self.models.read();
+                let model = models.get(name).ok_or_else(|| {
+                    ScoringError::ModelNotFound(format!("model '{name}' is not served here"))
+                })?;
+                let v = self.resolve(model, name, version)?;
+                let entry = &model.versions[&v];
+                if !entry.loads_on_demand() {
+                    drop(models);
+                    return self.get(name, Some(v));
+                }
+                (v, entry.state == ModelState::Loading)
+            };
+            if loading_elsewhere {
+                let mut finished = self.loads_finished.lock();
+                while *finished == generation {
+                    let timed_out = match deadline {
+                        Some(d) => self.load_done.wait_until(&mut finished, d).timed_out(),
+                        None => {
+                            self.load_done.wait(&mut finished);
+                            false
+                        }
+                    };
+                    if timed_out {
+                        return Err(ScoringError::DeadlineExceeded(format!(
+                            "the scoring timeout passed while model '{name}' was loading"
+                        )));
+                    }
+                }
+            } else {
+                self.load_version(name, resolved, Eviction::Allowed)?;
+            }
+        }
+    }
+
+    /// Whether [`Registry::acquire`] would load (or wait for) a version that
+    /// [`Registry::get`] reports unavailable.
+    pub fn loads_on_demand(&self, name: &str, version: Option<u64>) -> bool {
+        let models = self.models.read();
+        models.get(name).is_some_and(|model| {
+            self.resolve(model, name, version)
+                .is_ok_and(|v| model.versions[&v].loads_on_demand())
         })
     }
 
@@ -412,31 +804,25 @@ impl Registry {
         let model = models.get(name).ok_or_else(|| {
             ScoringError::ModelNotFound(format!("model '{name}' is not served here"))
         })?;
-        let entry = match version {
-            Some(v) => model.versions.get(&v).ok_or_else(|| {
-                ScoringError::ModelNotFound(format!("model '{name}' has no version {v}"))
-            })?,
-            None => model
-                .versions
-                .values()
-                .rev()
-                .find(|v| v.state == ModelState::Ready)
-                .or_else(|| model.versions.values().next_back())
-                .ok_or_else(|| {
-                    ScoringError::ModelNotFound(format!("model '{name}' has no versions"))
-                })?,
-        };
+        let entry = &model.versions[&self.resolve(model, name, version)?];
         match (&entry.served, entry.state) {
-            (Some(served), ModelState::Ready) => Ok(served.clone()),
+            (Some(served), ModelState::Ready) => {
+                served.last_used.store(self.now(), Ordering::Relaxed);
+                Ok(served.clone())
+            }
             (_, state) => Err(ScoringError::ModelUnavailable(match &entry.reason {
                 Some(reason) => format!(
                     "model '{name}' version {} is unavailable: {reason}",
                     entry.source.version
                 ),
+                None if entry.held_out => format!(
+                    "model '{name}' version {} is unloaded; load it through the repository API",
+                    entry.source.version
+                ),
                 None => format!(
                     "model '{name}' version {} is not ready ({})",
                     entry.source.version,
-                    state.as_str().to_lowercase()
+                    state.name()
                 ),
             })),
         }
@@ -453,6 +839,7 @@ impl Registry {
                     version: v.to_string(),
                     state: e.state,
                     reason: e.reason.clone(),
+                    footprint: e.served.as_ref().map(|s| s.footprint),
                 })
             })
             .collect()
@@ -463,21 +850,13 @@ impl Registry {
         self.models.read().keys().cloned().collect()
     }
 
-    /// Whether every registered version is ready (Triton's strict readiness).
+    /// Strict readiness: no version failed to load. Versions that are registered but not
+    /// loaded (lazy, evicted, unloaded or beyond the budget) load on demand and do not count.
     pub fn all_ready(&self) -> bool {
         self.models
             .read()
             .values()
-            .all(|m| m.versions.values().all(|v| v.state == ModelState::Ready))
-    }
-
-    /// Whether no version is still waiting to be loaded or loading.
-    pub fn settled(&self) -> bool {
-        self.models.read().values().all(|m| {
-            m.versions
-                .values()
-                .all(|v| !matches!(v.state, ModelState::Loading | ModelState::Registered))
-        })
+            .all(|m| m.versions.values().all(|v| v.state != ModelState::Failed))
     }
 
     /// Stops every model's workers after their queues drain.
@@ -492,19 +871,49 @@ fn entry_for(source: ModelSource) -> ModelEntry {
     let versions = source
         .versions
         .iter()
-        .map(|v| {
-            (
-                v.version,
-                VersionEntry {
-                    source: v.clone(),
-                    state: ModelState::Registered,
-                    reason: None,
-                    served: None,
-                },
-            )
-        })
+        .map(|v| (v.version, VersionEntry::new(v.clone())))
         .collect();
     ModelEntry { source, versions }
+}
+
+/// Bytes held on `device` by loaded models and reserved by loading ones.
+fn used_on(models: &BTreeMap<String, ModelEntry>, device: &str) -> u64 {
+    models
+        .values()
+        .flat_map(|m| m.versions.values())
+        .map(|e| match &e.served {
+            Some(served) if served.device == device => served.footprint,
+            Some(_) => 0,
+            None if device == HOST => e.reserved,
+            None => 0,
+        })
+        .sum()
+}
+
+/// Runs one zero-filled request (batch 1, every symbolic dimension 1) so that what the first
+/// inference allocates is measured with the model, not charged to its first caller. Models that
+/// reject zeros are fine: the load has already succeeded.
+fn warm_up(name: &str, signature: &Signature, backend: &mut dyn Backend) {
+    let inputs: Result<Vec<Tensor>, _> = signature
+        .inputs
+        .iter()
+        .map(|spec| {
+            let shape: Vec<usize> = spec.dims.iter().map(|d| d.unwrap_or(1)).collect();
+            let count = shape.iter().product();
+            let data = match spec.dtype {
+                DataType::Bool => TensorData::Bool(vec![false; count]),
+                dtype => TensorData::Fp64(vec![0.0; count]).cast(dtype),
+            };
+            Tensor::new(shape, data)
+        })
+        .collect();
+    match inputs
+        .map_err(|e| e.to_string())
+        .and_then(|i| backend.run(i).map_err(|e| e.to_string()))
+    {
+        Ok(_) => {}
+        Err(reason) => tracing::debug!(model = name, %reason, "warm-up inference failed"),
+    }
 }
 
 /// Default batching: on (up to 32 rows, no added delay) when every input's first dimension is
@@ -542,4 +951,231 @@ fn batch_policy(manifest: &ModelManifest, signature: &Signature) -> Result<Batch
         max_queue_delay: Duration::from_micros(section.max_queue_delay_us.unwrap_or(0)),
         preferred_batch_sizes: section.preferred_batch_sizes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    const MIB: u64 = 1 << 20;
+
+    /// Every successful load measures exactly 1 MiB. Counts its reads: two per successful
+    /// load (before and after), one per load that failed before it was measured.
+    #[derive(Default)]
+    struct OneMibPerLoad {
+        reads: AtomicUsize,
+    }
+
+    thread_local! {
+        static READS_ON_THIS_THREAD: Cell<u64> = const { Cell::new(0) };
+    }
+
+    impl AllocationMeter for OneMibPerLoad {
+        fn thread_net_allocated(&self) -> u64 {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            READS_ON_THIS_THREAD.with(|r| {
+                r.set(r.get() + 1);
+                r.get() * MIB
+            })
+        }
+    }
+
+    fn fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/models")
+            .join(name)
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy_dir(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), target).unwrap();
+            }
+        }
+    }
+
+    /// A repository of copies of the `mlp` fixture under the given names, plus the `broken` one.
+    fn repository(names: &[&str]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for name in names {
+            copy_dir(&fixture("mlp"), &dir.path().join(name));
+        }
+        copy_dir(&fixture("broken"), &dir.path().join("broken"));
+        dir
+    }
+
+    fn registry(root: &Path, budget_mib: Option<f64>) -> (Registry, Arc<OneMibPerLoad>) {
+        let meter = Arc::new(OneMibPerLoad::default());
+        let mut config = RegistryConfig::new(
+            root.to_path_buf(),
+            EngineOptions {
+                choice: modelpod_accel::EngineChoice::Tract,
+                intra_op_threads: 1,
+            },
+        );
+        if let Some(mib) = budget_mib {
+            config.budget = MemoryBudget::unlimited().with_limit(HOST, (mib * MIB as f64) as u64);
+        }
+        config.meter = Some(meter.clone());
+        (Registry::open(config).unwrap(), meter)
+    }
+
+    fn state(registry: &Registry, name: &str) -> ModelState {
+        registry
+            .index()
+            .into_iter()
+            .find(|e| e.name == name)
+            .unwrap()
+            .state
+    }
+
+    #[test]
+    fn least_recently_used_idle_models_are_evicted_and_models_in_use_never() {
+        let repo = repository(&["a", "b", "c"]);
+        let (registry, _) = registry(repo.path(), Some(2.5));
+        drop(registry.acquire("a", None, None).unwrap());
+        drop(registry.acquire("b", None, None).unwrap());
+        assert_eq!(registry.memory_used(HOST), 2 * MIB);
+        drop(registry.get("a", None).unwrap()); // a is now more recent than b
+        drop(registry.acquire("c", None, None).unwrap());
+        assert_eq!(state(&registry, "a"), ModelState::Ready);
+        assert_eq!(
+            state(&registry, "b"),
+            ModelState::Registered,
+            "b was least recent"
+        );
+        assert_eq!(state(&registry, "c"), ModelState::Ready);
+
+        // a and c in flight: b cannot be loaded without evicting one of them.
+        let a = registry.get("a", None).unwrap();
+        let c = registry.get("c", None).unwrap();
+        match registry.acquire("b", None, None) {
+            Err(ScoringError::Overloaded(message)) => {
+                assert!(message.contains("memory budget full"), "{message}")
+            }
+            other => panic!("expected a 503 for a full budget, got {:?}", other.err()),
+        }
+        assert_eq!(state(&registry, "a"), ModelState::Ready);
+        assert_eq!(state(&registry, "c"), ModelState::Ready);
+        assert_eq!(
+            state(&registry, "b"),
+            ModelState::Registered,
+            "not failed: retried later"
+        );
+        // The in-flight models still serve.
+        let row = Tensor::new(vec![1, 4], vec![0.1f32, 0.2, 0.3, 0.4]).unwrap();
+        assert!(
+            a.submit(vec![row], None)
+                .unwrap()
+                .blocking_recv()
+                .unwrap()
+                .is_ok()
+        );
+
+        // Once a is released, b evicts it (c is still held).
+        drop(a);
+        drop(registry.acquire("b", None, None).unwrap());
+        assert_eq!(state(&registry, "a"), ModelState::Registered);
+        assert_eq!(state(&registry, "c"), ModelState::Ready);
+        drop(c);
+        assert!(registry.memory_used(HOST) <= (2.5 * MIB as f64) as u64);
+    }
+
+    #[test]
+    fn concurrent_first_requests_share_one_load() {
+        let repo = repository(&["a"]);
+        let (registry, meter) = registry(repo.path(), None);
+        std::thread::scope(|scope| {
+            for _ in 0..8 {
+                scope.spawn(|| drop(registry.acquire("a", None, None).unwrap()));
+            }
+        });
+        assert_eq!(
+            meter.reads.load(Ordering::SeqCst),
+            2,
+            "one load, measured once"
+        );
+        assert_eq!(state(&registry, "a"), ModelState::Ready);
+    }
+
+    #[test]
+    fn eager_loading_fills_the_budget_without_evicting() {
+        let repo = repository(&["a", "b", "c"]);
+        let (registry, _) = registry(repo.path(), Some(2.5));
+        registry.load_all();
+        let ready = registry
+            .index()
+            .iter()
+            .filter(|e| e.state == ModelState::Ready)
+            .count();
+        assert_eq!(ready, 2, "{:?}", registry.index());
+        assert!(registry.all_ready() || state(&registry, "broken") == ModelState::Failed);
+        // The one left over loads on demand, evicting the least recently used.
+        let left = ["a", "b", "c"]
+            .into_iter()
+            .find(|n| state(&registry, n) == ModelState::Registered)
+            .unwrap();
+        drop(registry.acquire(left, None, None).unwrap());
+        assert_eq!(state(&registry, left), ModelState::Ready);
+    }
+
+    #[test]
+    fn a_broken_model_fails_alone_and_is_retried_only_when_asked() {
+        let repo = repository(&["a"]);
+        let (registry, meter) = registry(repo.path(), None);
+        registry.load_all();
+        assert_eq!(state(&registry, "a"), ModelState::Ready);
+        assert_eq!(state(&registry, "broken"), ModelState::Failed);
+        assert!(!registry.all_ready());
+        let reads = meter.reads.load(Ordering::SeqCst);
+        for _ in 0..3 {
+            match registry.acquire("broken", None, None) {
+                Err(ScoringError::ModelUnavailable(reason)) => {
+                    assert!(reason.contains("broken"), "{reason}")
+                }
+                other => panic!("expected unavailable, got {:?}", other.err()),
+            }
+        }
+        assert_eq!(
+            meter.reads.load(Ordering::SeqCst),
+            reads,
+            "no retry on requests"
+        );
+        assert!(registry.load("broken").is_err(), "an explicit load retries");
+        assert_eq!(meter.reads.load(Ordering::SeqCst), reads + 1);
+        assert!(registry.get("a", None).is_ok());
+    }
+
+    #[test]
+    fn unloaded_models_are_not_loaded_on_demand_until_loaded_again() {
+        let repo = repository(&["a"]);
+        let (registry, _) = registry(repo.path(), None);
+        drop(registry.acquire("a", None, None).unwrap());
+        registry.unload("a").unwrap();
+        assert!(!registry.loads_on_demand("a", None));
+        assert!(matches!(
+            registry.acquire("a", None, None),
+            Err(ScoringError::ModelUnavailable(_))
+        ));
+        registry.load("a").unwrap();
+        assert!(registry.get("a", None).is_ok());
+    }
+
+    #[test]
+    fn polling_registers_added_models_and_forgets_removed_ones() {
+        let repo = repository(&["a"]);
+        let (registry, _) = registry(repo.path(), None);
+        copy_dir(&fixture("mlp"), &repo.path().join("z"));
+        std::fs::remove_dir_all(repo.path().join("a")).unwrap();
+        registry.poll_repository(true).unwrap();
+        let names = registry.model_names();
+        assert!(names.contains(&"z".to_string()) && !names.contains(&"a".to_string()));
+        assert_eq!(state(&registry, "z"), ModelState::Ready);
+    }
 }

@@ -123,3 +123,4 @@ pub fn client() -> reqwest::blocking::Client {
         .build()
         .expect("http client")
 }
+pub mod linear_models;

@@ -684,7 +684,7 @@ fn repository_unload_and_load() {
     expect_error(
         http.post(&infer).json(&body).send().unwrap(),
         503,
-        "not ready",
+        "is unloaded; load it through the repository API",
     );
     assert_eq!(
         http.post(server.url("/v2/repository/models/mlp/load"))

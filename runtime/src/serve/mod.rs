@@ -4,7 +4,7 @@ mod routes;
 mod swagger;
 
 use crate::auth::KeyAuth;
-use crate::config::ServeConfig;
+use crate::config::{LoadPolicy, ServeConfig};
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{App, HttpServer, web};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -72,6 +72,8 @@ impl ScoringServer {
                 intra_op_threads: config.intra_op_threads,
             },
             load_parallelism: config.load_parallelism,
+            budget: config.memory_budget.clone(),
+            meter: Some(Arc::new(crate::memory::JemallocMeter)),
         })?);
         let state = web::Data::new(AppState {
             registry: registry.clone(),
@@ -104,7 +106,9 @@ impl ScoringServer {
         std::thread::Builder::new()
             .name("model-loader".into())
             .spawn(move || {
-                loader_state.registry.load_all();
+                if loader_state.config.load_policy == LoadPolicy::Eager {
+                    loader_state.registry.load_all();
+                }
                 loader_state.loaded.store(true, Ordering::Release);
                 let index = loader_state.registry.index();
                 let ready = index
@@ -114,8 +118,29 @@ impl ScoringServer {
                 tracing::info!(ready, total = index.len(), "start-up loading finished");
             })
             .expect("spawning the loader thread");
+        if let Some(period) = config.repository_poll {
+            // Weak: the poller ends with the server.
+            let registry = Arc::downgrade(&state.registry);
+            let eager = config.load_policy == LoadPolicy::Eager;
+            std::thread::Builder::new()
+                .name("repository-poll".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(period);
+                        let Some(registry) = registry.upgrade() else {
+                            return;
+                        };
+                        if let Err(e) = registry.poll_repository(eager) {
+                            tracing::warn!(error = %e, "repository poll failed");
+                        }
+                    }
+                })
+                .expect("spawning the repository poller");
+        }
         tracing::info!(
             repository = %config.model_repository.display(),
+            load_policy = ?config.load_policy,
+            memory_budget = ?config.memory_budget.limit(modelpod_scoring::memory::HOST),
             max_concurrent_requests = config.max_concurrent_requests,
             auth = state.auth.enabled(),
             "listening on http://{address}"
@@ -168,6 +193,7 @@ fn prepare_engines(config: &ServeConfig) -> Result<(), ServeError> {
 pub struct RunningServer {
     pub address: SocketAddr,
     pub registry: Arc<Registry>,
+    state: web::Data<AppState>,
     handle: ServerHandle,
     thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
 }
@@ -184,7 +210,7 @@ impl RunningServer {
                         Ok(server) => {
                             let _ = sender.send(Ok((
                                 server.local_addr(),
-                                server.registry(),
+                                server.state.clone(),
                                 server.handle(),
                             )));
                             server.run().await
@@ -197,10 +223,11 @@ impl RunningServer {
                 })
             })
             .expect("spawning the server thread");
-        let (address, registry, handle) = receiver.recv().expect("the server thread reports")?;
+        let (address, state, handle) = receiver.recv().expect("the server thread reports")?;
         Ok(RunningServer {
             address,
-            registry,
+            registry: state.registry.clone(),
+            state,
             handle,
             thread: Some(thread),
         })
@@ -210,11 +237,11 @@ impl RunningServer {
         format!("http://{}{path}", self.address)
     }
 
-    /// Waits until start-up loading has settled (or `timeout` passes).
+    /// Waits until start-up loading has finished (or `timeout` passes).
     pub fn wait_loaded(&self, timeout: Duration) -> bool {
         let until = std::time::Instant::now() + timeout;
         while std::time::Instant::now() < until {
-            if self.registry.settled() {
+            if self.state.loaded.load(Ordering::Acquire) {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(10));

@@ -14,6 +14,7 @@ use modelpod_scoring::batcher::JobOutput;
 use modelpod_scoring::{Registry, ScoringError, ServedModel, v2};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use std::sync::Arc;
 use std::time::Instant;
 
 const INFERENCE_HEADER: &str = "inference-header-content-length";
@@ -136,6 +137,28 @@ fn path_model(request: &HttpRequest) -> Result<(String, Option<u64>), ApiError> 
     Ok((name, version))
 }
 
+/// The served model, loaded on demand (off the async workers, within the request's scoring
+/// timeout) when it is registered but not loaded; concurrent callers share one load.
+async fn served_model(
+    state: &web::Data<AppState>,
+    name: &str,
+    version: Option<u64>,
+    arrival: Instant,
+) -> Result<Arc<ServedModel>, ApiError> {
+    match state.registry.get(name, version) {
+        Err(ScoringError::ModelUnavailable(_)) if state.registry.loads_on_demand(name, version) => {
+            let registry = state.registry.clone();
+            let name = name.to_string();
+            let deadline = arrival + state.config.scoring_timeout;
+            web::block(move || registry.acquire(&name, version, Some(deadline)))
+                .await
+                .map_err(|e| ScoringError::Engine(format!("loading the model: {e}")))?
+                .map_err(ApiError::from)
+        }
+        other => other.map_err(ApiError::from),
+    }
+}
+
 fn parse_version(version: Option<&str>) -> Result<Option<u64>, ApiError> {
     match version.filter(|v| !v.is_empty()) {
         None => Ok(None),
@@ -158,7 +181,7 @@ async fn model_metadata(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let (name, version) = path_model(&request)?;
-    let model = state.registry.get(&name, version)?;
+    let model = served_model(&state, &name, version, Instant::now()).await?;
     let tensors = |specs: &[modelpod_accel::TensorSpec]| -> Vec<Value> {
         specs
             .iter()
@@ -200,7 +223,7 @@ async fn model_config(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let (name, version) = path_model(&request)?;
-    let model = state.registry.get(&name, version)?;
+    let model = served_model(&state, &name, version, Instant::now()).await?;
     let batched = model.policy.batches();
     let tensors = |specs: &[modelpod_accel::TensorSpec]| -> Vec<Value> {
         specs
@@ -457,9 +480,13 @@ async fn score(
             }
         }
     };
-    let model = state
-        .registry
-        .get(&name, parse_version(query.version.as_deref())?)?;
+    let model = served_model(
+        &state,
+        &name,
+        parse_version(query.version.as_deref())?,
+        arrival,
+    )
+    .await?;
     let result = async {
         let body = read_body(&request, payload, state.config.max_request_bytes).await?;
         if body.iter().all(u8::is_ascii_whitespace) {
@@ -492,7 +519,7 @@ async fn infer(
     let arrival = Instant::now();
     state.auth.check(&request)?;
     let (name, version) = path_model(&request)?;
-    let model = state.registry.get(&name, version)?;
+    let model = served_model(&state, &name, version, arrival).await?;
     let json_len = match request.headers().get(INFERENCE_HEADER) {
         None => None,
         Some(v) => Some(

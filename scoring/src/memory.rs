@@ -1,0 +1,119 @@
+//! Memory budgets and how a model's footprint is measured.
+//!
+//! A model's footprint is not guessed from its file: the registry measures the bytes the
+//! loading thread allocated, net of what it freed, while it parsed and optimised the model,
+//! created its sessions and ran one warm-up inference. The runtime supplies that counter
+//! ([`AllocationMeter`]) from its allocator; without one, the file size times
+//! [`UNMEASURED_FOOTPRINT_FACTOR`] stands in.
+
+use std::collections::BTreeMap;
+
+/// The device every CPU engine charges.
+pub const HOST: &str = "host";
+
+/// Stand-in footprint per byte of model file, before a model has been measured (it reserves
+/// budget for the load itself) and when no meter is installed.
+pub const UNMEASURED_FOOTPRINT_FACTOR: u64 = 2;
+
+/// Per-model overhead that no file size shows (sessions, worker threads, batch buffers),
+/// added to every stand-in.
+pub const UNMEASURED_OVERHEAD_BYTES: u64 = 256 * 1024;
+
+/// Counts what the calling thread allocates. Implemented by the process's allocator.
+pub trait AllocationMeter: Send + Sync {
+    /// Bytes allocated minus bytes freed by the calling thread since it started (wraps freely:
+    /// only differences are used).
+    fn thread_net_allocated(&self) -> u64;
+
+    /// Gives memory freed by unloaded models back to the operating system now.
+    fn release_freed_memory(&self) {}
+}
+
+/// Limits on what loaded models may hold, per device: [`HOST`] for host memory, and e.g.
+/// `cuda:0` for accelerator memory that device engines charge. A device with no limit is
+/// unbounded.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemoryBudget {
+    limits: BTreeMap<String, u64>,
+}
+
+impl MemoryBudget {
+    pub fn unlimited() -> MemoryBudget {
+        MemoryBudget::default()
+    }
+
+    pub fn with_limit(mut self, device: &str, bytes: u64) -> MemoryBudget {
+        self.limits.insert(device.to_string(), bytes);
+        self
+    }
+
+    pub fn limit(&self, device: &str) -> Option<u64> {
+        self.limits.get(device).copied()
+    }
+
+    pub fn limits(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.limits.iter().map(|(d, b)| (d.as_str(), *b))
+    }
+}
+
+/// Parses a size such as `512MiB`, `4GiB`, `1.5G` or `1048576` (bytes). Binary (KiB, MiB,
+/// GiB, TiB) and decimal (K/KB, M/MB, G/GB, T/TB) suffixes, case-insensitive.
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size (e.g. 512MiB, 4GiB, 1073741824)"))?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        "t" | "tb" => 1_000_000_000_000,
+        "tib" => 1 << 40,
+        other => return Err(format!("'{text}': unknown size unit '{other}'")),
+    };
+    let bytes = number * scale as f64;
+    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
+        return Err(format!("'{text}' is out of range"));
+    }
+    Ok(bytes as u64)
+}
+
+/// Bytes in mebibytes, for messages.
+pub fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_and_decimal_units() {
+        assert_eq!(parse_bytes("1048576").unwrap(), 1 << 20);
+        assert_eq!(parse_bytes("512MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_bytes("4gib").unwrap(), 4 << 30);
+        assert_eq!(parse_bytes("1.5G").unwrap(), 1_500_000_000);
+        assert_eq!(parse_bytes(" 2 KB ").unwrap(), 2000);
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("5 parsecs").is_err());
+        assert!(parse_bytes("").is_err());
+    }
+
+    #[test]
+    fn budgets_are_per_device() {
+        let budget = MemoryBudget::unlimited()
+            .with_limit(HOST, 1 << 30)
+            .with_limit("cuda:0", 8 << 30);
+        assert_eq!(budget.limit(HOST), Some(1 << 30));
+        assert_eq!(budget.limit("cuda:0"), Some(8 << 30));
+        assert_eq!(budget.limit("cuda:1"), None);
+    }
+}

@@ -39,9 +39,6 @@ pub fn scan_repository(root: &Path) -> Result<Vec<ModelSource>, RepositoryError>
             "not a directory".into(),
         ));
     }
-    if let Some(single) = azure_single_model(root) {
-        return Ok(vec![single]);
-    }
     let mut models = Vec::new();
     for entry in sorted_dirs(root).map_err(unreadable)? {
         let name = file_name(&entry);
@@ -52,6 +49,13 @@ pub fn scan_repository(root: &Path) -> Result<Vec<ModelSource>, RepositoryError>
             continue;
         }
         models.push(scan_model(&name, &entry));
+    }
+    // Azure's single-model layout only when the folder holds no models of ours: a repository
+    // may itself sit in a folder whose name is a number.
+    if models.is_empty()
+        && let Some(single) = azure_single_model(root)
+    {
+        return Ok(vec![single]);
     }
     Ok(models)
 }
@@ -180,6 +184,22 @@ mod tests {
     fn touch(path: &Path) {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, b"x").unwrap();
+    }
+
+    #[test]
+    fn a_repository_in_a_numbered_folder_is_not_taken_for_azures_layout() {
+        let root = tempfile::tempdir().unwrap();
+        let repo = root.path().join("100");
+        for name in ["a", "b"] {
+            std::fs::create_dir_all(repo.join(name).join("1")).unwrap();
+            std::fs::write(repo.join(name).join("1/model.onnx"), b"x").unwrap();
+        }
+        let names: Vec<String> = scan_repository(&repo)
+            .unwrap()
+            .into_iter()
+            .map(|m| m.name)
+            .collect();
+        assert_eq!(names, ["a", "b"]);
     }
 
     #[test]

@@ -62,9 +62,16 @@ class Server:
 
     def request(self, method: str, path: str, body: bytes | None = None):
         headers = {"Content-Type": "application/json"} if body is not None else {}
-        self.conn.request(method, path, body=body, headers=headers)
-        response = self.conn.getresponse()
-        return response.status, response.read()
+        for attempt in (1, 2):
+            try:
+                self.conn.request(method, path, body=body, headers=headers)
+                response = self.conn.getresponse()
+                return response.status, response.read()
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                # The server closes idle keep-alive connections; open a new one once.
+                self.conn.close()
+                if attempt == 2:
+                    raise
 
     def wait_ready(self) -> float:
         while True:

@@ -274,7 +274,6 @@ pub struct Registry {
     /// Bumped (under its lock) when a load finishes; waiters for a load sleep on `load_done`.
     loads_finished: Mutex<u64>,
     load_done: Condvar,
-    evictions: metrics::Counter,
 }
 
 impl Registry {
@@ -291,7 +290,6 @@ impl Registry {
             epoch: Instant::now(),
             loads_finished: Mutex::new(0),
             load_done: Condvar::new(),
-            evictions: metrics::counter!("modelpod_model_evictions_total"),
         })
     }
 
@@ -617,7 +615,9 @@ impl Registry {
             entry.state = ModelState::Registered;
             used -= served.footprint;
             tracing::info!(model = %name, version, footprint_bytes = served.footprint, "evicted (least recently used)");
-            self.evictions.increment(1);
+            // Looked up here, not kept: the registry opens before the server installs its
+            // metrics recorder, and a handle taken earlier would count nowhere.
+            metrics::counter!("modelpod_model_evictions_total").increment(1);
             evicted.push(served);
         }
         if used + needed <= limit {

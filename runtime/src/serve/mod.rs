@@ -65,6 +65,8 @@ impl ScoringServer {
     /// actix system.
     pub fn build(config: ServeConfig) -> Result<ScoringServer, ServeError> {
         prepare_engines(&config)?;
+        // Before anything records: metric handles taken earlier would count nowhere.
+        let metrics = crate::metrics::install();
         let registry = Arc::new(Registry::open(RegistryConfig {
             repository: config.model_repository.clone(),
             engine: EngineOptions {
@@ -79,7 +81,7 @@ impl ScoringServer {
             registry: registry.clone(),
             auth: KeyAuth::new(&config.api_keys),
             admission: Semaphore::new(config.max_concurrent_requests),
-            metrics: crate::metrics::install(),
+            metrics,
             loaded: AtomicBool::new(false),
             in_flight: Default::default(),
             config: config.clone(),

@@ -83,7 +83,8 @@ pub struct ServeArgs {
     /// HTTP worker threads [default: number of cores].
     #[arg(long, env = "MODELPOD_HTTP_WORKERS")]
     pub http_workers: Option<usize>,
-    /// Readiness requires every model to be ready (Triton's strict readiness) [default: true].
+    /// Readiness also requires that no model failed to load [default: true]. Models not loaded
+    /// yet (lazy policy, memory budget) do not count.
     #[arg(long, env = "MODELPOD_STRICT_READINESS")]
     pub strict_readiness: Option<bool>,
     /// Log format [default: text].

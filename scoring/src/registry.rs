@@ -378,7 +378,7 @@ impl Registry {
 
     /// Brings the registry in line with the repository on disk: models and versions added
     /// there are registered (and loaded when `load` is set, as far as the budget allows);
-    /// those removed are unloaded and forgotten. Models already known are left as they are.
+    /// those removed are unloaded and forgotten. Versions already known are left as they are.
     pub fn poll_repository(&self, load: bool) -> Result<(), RepositoryError> {
         let on_disk: BTreeMap<String, ModelSource> = scan_repository(&self.config.repository)?
             .into_iter()
@@ -391,6 +391,7 @@ impl Registry {
             tracing::info!(model = %gone, "removed from the repository");
         }
         let mut added = Vec::new();
+        let mut retired = Vec::new();
         {
             let mut models = self.models.write();
             for (name, source) in on_disk {
@@ -400,6 +401,15 @@ impl Registry {
                         models.insert(name, entry_for(source));
                     }
                     Some(model) => {
+                        let present: Vec<u64> = source.versions.iter().map(|v| v.version).collect();
+                        model.versions.retain(|version, entry| {
+                            let keep = present.contains(version);
+                            if !keep {
+                                tracing::info!(model = %name, version, "version removed from the repository");
+                                retired.extend(entry.served.take());
+                            }
+                            keep
+                        });
                         for v in &source.versions {
                             if let std::collections::btree_map::Entry::Vacant(slot) =
                                 model.versions.entry(v.version)
@@ -412,6 +422,8 @@ impl Registry {
                 }
             }
         }
+        // A removed version still in use finishes its requests first.
+        self.retire(retired);
         for (name, version) in &added {
             tracing::info!(model = %name, version, "found in the repository");
         }
@@ -1172,10 +1184,19 @@ mod tests {
         let repo = repository(&["a"]);
         let (registry, _) = registry(repo.path(), None);
         copy_dir(&fixture("mlp"), &repo.path().join("z"));
+        copy_dir(&fixture("mlp").join("1"), &repo.path().join("z/2"));
         std::fs::remove_dir_all(repo.path().join("a")).unwrap();
         registry.poll_repository(true).unwrap();
         let names = registry.model_names();
         assert!(names.contains(&"z".to_string()) && !names.contains(&"a".to_string()));
-        assert_eq!(state(&registry, "z"), ModelState::Ready);
+        assert_eq!(registry.get("z", Some(2)).unwrap().version, 2);
+        // A version removed from disk is unloaded and forgotten.
+        std::fs::remove_dir_all(repo.path().join("z/2")).unwrap();
+        registry.poll_repository(true).unwrap();
+        assert!(matches!(
+            registry.get("z", Some(2)),
+            Err(ScoringError::ModelNotFound(_))
+        ));
+        assert!(registry.get("z", Some(1)).is_ok());
     }
 }

@@ -6,7 +6,9 @@
 
 mod backend;
 pub mod ort_engine;
+pub mod probe;
 mod signature;
+pub mod sku;
 mod tensor;
 pub mod tract_engine;
 

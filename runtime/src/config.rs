@@ -112,6 +112,12 @@ pub struct ServeArgs {
     /// removed ones [default: off; load and unload through the repository API].
     #[arg(long, env = "MODELPOD_REPOSITORY_POLL_SECONDS")]
     pub repository_poll: Option<u64>,
+    #[command(flatten)]
+    pub node: crate::node::NodeArgs,
+    /// Refuse to start when the node's VM size promises an accelerator the probes do not find
+    /// (otherwise this is logged as a warning and models are served on the CPU).
+    #[arg(long, env = "MODELPOD_REQUIRE_ACCELERATOR")]
+    pub require_accelerator: bool,
 }
 
 /// When models are loaded.
@@ -179,6 +185,8 @@ pub struct ServeConfig {
     pub load_policy: LoadPolicy,
     pub memory_budget: MemoryBudget,
     pub repository_poll: Option<Duration>,
+    pub node: crate::node::NodeArgs,
+    pub require_accelerator: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -315,6 +323,8 @@ impl ServeConfig {
                 .repository_poll
                 .or(file.repository_poll)
                 .map(Duration::from_secs),
+            node: args.node,
+            require_accelerator: args.require_accelerator,
         };
         config.validate()?;
         Ok(config)

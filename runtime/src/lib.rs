@@ -9,6 +9,7 @@ pub mod config;
 pub mod http_error;
 pub mod memory;
 pub mod metrics;
+pub mod node;
 pub mod serve;
 pub mod telemetry;
 

@@ -19,6 +19,18 @@ enum Command {
     Serve(ServeArgs),
     /// Measure a serving endpoint: throughput and latency percentiles under load.
     Bench(BenchArgs),
+    /// Show this node's VM size, what it promises, what the device probes find and the engine
+    /// plan.
+    Sku(SkuArgs),
+}
+
+#[derive(clap::Args)]
+struct SkuArgs {
+    #[command(flatten)]
+    node: modelpod::node::NodeArgs,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 fn main() {
@@ -46,6 +58,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             runtime.block_on(modelpod::bench::run(args))?;
+            Ok(())
+        }
+        Command::Sku(args) => {
+            let report = modelpod::node::NodeReport::gather(&args.node);
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.text());
+            }
             Ok(())
         }
     }

@@ -22,6 +22,8 @@ pub enum ServeError {
     Repository(#[from] modelpod_scoring::repository::RepositoryError),
     #[error("--backend ort: {0}")]
     OrtRequired(modelpod_accel::EngineError),
+    #[error("--require-accelerator: {0}")]
+    AcceleratorMissing(String),
     #[error("cannot listen on {address}: {source}")]
     Bind {
         address: String,
@@ -65,6 +67,7 @@ impl ScoringServer {
     /// actix system.
     pub fn build(config: ServeConfig) -> Result<ScoringServer, ServeError> {
         prepare_engines(&config)?;
+        check_node(&config)?;
         // Before anything records: metric handles taken earlier would count nowhere.
         let metrics = crate::metrics::install();
         let registry = Arc::new(Registry::open(RegistryConfig {
@@ -189,6 +192,30 @@ fn prepare_engines(config: &ServeConfig) -> Result<(), ServeError> {
         (Err(_), EngineChoice::Tract) => {}
     }
     Ok(())
+}
+
+/// Logs what the node is and what was found on it; a promised accelerator that is missing is
+/// a warning, or fatal with `--require-accelerator`.
+fn check_node(config: &ServeConfig) -> Result<(), ServeError> {
+    let report = crate::node::NodeReport::gather(&config.node);
+    tracing::info!(
+        vm_size = report.node.vm_size.as_deref().unwrap_or("unknown"),
+        source = ?report.node.source,
+        cuda_devices = report.cuda.devices.len(),
+        fpga_devices = report.xilinx.devices.len(),
+        engines = %report.plan.engines.join(" > "),
+        "node"
+    );
+    match report.plan.mismatch {
+        Some(mismatch) if config.require_accelerator => {
+            Err(ServeError::AcceleratorMissing(mismatch))
+        }
+        Some(mismatch) => {
+            tracing::warn!("{mismatch}; serving on the CPU");
+            Ok(())
+        }
+        None => Ok(()),
+    }
 }
 
 /// A server running on its own thread and actix system, for tests, benchmarks and embedding.

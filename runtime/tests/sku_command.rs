@@ -1,0 +1,89 @@
+//! `modelpod sku` as a user runs it, and `--require-accelerator` at start-up.
+
+use std::process::Command;
+
+fn modelpod() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_modelpod"));
+    // The machine's own settings must not leak into what is tested.
+    for var in [
+        "MODELPOD_NODE_SKU",
+        "MODELPOD_NODE_INSTANCE_TYPE",
+        "MODELPOD_NODE_LABELS_FILE",
+        "MODELPOD_IMDS",
+    ] {
+        command.env_remove(var);
+    }
+    command
+}
+
+#[test]
+fn sku_reports_the_table_the_probes_and_the_plan_as_json() {
+    let output = modelpod()
+        .args(["sku", "--json", "--node-sku", "Standard_NP20s"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["node"]["vm_size"], "Standard_NP20s");
+    assert_eq!(report["node"]["source"], "flag");
+    assert_eq!(report["expected"]["accelerator"], "xilinx_fpga");
+    assert_eq!(report["expected"]["device_count"], 2);
+    assert!(report["cpus"].as_u64().unwrap() >= 1);
+    assert!(
+        report["plan"]["engines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e == "ort-cpu")
+    );
+    // No Xilinx card here: the plan says so.
+    if report["xilinx"]["devices"].as_array().unwrap().is_empty() {
+        assert!(
+            report["plan"]["mismatch"]
+                .as_str()
+                .unwrap()
+                .contains("Xilinx")
+        );
+    }
+}
+
+#[test]
+fn sku_text_names_an_unknown_size_plainly() {
+    let output = modelpod().args(["sku"]).output().unwrap();
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(text.contains("VM size:   unknown"), "{text}");
+    assert!(text.contains("engines:"), "{text}");
+}
+
+#[test]
+fn a_gpu_size_without_a_gpu_refuses_to_start_when_an_accelerator_is_required() {
+    let no_gpu = modelpod_accel::probe::cuda_devices().devices.is_empty();
+    if !no_gpu {
+        return; // On a GPU machine the promise holds; nothing to refuse.
+    }
+    let repository = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/models");
+    let output = modelpod()
+        .args([
+            "serve",
+            "--model-repository",
+            repository,
+            "--port",
+            "0",
+            "--host",
+            "127.0.0.1",
+        ])
+        .args(["--node-sku", "Standard_NC6s_v3", "--require-accelerator"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--require-accelerator: the VM size promises NVIDIA GPUs"),
+        "{stderr}"
+    );
+}

@@ -7,6 +7,7 @@
 //! [`UNMEASURED_FOOTPRINT_FACTOR`] stands in.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 /// The device every CPU engine charges.
 pub const HOST: &str = "host";
@@ -18,6 +19,13 @@ pub const UNMEASURED_FOOTPRINT_FACTOR: u64 = 2;
 /// Per-model overhead that no file size shows (sessions, worker threads, batch buffers),
 /// added to every stand-in.
 pub const UNMEASURED_OVERHEAD_BYTES: u64 = 256 * 1024;
+
+/// The stand-in footprint of a model file: its size times [`UNMEASURED_FOOTPRINT_FACTOR`]
+/// plus [`UNMEASURED_OVERHEAD_BYTES`] (a missing file counts as empty).
+pub fn unmeasured_footprint(file: &Path) -> u64 {
+    let file_bytes = std::fs::metadata(file).map_or(0, |m| m.len());
+    file_bytes * UNMEASURED_FOOTPRINT_FACTOR + UNMEASURED_OVERHEAD_BYTES
+}
 
 /// Counts what the calling thread allocates. Implemented by the process's allocator.
 pub trait AllocationMeter: Send + Sync {

@@ -11,8 +11,7 @@ use crate::batcher::{BatchPolicy, Batcher, JobReply};
 use crate::error::ScoringError;
 use crate::manifest::ModelManifest;
 use crate::memory::{
-    AllocationMeter, HOST, MemoryBudget, UNMEASURED_FOOTPRINT_FACTOR, UNMEASURED_OVERHEAD_BYTES,
-    mib,
+    AllocationMeter, HOST, MemoryBudget, UNMEASURED_OVERHEAD_BYTES, mib, unmeasured_footprint,
 };
 use crate::pipeline::{ScorePipeline, shape_text};
 use crate::repository::{ModelSource, RepositoryError, VersionSource, scan_model, scan_repository};
@@ -222,14 +221,10 @@ impl VersionEntry {
     /// What a load of this version is expected to need, before it is measured.
     fn expected_footprint(&self) -> u64 {
         self.measured.unwrap_or_else(|| {
-            let file_bytes = self
-                .source
+            self.source
                 .file
-                .as_ref()
-                .ok()
-                .and_then(|f| std::fs::metadata(f).ok())
-                .map_or(0, |m| m.len());
-            file_bytes * UNMEASURED_FOOTPRINT_FACTOR + UNMEASURED_OVERHEAD_BYTES
+                .as_deref()
+                .map_or(UNMEASURED_OVERHEAD_BYTES, unmeasured_footprint)
         })
     }
 
@@ -693,10 +688,7 @@ impl Registry {
         warm_up(name, &signature, backends[0].as_mut());
         let footprint = match (&self.config.meter, allocated_before) {
             (Some(meter), Some(before)) => meter.thread_net_allocated().wrapping_sub(before),
-            _ => {
-                let file_bytes = std::fs::metadata(&file).map_or(0, |m| m.len());
-                file_bytes * UNMEASURED_FOOTPRINT_FACTOR + UNMEASURED_OVERHEAD_BYTES
-            }
+            _ => unmeasured_footprint(&file),
         };
         // Frees on this thread of memory allocated elsewhere can make the difference negative.
         let footprint = if footprint > 1 << 62 { 0 } else { footprint };

@@ -576,11 +576,16 @@ impl Registry {
         let Some(limit) = self.config.budget.limit(device) else {
             return Ok(Vec::new());
         };
-        let mut used = used_on(models, device);
+        let used = used_on(models, device);
         if used + needed <= limit {
             return Ok(Vec::new());
         }
-        let overloaded = |used: u64, in_use: usize| {
+        let overloaded = || {
+            let in_use = models
+                .values()
+                .flat_map(|m| m.versions.values())
+                .filter(|e| e.state == ModelState::Loading || e.served.is_some())
+                .count();
             ScoringError::Overloaded(format!(
                 "memory budget full: model '{}' version {} needs about {} on {device}, \
                  {} of {} is held by loaded models ({in_use} of them in use or loading); \
@@ -593,10 +598,10 @@ impl Registry {
             ))
         };
         if eviction == Eviction::Never {
-            return Err(overloaded(used, 0));
+            return Err(overloaded());
         }
         // Idle: ready, on this device, and referenced by nothing but the registry.
-        let mut idle: Vec<(u64, String, u64)> = models
+        let mut idle: Vec<(u64, String, u64, u64)> = models
             .iter()
             .flat_map(|(name, m)| m.versions.iter().map(move |(v, e)| (name, *v, e)))
             .filter(|(name, v, _)| (name.as_str(), *v) != loading)
@@ -605,40 +610,43 @@ impl Registry {
                 (e.state == ModelState::Ready
                     && served.device == device
                     && Arc::strong_count(served) == 1)
-                    .then(|| (served.last_used.load(Ordering::Relaxed), name.clone(), v))
+                    .then(|| {
+                        let last_used = served.last_used.load(Ordering::Relaxed);
+                        (last_used, name.clone(), v, served.footprint)
+                    })
             })
             .collect();
         idle.sort_unstable();
-        let mut evicted = Vec::new();
-        for (_, name, version) in idle {
-            if used + needed <= limit {
+        // Choose the least recently used until enough is freed; evict only if that suffices,
+        // so a load that cannot fit costs the others nothing.
+        let mut freed = 0;
+        let mut victims = Vec::new();
+        for (_, name, version, footprint) in idle {
+            if used - freed + needed <= limit {
                 break;
             }
-            let entry = models
-                .get_mut(&name)
-                .and_then(|m| m.versions.get_mut(&version))
-                .expect("listed above");
-            let served = entry.served.take().expect("ready entries are served");
-            entry.state = ModelState::Registered;
-            used -= served.footprint;
-            tracing::info!(model = %name, version, footprint_bytes = served.footprint, "evicted (least recently used)");
-            // Looked up here, not kept: the registry opens before the server installs its
-            // metrics recorder, and a handle taken earlier would count nowhere.
-            metrics::counter!("modelpod_model_evictions_total").increment(1);
-            evicted.push(served);
+            freed += footprint;
+            victims.push((name, version));
         }
-        if used + needed <= limit {
-            Ok(evicted)
-        } else {
-            let in_use = models
-                .values()
-                .flat_map(|m| m.versions.values())
-                .filter(|e| e.state == ModelState::Loading || e.served.is_some())
-                .count();
-            // Nothing else can go: put nothing back (evicted models reload on demand).
-            self.retire(evicted);
-            Err(overloaded(used, in_use))
+        if used - freed + needed > limit {
+            return Err(overloaded());
         }
+        Ok(victims
+            .into_iter()
+            .map(|(name, version)| {
+                let entry = models
+                    .get_mut(&name)
+                    .and_then(|m| m.versions.get_mut(&version))
+                    .expect("listed above");
+                let served = entry.served.take().expect("ready entries are served");
+                entry.state = ModelState::Registered;
+                tracing::info!(model = %name, version, footprint_bytes = served.footprint, "evicted (least recently used)");
+                // Looked up at each eviction, not kept: a handle taken before the process
+                // installs its metrics recorder would count nowhere.
+                metrics::counter!("modelpod_model_evictions_total").increment(1);
+                served
+            })
+            .collect())
     }
 
     /// Drops evicted models (joining their idle workers) and returns their memory.

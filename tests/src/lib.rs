@@ -117,6 +117,31 @@ pub fn start(args: ServeArgs) -> RunningServer {
     server
 }
 
+/// A server's `/metrics` text.
+pub fn metrics_text(server: &RunningServer) -> String {
+    client()
+        .get(server.url("/metrics"))
+        .send()
+        .expect("/metrics answers")
+        .text()
+        .expect("/metrics is text")
+}
+
+/// The sum of the samples of `metric` whose labels contain `labels` (every sample when it is
+/// empty), or `None` when there is no such sample.
+pub fn metric_sum(text: &str, metric: &str, labels: &str) -> Option<f64> {
+    let samples: Vec<f64> = text
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(metric)
+                .is_some_and(|rest| rest.starts_with(['{', ' ']))
+                && l.contains(labels)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!samples.is_empty()).then(|| samples.iter().sum())
+}
+
 pub fn client() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(60))

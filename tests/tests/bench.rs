@@ -188,21 +188,14 @@ fn cycle_mode_sends_each_request_to_the_next_model() {
     let points = bench(a);
     assert!(points[0].errors.is_empty(), "{:?}", points[0].errors);
     assert_eq!(points[0].succeeded, 50);
-    let text = modelpod_tests::client()
-        .get(server.url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let text = modelpod_tests::metrics_text(&server);
     for name in names {
-        let served: f64 = text
-            .lines()
-            .filter(|l| {
-                l.starts_with("modelpod_requests_total{")
-                    && l.contains(&format!("model=\"{name}\""))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum();
+        let served = modelpod_tests::metric_sum(
+            &text,
+            "modelpod_requests_total",
+            &format!("model=\"{name}\""),
+        )
+        .unwrap_or(0.0);
         assert_eq!(served, 10.0, "{name} got {served} of 50 requests");
     }
 }

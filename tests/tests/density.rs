@@ -3,7 +3,7 @@
 
 use modelpod::config::LoadPolicy;
 use modelpod_tests::linear_models::{INPUTS, LinearModel, write_repository};
-use modelpod_tests::{client, serve_args, start};
+use modelpod_tests::{client, metric_sum, metrics_text, serve_args, start};
 use serde_json::{Value, json};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -11,11 +11,7 @@ const MODELS: usize = 300;
 const RESIDENT: u64 = 30;
 
 fn metric(text: &str, name: &str, labels: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(name) && l.contains(labels) && !l.starts_with('#'))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {name}{{{labels}}} in /metrics"))
+    metric_sum(text, name, labels).unwrap_or_else(|| panic!("no {name}{{{labels}}} in /metrics"))
 }
 
 fn infer(http: &reqwest::blocking::Client, url: &str, model: &LinearModel, x: [f32; INPUTS]) {
@@ -58,12 +54,7 @@ fn hundreds_of_models_under_a_tight_budget_are_evicted_reloaded_and_answer_corre
         args.memory_budget = Some("none".into());
         let probe = start(args);
         infer(&http, &probe.url(""), &models[0], [1.0, 2.0, 3.0, 4.0]);
-        let text = http
-            .get(probe.url("/metrics"))
-            .send()
-            .unwrap()
-            .text()
-            .unwrap();
+        let text = metrics_text(&probe);
         metric(
             &text,
             "modelpod_model_footprint_bytes",
@@ -118,12 +109,7 @@ fn hundreds_of_models_under_a_tight_budget_are_evicted_reloaded_and_answer_corre
     // Still answering after the corrupt model's failure.
     infer(&http, &url, &models[7], [0.0; INPUTS]);
 
-    let text = http
-        .get(server.url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let text = metrics_text(&server);
     let ready = metric(&text, "modelpod_models", "state=\"ready\"");
     let used = metric(&text, "modelpod_memory_used_bytes", "device=\"host\"");
     let evictions = metric(&text, "modelpod_model_evictions_total", "");

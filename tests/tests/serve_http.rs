@@ -2,7 +2,8 @@
 //! auth, hostile input, failure isolation and the repository API.
 
 use modelpod_tests::{
-    client, compare, fixtures, reference_cases, serve_args, slow_fixtures, start, workspace_root,
+    client, compare, fixtures, metric_sum, metrics_text, reference_cases, serve_args,
+    slow_fixtures, start, workspace_root,
 };
 use reqwest::StatusCode;
 use reqwest::blocking::Response;
@@ -298,16 +299,7 @@ fn concurrent_requests_are_batched_and_each_gets_its_own_rows() {
 }
 
 fn scrape_sum(server: &modelpod::RunningServer, metric: &str, model: &str) -> f64 {
-    let text = client()
-        .get(server.url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(metric) && l.contains(&format!("model=\"{model}\"")))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    metric_sum(&metrics_text(server), metric, &format!("model=\"{model}\"")).unwrap_or(0.0)
 }
 
 #[test]
@@ -749,12 +741,7 @@ fn metadata_config_swagger_and_metrics() {
         assert_eq!(status, 200, "{name} example {example}: {body}");
     }
 
-    let text = http
-        .get(server.url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let text = metrics_text(&server);
     for needle in [
         "modelpod_requests_total{",
         "modelpod_request_duration_seconds_bucket{",

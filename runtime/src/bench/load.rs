@@ -129,13 +129,8 @@ pub async fn measure(
     mode: LoadMode,
 ) -> Result<PointResult, BenchError> {
     let before = scrape(client, workload).await;
-    let window_start = Instant::now() + args.warmup;
-    let window_end = match args.requests {
-        Some(_) => window_start + Duration::from_secs(24 * 3600),
-        None => window_start + args.duration,
-    };
-    let recorder = Arc::new(Recorder::new(window_start));
-    let measured = Arc::new(AtomicU64::new(0));
+    let window = Arc::new(Window::new(args));
+    let recorder = Arc::new(Recorder::new(window.start));
     let progress = progress_bar(args, mode);
     let ticker = {
         let progress = progress.clone();
@@ -151,28 +146,21 @@ pub async fn measure(
             }
         })
     };
-    let limit = args.requests;
     let mut client_dropped = 0;
     match mode {
         LoadMode::Concurrency(concurrency) => {
             let tasks: Vec<_> = (0..concurrency)
                 .map(|_| {
-                    let (client, workload, recorder, measured) = (
+                    let (client, workload, recorder, window) = (
                         client.clone(),
                         workload.clone(),
                         recorder.clone(),
-                        measured.clone(),
+                        window.clone(),
                     );
                     tokio::spawn(async move {
                         loop {
                             let start = Instant::now();
-                            if start >= window_end {
-                                break;
-                            }
-                            if start >= window_start
-                                && let Some(n) = limit
-                                && measured.fetch_add(1, Ordering::Relaxed) >= n
-                            {
+                            if window.closed_for(start) {
                                 break;
                             }
                             recorder.send(&client, &workload, start).await;
@@ -190,18 +178,12 @@ pub async fn measure(
             let mut tasks = Vec::new();
             for i in 0u64.. {
                 let intended = origin + Duration::from_secs_f64(i as f64 / rate);
-                if intended >= window_end {
-                    break;
-                }
-                if intended >= window_start
-                    && let Some(n) = limit
-                    && measured.fetch_add(1, Ordering::Relaxed) >= n
-                {
+                if window.closed_for(intended) {
                     break;
                 }
                 tokio::time::sleep_until(intended).await;
                 if in_flight.load(Ordering::Relaxed) >= args.max_in_flight {
-                    if intended >= window_start {
+                    if intended >= window.start {
                         client_dropped += 1;
                     }
                     continue;
@@ -224,8 +206,8 @@ pub async fn measure(
             }
         }
     }
-    let seconds = match limit {
-        Some(_) => window_start.elapsed().as_secs_f64(),
+    let seconds = match window.limit {
+        Some(_) => window.start.elapsed().as_secs_f64(),
         None => args.duration.as_secs_f64(),
     };
     ticker.abort();
@@ -298,6 +280,42 @@ async fn scrape(client: &reqwest::Client, workload: &Workload) -> Option<String>
         return None;
     }
     response.text().await.ok()
+}
+
+/// The measurement window of one point: warm-up until `start`, then a fixed duration or a
+/// fixed number of requests.
+struct Window {
+    start: Instant,
+    end: Instant,
+    limit: Option<u64>,
+    /// Requests taken inside the window so far, against `limit`.
+    taken: AtomicU64,
+}
+
+impl Window {
+    fn new(args: &BenchArgs) -> Window {
+        let start = Instant::now() + args.warmup;
+        let end = match args.requests {
+            Some(_) => start + Duration::from_secs(24 * 3600),
+            None => start + args.duration,
+        };
+        Window {
+            start,
+            end,
+            limit: args.requests,
+            taken: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether a request due at `at` is one too many: past the end, or past the request
+    /// count (a request inside the window is counted as it is taken).
+    fn closed_for(&self, at: Instant) -> bool {
+        at >= self.end
+            || (at >= self.start
+                && self
+                    .limit
+                    .is_some_and(|n| self.taken.fetch_add(1, Ordering::Relaxed) >= n))
+    }
 }
 
 /// `_sum` and `_count` of a histogram over every series labelled with `model` (every series

@@ -206,6 +206,11 @@ fn check_node(config: &ServeConfig) -> Result<(), ServeError> {
         engines = %report.plan.engines.join(" > "),
         "node"
     );
+    // A source that was given but gave nothing (an unreadable labels file, an unreachable
+    // metadata service) would otherwise pass unseen.
+    for note in &report.node.notes {
+        tracing::warn!("node VM size: {note}");
+    }
     match report.plan.mismatch {
         Some(mismatch) if config.require_accelerator => {
             Err(ServeError::AcceleratorMissing(mismatch))

@@ -207,15 +207,15 @@ pub enum ConfigError {
 
 /// The host budget (given, or a share of the cgroup limit) and any device budgets.
 fn memory_budget(host: Option<&str>, devices: &[String]) -> Result<MemoryBudget, ConfigError> {
-    let invalid = |e: String| ConfigError::OutOfRange {
+    let invalid = |text: &str| ConfigError::OutOfRange {
         name: "memory-budget",
         rule: "a size such as 6GiB, or none",
-        value: e,
+        value: text.to_string(),
     };
     let mut budget = MemoryBudget::unlimited();
     let host = match host.map(str::trim) {
         Some(text) if text.eq_ignore_ascii_case("none") => None,
-        Some(text) => Some(parse_bytes(text).map_err(invalid)?),
+        Some(text) => Some(parse_bytes(text).map_err(|_| invalid(text))?),
         None => crate::memory::cgroup_memory_limit()
             .map(|limit| (limit as f64 * DEFAULT_BUDGET_SHARE_OF_CGROUP_LIMIT) as u64),
     };
@@ -230,7 +230,7 @@ fn memory_budget(host: Option<&str>, devices: &[String]) -> Result<MemoryBudget,
                 rule: "DEVICE=SIZE, e.g. cuda:0=20GiB",
                 value: device.clone(),
             })?;
-        budget = budget.with_limit(name.trim(), parse_bytes(size).map_err(invalid)?);
+        budget = budget.with_limit(name.trim(), parse_bytes(size).map_err(|_| invalid(device))?);
     }
     Ok(budget)
 }

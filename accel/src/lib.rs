@@ -2,10 +2,14 @@
 //!
 //! A small synchronous [`Backend`] trait (one session, owned by one worker thread), the
 //! [`LoadedModel`] that hands sessions out, and the engines behind them: tract (pure Rust,
-//! always available) and ONNX Runtime (loaded dynamically). No HTTP and no async here.
+//! always available, and on CUDA through tract-cuda) and ONNX Runtime (loaded dynamically, on
+//! the CPU or through its TensorRT, CUDA and Vitis AI execution providers), and the engine plan
+//! that picks among them from what the node really has. No HTTP and no async here.
 
 mod backend;
+mod device;
 pub mod ort_engine;
+pub mod plan;
 pub mod probe;
 mod signature;
 pub mod sku;
@@ -13,8 +17,12 @@ mod tensor;
 pub mod tract_engine;
 
 pub use backend::{
-    Backend, EngineChoice, EngineError, EngineKind, EngineOptions, LoadedModel, SharedModel,
-    load_model,
+    Backend, EngineChoice, EngineError, EngineFamily, EngineKind, EngineOptions, LoadedModel,
+    SharedModel, load_model,
 };
+pub use device::{Device, DeviceKind, HOST_MEMORY};
+
+/// Whether this build has ONNX Runtime's Vitis AI engine (cargo feature `vitis-ai`).
+pub const VITIS_AI_BUILT: bool = cfg!(feature = "vitis-ai");
 pub use signature::{Signature, TensorSpec};
 pub use tensor::{DataType, Tensor, TensorData, TensorError};

@@ -4,8 +4,10 @@
 //! and is never touched before it has loaded: `ort` panics on first use otherwise.
 
 use crate::{
-    Backend, EngineError, EngineKind, EngineOptions, LoadedModel, Signature, Tensor, TensorData,
+    Backend, Device, DeviceKind, EngineError, EngineKind, EngineOptions, LoadedModel, Signature,
+    Tensor, TensorData,
 };
+use ort::ep::{self, ExecutionProviderDispatch};
 use ort::session::{Session, SessionInputValue, builder::GraphOptimizationLevel};
 use ort::value::{DynValue, TensorElementType, TensorRef, ValueType};
 use std::borrow::Cow;
@@ -106,11 +108,24 @@ pub struct OrtModel {
     /// The file's bytes: every session is committed from memory, so the file is read once.
     bytes: Vec<u8>,
     signature: Signature,
-    intra_op_threads: usize,
+    engine: EngineKind,
+    device: Device,
+    options: EngineOptions,
+}
+
+/// Why a session could not be made: the engine itself (library, provider, device) or this model.
+enum SessionError {
+    Engine(String),
+    Model(String),
 }
 
 impl OrtModel {
-    pub fn load(path: &Path, options: &EngineOptions) -> Result<OrtModel, EngineError> {
+    pub fn load(
+        path: &Path,
+        engine: EngineKind,
+        device: Device,
+        options: &EngineOptions,
+    ) -> Result<OrtModel, EngineError> {
         init_ort(None)?;
         let bytes = std::fs::read(path).map_err(|e| EngineError::Load {
             path: path.to_path_buf(),
@@ -120,35 +135,104 @@ impl OrtModel {
         let model = OrtModel {
             bytes,
             signature,
-            intra_op_threads: options.intra_op_threads.max(1),
+            engine,
+            device,
+            options: EngineOptions {
+                intra_op_threads: options.intra_op_threads.max(1),
+                ..options.clone()
+            },
         };
         // Build one session now so a model ONNX Runtime rejects fails at load, not at first request.
-        model.session().map_err(|e| EngineError::Load {
-            path: path.to_path_buf(),
-            reason: format!("ONNX Runtime: {e}"),
+        model.session().map_err(|e| match e {
+            SessionError::Engine(reason) => EngineError::Unavailable { engine, reason },
+            SessionError::Model(reason) => EngineError::Load {
+                path: path.to_path_buf(),
+                reason: format!("ONNX Runtime ({engine}): {reason}"),
+            },
         })?;
         Ok(model)
     }
 
-    fn session(&self) -> Result<Session, ort::Error> {
-        let environment = ort_environment().map_err(|e| ort::Error::new(e.to_string()))?;
-        let mut builder = Session::builder(environment)?
+    /// The execution providers of this engine on this device, every one registered with
+    /// `error_on_failure`: ONNX Runtime would otherwise log the failure and quietly run the
+    /// whole graph on its CPU provider, and a GPU deployment would pass on a CPU.
+    fn execution_providers(&self) -> Result<Vec<ExecutionProviderDispatch>, String> {
+        let ordinal = match self.device {
+            Device::Cpu => None,
+            Device::Cuda(n) | Device::Fpga(n) => Some(n as i32),
+        };
+        let cuda = |ordinal: i32| {
+            ep::CUDA::default()
+                .with_device_id(ordinal)
+                .build()
+                .error_on_failure()
+        };
+        match (self.engine, ordinal) {
+            (EngineKind::OrtCpu, None) => Ok(Vec::new()),
+            (EngineKind::OrtCuda, Some(ordinal)) => Ok(vec![cuda(ordinal)]),
+            (EngineKind::OrtTensorrt, Some(ordinal)) => {
+                let mut tensorrt = ep::TensorRT::default().with_device_id(ordinal);
+                if let Some(cache) = &self.options.tensorrt_cache {
+                    std::fs::create_dir_all(cache)
+                        .map_err(|e| format!("TensorRT engine cache {}: {e}", cache.display()))?;
+                    let cache = cache.display().to_string();
+                    tensorrt = tensorrt
+                        .with_engine_cache(true)
+                        .with_engine_cache_path(&cache)
+                        .with_timing_cache(true)
+                        .with_timing_cache_path(&cache);
+                }
+                // The CUDA provider takes the nodes TensorRT does not.
+                Ok(vec![tensorrt.build().error_on_failure(), cuda(ordinal)])
+            }
+            (EngineKind::OrtVitisai, Some(_)) => vitis_ai(),
+            (engine, _) => Err(format!("{engine} does not run on {}", self.device)),
+        }
+    }
+
+    fn session(&self) -> Result<Session, SessionError> {
+        let environment = ort_environment().map_err(|e| SessionError::Engine(e.to_string()))?;
+        let providers = self.execution_providers().map_err(SessionError::Engine)?;
+        let model_error = |e: ort::Error| SessionError::Model(e.to_string());
+        let mut builder = Session::builder(environment)
+            .map_err(model_error)?
+            .with_execution_providers(providers)
+            .map_err(|e| SessionError::Engine(format!("execution provider: {e}")))?
             .with_optimization_level(GraphOptimizationLevel::Level3)
-            .map_err(ort::Error::<()>::from)?
-            .with_intra_threads(self.intra_op_threads)
-            .map_err(ort::Error::<()>::from)?
+            .map_err(|e| model_error(e.into()))?
+            .with_intra_threads(self.options.intra_op_threads)
+            .map_err(|e| model_error(e.into()))?
             .with_inter_threads(1)
-            .map_err(ort::Error::<()>::from)?
+            .map_err(|e| model_error(e.into()))?
             // Spinning threads would steal cores from the HTTP workers and other instances.
             .with_intra_op_spinning(false)
-            .map_err(ort::Error::<()>::from)?;
-        builder.commit_from_memory(&self.bytes)
+            .map_err(|e| model_error(e.into()))?;
+        if self.options.strict_placement && self.engine.device_kind() != DeviceKind::Cpu {
+            builder = builder
+                .with_config_entry("session.disable_cpu_ep_fallback", "1")
+                .map_err(|e| model_error(e.into()))?;
+        }
+        builder.commit_from_memory(&self.bytes).map_err(model_error)
     }
+}
+
+#[cfg(feature = "vitis-ai")]
+fn vitis_ai() -> Result<Vec<ExecutionProviderDispatch>, String> {
+    Ok(vec![ep::Vitis::default().build().error_on_failure()])
+}
+
+#[cfg(not(feature = "vitis-ai"))]
+fn vitis_ai() -> Result<Vec<ExecutionProviderDispatch>, String> {
+    Err("this build has no Vitis AI support (cargo feature `vitis-ai`)".into())
 }
 
 impl LoadedModel for OrtModel {
     fn engine(&self) -> EngineKind {
-        EngineKind::Ort
+        self.engine
+    }
+
+    fn device(&self) -> Device {
+        self.device
     }
 
     fn signature(&self) -> &Signature {
@@ -156,9 +240,11 @@ impl LoadedModel for OrtModel {
     }
 
     fn instantiate(&self) -> Result<Box<dyn Backend>, EngineError> {
-        let session = self
-            .session()
-            .map_err(|e| EngineError::Run(format!("ONNX Runtime session: {e}")))?;
+        let session = self.session().map_err(|e| match e {
+            SessionError::Engine(reason) | SessionError::Model(reason) => {
+                EngineError::Run(format!("ONNX Runtime session: {reason}"))
+            }
+        })?;
         Ok(Box::new(OrtBackend {
             session,
             signature: self.signature.clone(),
@@ -234,4 +320,51 @@ fn from_ort(value: &DynValue) -> Result<Tensor, String> {
         other => return Err(format!("element type {other:?} is not served")),
     };
     Tensor::new(shape, data).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models/mlp/1/model.onnx")
+    }
+
+    #[test]
+    fn an_execution_provider_that_cannot_register_fails_the_load_instead_of_using_the_cpu() {
+        if ort_status().is_err() || !crate::probe::cuda_devices().devices.is_empty() {
+            return; // Needs the CPU build of ONNX Runtime (scripts/setup.sh) and no GPU.
+        }
+        for engine in [EngineKind::OrtCuda, EngineKind::OrtTensorrt] {
+            let result = OrtModel::load(
+                &fixture(),
+                engine,
+                Device::Cuda(0),
+                &EngineOptions::default(),
+            );
+            match result {
+                Err(EngineError::Unavailable { engine: e, reason }) => {
+                    assert_eq!(e, engine);
+                    assert!(reason.contains("execution provider"), "{reason}");
+                }
+                Err(other) => panic!("{engine}: expected Unavailable, got {other}"),
+                Ok(_) => panic!("{engine} loaded on a machine without a GPU"),
+            }
+        }
+        let vitis = OrtModel::load(
+            &fixture(),
+            EngineKind::OrtVitisai,
+            Device::Fpga(0),
+            &EngineOptions::default(),
+        );
+        assert!(matches!(vitis, Err(EngineError::Unavailable { .. })));
+        // The CPU engine loads the same file.
+        OrtModel::load(
+            &fixture(),
+            EngineKind::OrtCpu,
+            Device::Cpu,
+            &EngineOptions::default(),
+        )
+        .unwrap();
+    }
 }

@@ -71,6 +71,23 @@ pub fn cuda_devices() -> Probe<CudaDevice> {
     }
 }
 
+/// Free bytes on CUDA device `ordinal`, as its driver counts them (every process's allocations
+/// included). Binds the device's primary context, the one ONNX Runtime and tract-cuda use, to
+/// the calling thread.
+pub fn cuda_free_memory(ordinal: u32) -> Result<u64, String> {
+    use cudarc::driver::{CudaContext, sys};
+    // SAFETY: only tries to dlopen the driver library; no CUDA call is made.
+    if !unsafe { sys::is_culib_present() } {
+        return Err("no CUDA driver library (libcuda.so) on this machine".into());
+    }
+    let context =
+        CudaContext::new(ordinal as usize).map_err(|e| format!("cuda:{ordinal}: {e:?}"))?;
+    let (free, _total) = context
+        .mem_get_info()
+        .map_err(|e| format!("cuda:{ordinal}: {e:?}"))?;
+    Ok(free as u64)
+}
+
 /// Xilinx FPGA cards through the Xilinx runtime's device files (`/dev/xclmgmt<N>` for the
 /// management function, `/dev/dri/renderD<N>` user functions listed under `/dev/xfpga`), under
 /// `dev_root` (`/dev` on a real node).

@@ -37,9 +37,15 @@ pub struct ServeArgs {
     /// Port to listen on; 0 picks a free one [default: 5001].
     #[arg(long, env = "MODELPOD_PORT")]
     pub port: Option<u16>,
-    /// Engine: auto (ONNX Runtime when its library loads, else tract), tract or ort [default: auto].
+    /// Engine: auto (the node's plan, best first: see `modelpod sku`), ort or tract (the best
+    /// of that library), or exactly one of ort-tensorrt, ort-cuda, ort-vitisai, ort-cpu,
+    /// tract-cuda, tract-cpu [default: auto]. A model's manifest may choose its own.
     #[arg(long, env = "MODELPOD_BACKEND")]
     pub backend: Option<EngineChoice>,
+    /// Directory where ONNX Runtime's TensorRT engine keeps the engines it builds, so that a
+    /// restart does not rebuild them [default: no cache].
+    #[arg(long, env = "MODELPOD_TENSORRT_CACHE")]
+    pub tensorrt_cache: Option<PathBuf>,
     /// Path of libonnxruntime.so (else ORT_DYLIB_PATH, then default locations).
     #[arg(long, env = "MODELPOD_ORT_LIBRARY")]
     pub ort_library: Option<PathBuf>,
@@ -143,6 +149,7 @@ struct ConfigFile {
     host: Option<String>,
     port: Option<u16>,
     backend: Option<EngineChoice>,
+    tensorrt_cache: Option<PathBuf>,
     ort_library: Option<PathBuf>,
     intra_op_threads: Option<usize>,
     max_concurrent_requests: Option<usize>,
@@ -170,6 +177,7 @@ pub struct ServeConfig {
     pub host: String,
     pub port: u16,
     pub backend: EngineChoice,
+    pub tensorrt_cache: Option<PathBuf>,
     pub ort_library: Option<PathBuf>,
     pub intra_op_threads: usize,
     pub max_concurrent_requests: usize,
@@ -274,6 +282,7 @@ impl ServeConfig {
             host: args.host.or(file.host).unwrap_or_else(|| "0.0.0.0".into()),
             port: args.port.or(file.port).unwrap_or(DEFAULT_PORT),
             backend: args.backend.or(file.backend).unwrap_or_default(),
+            tensorrt_cache: args.tensorrt_cache.or(file.tensorrt_cache),
             ort_library: args.ort_library.or(file.ort_library),
             intra_op_threads: args.intra_op_threads.or(file.intra_op_threads).unwrap_or(1),
             max_concurrent_requests: args

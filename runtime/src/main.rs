@@ -31,6 +31,9 @@ struct SkuArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
+    /// Plan as `serve --require-accelerator` would: no CPU engine where an accelerator is found.
+    #[arg(long)]
+    require_accelerator: bool,
 }
 
 fn main() {
@@ -61,7 +64,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Sku(args) => {
-            let report = modelpod::node::NodeReport::gather(&args.node);
+            let report = modelpod::node::NodeReport::gather(&args.node, args.require_accelerator);
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

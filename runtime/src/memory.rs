@@ -5,7 +5,9 @@
 //! per-thread arenas and rarely gives it back, so RSS would not fall when models are unloaded.
 //! jemalloc also counts allocations per thread, which is how a model's footprint is measured.
 
+use modelpod_accel::Device;
 use modelpod_scoring::AllocationMeter;
+use modelpod_scoring::DeviceMemoryMeter;
 use tikv_jemalloc_ctl::thread::{allocatedp, deallocatedp};
 
 #[global_allocator]
@@ -51,6 +53,18 @@ pub fn resident_bytes() -> Option<u64> {
 }
 
 /// The memory limit of this process's cgroup (v2, then v1), if one is set.
+/// Accelerator memory as the CUDA driver counts it.
+pub struct CudaMemoryMeter;
+
+impl DeviceMemoryMeter for CudaMemoryMeter {
+    fn free_bytes(&self, device: Device) -> Result<u64, String> {
+        match device {
+            Device::Cuda(ordinal) => modelpod_accel::probe::cuda_free_memory(ordinal),
+            other => Err(format!("{other} has no memory meter")),
+        }
+    }
+}
+
 pub fn cgroup_memory_limit() -> Option<u64> {
     let read = |path: &str| std::fs::read_to_string(path).ok();
     let limit = read("/sys/fs/cgroup/memory.max")

@@ -41,6 +41,11 @@ pub fn install() -> PrometheusHandle {
 /// and footprint, models per state, memory used against the budget, and the process's RSS.
 pub fn render(handle: &PrometheusHandle, registry: &Registry) -> String {
     let mut per_state = [0usize; ModelState::ALL.len()];
+    let mut ledgers: std::collections::BTreeSet<String> = registry
+        .budget()
+        .limits()
+        .map(|(device, _)| device.to_string())
+        .collect();
     for entry in registry.index() {
         for (i, state) in ModelState::ALL.into_iter().enumerate() {
             let value = if entry.state == state {
@@ -52,15 +57,22 @@ pub fn render(handle: &PrometheusHandle, registry: &Registry) -> String {
             metrics::gauge!("modelpod_model_state", "model" => entry.name.clone(), "version" => entry.version.clone(), "state" => state.name())
                 .set(value);
         }
-        metrics::gauge!("modelpod_model_footprint_bytes", "model" => entry.name, "version" => entry.version)
-            .set(entry.footprint.unwrap_or(0) as f64);
+        let host = modelpod_scoring::memory::HOST.to_string();
+        let footprint = entry.footprint.unwrap_or_else(|| [(host, 0)].into());
+        for (device, bytes) in footprint {
+            ledgers.insert(device.clone());
+            metrics::gauge!("modelpod_model_footprint_bytes", "model" => entry.name.clone(), "version" => entry.version.clone(), "device" => device)
+                .set(bytes as f64);
+        }
     }
     for (state, count) in ModelState::ALL.into_iter().zip(per_state) {
         metrics::gauge!("modelpod_models", "state" => state.name()).set(count as f64);
     }
-    let host = modelpod_scoring::memory::HOST;
-    metrics::gauge!("modelpod_memory_used_bytes", "device" => host)
-        .set(registry.memory_used(host) as f64);
+    ledgers.insert(modelpod_scoring::memory::HOST.to_string());
+    for device in ledgers {
+        let used = registry.memory_used(&device);
+        metrics::gauge!("modelpod_memory_used_bytes", "device" => device).set(used as f64);
+    }
     for (device, limit) in registry.budget().limits() {
         metrics::gauge!("modelpod_memory_budget_bytes", "device" => device.to_string())
             .set(limit as f64);

@@ -4,6 +4,7 @@
 //! follows. `modelpod sku` prints all of it.
 
 use clap::Args;
+use modelpod_accel::plan::{EnginePlan, NodeFacts};
 use modelpod_accel::probe::{self, CudaDevice, Probe};
 use modelpod_accel::sku::{AcceleratorKind, SkuSpec, lookup};
 use serde::Serialize;
@@ -133,15 +134,6 @@ fn imds_vm_size(url: &str, timeout: Duration) -> Result<String, String> {
     non_empty(Some(&text)).ok_or_else(|| format!("{url} answered an empty VM size"))
 }
 
-/// The engines to try on this node, best first, and whether they match what the SKU promised.
-#[derive(Debug, Clone, Serialize)]
-pub struct EnginePlan {
-    pub engines: Vec<&'static str>,
-    /// The SKU promised an accelerator the probes did not find (or the reverse).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub mismatch: Option<String>,
-}
-
 /// Everything `modelpod sku` reports.
 #[derive(Debug, Clone, Serialize)]
 pub struct NodeReport {
@@ -154,12 +146,20 @@ pub struct NodeReport {
 }
 
 impl NodeReport {
-    pub fn gather(args: &NodeArgs) -> NodeReport {
+    /// Resolves the VM size, runs the probes and plans the engines. `require_accelerator`
+    /// leaves the CPU engines out of the plan of a node that has an accelerator.
+    pub fn gather(args: &NodeArgs, require_accelerator: bool) -> NodeReport {
         let node = args.resolve();
         let expected = node.vm_size.as_deref().map(lookup);
         let cuda = probe::cuda_devices();
         let xilinx = probe::xilinx_devices(std::path::Path::new("/dev"));
-        let plan = plan(expected.as_ref(), &cuda, &xilinx);
+        let plan = EnginePlan::for_node(NodeFacts {
+            expected: expected.as_ref(),
+            cuda: &cuda,
+            xilinx: &xilinx,
+            vitis_ai_built: modelpod_accel::VITIS_AI_BUILT,
+            require_accelerator,
+        });
         NodeReport {
             node,
             expected,
@@ -216,42 +216,14 @@ impl NodeReport {
             None => line(format!("FPGA:      {}", self.xilinx.devices.join(", "))),
         }
         line(format!("CPUs:      {}", self.cpus));
-        line(format!("engines:   {}", self.plan.engines.join(" → ")));
+        line(format!("engines:   {}", self.plan.describe()));
+        for note in &self.plan.notes {
+            line(format!("           {note}"));
+        }
         if let Some(mismatch) = &self.plan.mismatch {
             line(format!("MISMATCH:  {mismatch}"));
         }
         out
-    }
-}
-
-/// modelpod's engines in order of preference for what was promised and found. Only engines
-/// modelpod has today are listed: ONNX Runtime and tract on the CPU.
-fn plan(
-    expected: Option<&SkuSpec>,
-    cuda: &Probe<CudaDevice>,
-    xilinx: &Probe<String>,
-) -> EnginePlan {
-    let promised = expected.map_or(AcceleratorKind::None, |s| s.accelerator);
-    let mismatch = match promised {
-        AcceleratorKind::NvidiaGpu if cuda.devices.is_empty() => Some(format!(
-            "the VM size promises NVIDIA GPUs but none was found: {}",
-            cuda.unavailable
-                .as_deref()
-                .unwrap_or("the driver lists no device")
-        )),
-        AcceleratorKind::XilinxFpga if xilinx.devices.is_empty() => Some(format!(
-            "the VM size promises Xilinx FPGAs but none was found: {}",
-            xilinx.unavailable.as_deref().unwrap_or("no device")
-        )),
-        AcceleratorKind::None if !cuda.devices.is_empty() => Some(format!(
-            "{} CUDA device(s) found on a VM size that promises none",
-            cuda.devices.len()
-        )),
-        _ => None,
-    };
-    EnginePlan {
-        engines: vec!["ort-cpu", "tract-cpu"],
-        mismatch,
     }
 }
 
@@ -345,26 +317,5 @@ mod tests {
             "{:?}",
             node.notes
         );
-    }
-
-    #[test]
-    fn a_gpu_sku_without_a_gpu_is_a_loud_mismatch() {
-        let none = Probe {
-            devices: Vec::new(),
-            unavailable: Some("no CUDA driver library".into()),
-        };
-        let no_fpga = Probe {
-            devices: Vec::new(),
-            unavailable: Some("no device".into()),
-        };
-        let plan = plan(Some(&lookup("Standard_NC6s_v3")), &none, &no_fpga);
-        assert!(plan.mismatch.unwrap().contains("promises NVIDIA GPUs"));
-        let plan = plan_for_cpu(&none, &no_fpga);
-        assert!(plan.mismatch.is_none());
-        assert_eq!(plan.engines, ["ort-cpu", "tract-cpu"]);
-    }
-
-    fn plan_for_cpu(cuda: &Probe<CudaDevice>, xilinx: &Probe<String>) -> EnginePlan {
-        plan(Some(&lookup("Standard_D4s_v3")), cuda, xilinx)
     }
 }

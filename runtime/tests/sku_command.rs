@@ -33,13 +33,12 @@ fn sku_reports_the_table_the_probes_and_the_plan_as_json() {
     assert_eq!(report["expected"]["accelerator"], "xilinx_fpga");
     assert_eq!(report["expected"]["device_count"], 2);
     assert!(report["cpus"].as_u64().unwrap() >= 1);
-    assert!(
-        report["plan"]["engines"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e == "ort-cpu")
-    );
+    let candidates = report["plan"]["candidates"].as_array().unwrap();
+    let cpu = candidates
+        .iter()
+        .find(|c| c["engine"] == "ort-cpu")
+        .expect("the CPU is always planned");
+    assert_eq!(cpu["devices"], serde_json::json!(["cpu"]));
     // No Xilinx card here: the plan says so.
     if report["xilinx"]["devices"].as_array().unwrap().is_empty() {
         assert!(

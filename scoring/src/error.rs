@@ -47,9 +47,9 @@ impl From<EngineError> for ScoringError {
     fn from(e: EngineError) -> Self {
         match e {
             EngineError::BadInput { .. } => ScoringError::InvalidInput(e.to_string()),
-            EngineError::Load { .. } | EngineError::OrtUnavailable(_) => {
-                ScoringError::ModelUnavailable(e.to_string())
-            }
+            EngineError::Load { .. }
+            | EngineError::OrtUnavailable(_)
+            | EngineError::Unavailable { .. } => ScoringError::ModelUnavailable(e.to_string()),
             EngineError::Run(_) => ScoringError::Engine(e.to_string()),
         }
     }

@@ -13,5 +13,5 @@ pub mod repository;
 pub mod v2;
 
 pub use error::ScoringError;
-pub use memory::{AllocationMeter, MemoryBudget};
+pub use memory::{AllocationMeter, DeviceMemoryMeter, Footprint, MemoryBudget};
 pub use registry::{IndexEntry, ModelState, Registry, RegistryConfig, ServedModel};

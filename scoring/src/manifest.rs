@@ -1,7 +1,7 @@
 //! The per-model manifest, `<repository>/<model>/model.toml`: what the ONNX file does not say
 //! (batching, instances, engine) and the entry-script equivalent for Azure's `/score`.
 
-use modelpod_accel::{DataType, EngineChoice};
+use modelpod_accel::{DataType, DeviceKind, EngineChoice};
 use serde::Deserialize;
 use std::path::Path;
 
@@ -12,9 +12,17 @@ pub const MANIFEST_FILE: &str = "model.toml";
 pub struct ModelManifest {
     /// ONNX file inside each version folder (default `model.onnx`, else the only `*.onnx`).
     pub file: Option<String>,
-    /// Engine for this model; the server's `--backend` applies when absent.
+    /// Engine for this model (`auto`, `ort`, `tract` or one engine such as `ort-cuda`); the
+    /// server's `--backend` applies when absent. One engine named exactly is never fallen
+    /// back from.
     pub engine: Option<EngineChoice>,
-    /// Worker instances, each owning one engine session.
+    /// Device kind the model must run on (`cpu`, `gpu`, `fpga`): no engine of another kind is
+    /// tried, and an accelerator engine may not hand graph nodes back to the CPU.
+    pub device: Option<DeviceKind>,
+    /// CUDA devices (ordinals) the instances are spread over; default every GPU found.
+    pub gpus: Option<Vec<u32>>,
+    /// Worker instances per device, each owning one engine session (Triton's instance group
+    /// `count`).
     pub instances: Option<usize>,
     /// ONNX Runtime intra-op threads per instance.
     pub intra_op_threads: Option<usize>,
@@ -108,6 +116,12 @@ impl ModelManifest {
         if self.instances == Some(0) {
             return Err("instances must be at least 1".into());
         }
+        if self.gpus.as_ref().is_some_and(|g| g.is_empty()) {
+            return Err("gpus, when given, must name at least one CUDA device".into());
+        }
+        if self.gpus.is_some() && matches!(self.device, Some(DeviceKind::Cpu | DeviceKind::Fpga)) {
+            return Err("gpus only applies to GPU engines, but device is not gpu".into());
+        }
         if let Some(b) = &self.batching {
             let max = b.max_batch_size.unwrap_or(usize::MAX);
             if let Some(p) = b.preferred_batch_sizes.iter().find(|&&p| p == 0 || p > max) {
@@ -157,6 +171,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(m.engine, Some(EngineChoice::Tract));
+
         assert_eq!(
             m.batching.as_ref().unwrap().preferred_batch_sizes,
             vec![8, 16]
@@ -170,6 +185,14 @@ mod tests {
             }
         );
         m.validate().unwrap();
+        let m: ModelManifest =
+            toml::from_str("engine = \"ort-cuda\"\ndevice = \"gpu\"\ngpus = [0, 2]").unwrap();
+        assert_eq!(
+            m.engine,
+            Some(EngineChoice::Exactly(modelpod_accel::EngineKind::OrtCuda))
+        );
+        assert_eq!(m.device, Some(DeviceKind::Gpu));
+        m.validate().unwrap();
     }
 
     #[test]
@@ -180,6 +203,10 @@ mod tests {
             toml::from_str("[batching]\nmax_batch_size = 4\npreferred_batch_sizes = [8]").unwrap();
         assert!(m.validate().is_err());
         let m: ModelManifest = toml::from_str("instances = 0").unwrap();
+        assert!(m.validate().is_err());
+        assert!(toml::from_str::<ModelManifest>("engine = \"ort-rocm\"").is_err());
+        assert!(toml::from_str::<ModelManifest>("device = \"tpu\"").is_err());
+        let m: ModelManifest = toml::from_str("device = \"cpu\"\ngpus = [0]").unwrap();
         assert!(m.validate().is_err());
     }
 }

@@ -9,8 +9,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// The device every CPU engine charges.
-pub const HOST: &str = "host";
+/// The ledger every CPU engine charges.
+pub use modelpod_accel::HOST_MEMORY as HOST;
 
 /// Stand-in footprint per byte of model file, before a model has been measured (it reserves
 /// budget for the load itself) and when no meter is installed.
@@ -36,6 +36,15 @@ pub trait AllocationMeter: Send + Sync {
     /// Gives memory freed by unloaded models back to the operating system now.
     fn release_freed_memory(&self) {}
 }
+
+/// Reads an accelerator's free memory, so that a load's footprint on it is what the free
+/// memory dropped by. Loads measured this way are serialised per registry.
+pub trait DeviceMemoryMeter: Send + Sync {
+    fn free_bytes(&self, device: modelpod_accel::Device) -> Result<u64, String>;
+}
+
+/// Bytes a model holds, per memory ledger (`host`, `cuda:0`...).
+pub type Footprint = BTreeMap<String, u64>;
 
 /// Limits on what loaded models may hold, per device: [`HOST`] for host memory, and e.g.
 /// `cuda:0` for accelerator memory that device engines charge. A device with no limit is

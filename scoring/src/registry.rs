@@ -11,12 +11,15 @@ use crate::batcher::{BatchPolicy, Batcher, JobReply};
 use crate::error::ScoringError;
 use crate::manifest::ModelManifest;
 use crate::memory::{
-    AllocationMeter, HOST, MemoryBudget, UNMEASURED_OVERHEAD_BYTES, mib, unmeasured_footprint,
+    AllocationMeter, DeviceMemoryMeter, Footprint, HOST, MemoryBudget, UNMEASURED_OVERHEAD_BYTES,
+    mib, unmeasured_footprint,
 };
 use crate::pipeline::{ScorePipeline, shape_text};
 use crate::repository::{ModelSource, RepositoryError, VersionSource, scan_model, scan_repository};
+use modelpod_accel::plan::{Candidate, EnginePlan};
 use modelpod_accel::{
-    Backend, DataType, EngineKind, EngineOptions, Signature, Tensor, TensorData, load_model,
+    Backend, DataType, Device, EngineChoice, EngineError, EngineKind, EngineOptions, Signature,
+    Tensor, TensorData, load_model,
 };
 use parking_lot::{Condvar, Mutex, RwLock};
 use serde::Serialize;
@@ -71,26 +74,35 @@ impl ModelState {
     }
 }
 
-/// Server-wide settings; a model's manifest may override the engine options.
+/// Server-wide settings; a model's manifest may override the engine choice and options.
 #[derive(Clone)]
 pub struct RegistryConfig {
     pub repository: PathBuf,
+    /// The engine a model without one in its manifest asks for.
+    pub engine_choice: EngineChoice,
     pub engine: EngineOptions,
+    /// The node's engines, best first; models are tried on them in order.
+    pub plan: EnginePlan,
     /// Models loaded in parallel at start-up.
     pub load_parallelism: usize,
     pub budget: MemoryBudget,
     /// Measures each load's footprint; without one, footprints are estimated from file sizes.
     pub meter: Option<Arc<dyn AllocationMeter>>,
+    /// Measures what loads take of accelerator memory; without one, it is not charged.
+    pub device_meter: Option<Arc<dyn DeviceMemoryMeter>>,
 }
 
 impl RegistryConfig {
-    pub fn new(repository: PathBuf, engine: EngineOptions) -> RegistryConfig {
+    pub fn new(repository: PathBuf, engine_choice: EngineChoice) -> RegistryConfig {
         RegistryConfig {
             repository,
-            engine,
+            engine_choice,
+            engine: EngineOptions::default(),
+            plan: EnginePlan::cpu_only(),
             load_parallelism: 2,
             budget: MemoryBudget::unlimited(),
             meter: None,
+            device_meter: None,
         }
     }
 }
@@ -99,10 +111,13 @@ impl std::fmt::Debug for RegistryConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RegistryConfig")
             .field("repository", &self.repository)
+            .field("engine_choice", &self.engine_choice)
             .field("engine", &self.engine)
+            .field("plan", &self.plan.describe())
             .field("load_parallelism", &self.load_parallelism)
             .field("budget", &self.budget)
             .field("measured", &self.meter.is_some())
+            .field("device_measured", &self.device_meter.is_some())
             .finish()
     }
 }
@@ -112,14 +127,16 @@ pub struct ServedModel {
     pub name: String,
     pub version: u64,
     pub engine: EngineKind,
+    /// The devices its instances run on.
+    pub devices: Vec<Device>,
     pub signature: Signature,
     pub policy: BatchPolicy,
+    /// Instances per device, one worker each.
     pub instances: usize,
     pub pipeline: ScorePipeline,
     pub file: PathBuf,
-    /// Bytes this model holds on `device`, measured at load (see [`crate::memory`]).
-    pub footprint: u64,
-    pub device: String,
+    /// Bytes this model holds per memory ledger, measured at load (see [`crate::memory`]).
+    pub footprint: Footprint,
     /// When a request last took this model, in nanoseconds since the registry opened.
     last_used: AtomicU64,
     batcher: Batcher,
@@ -198,9 +215,9 @@ struct VersionEntry {
     reason: Option<String>,
     served: Option<Arc<ServedModel>>,
     /// Budget held while loading, before the footprint is known.
-    reserved: u64,
+    reserved: Footprint,
     /// Footprint measured by the last load: the next load of this version reserves it.
-    measured: Option<u64>,
+    measured: Option<Footprint>,
     /// Unloaded through the repository API: not loaded on demand until loaded again.
     held_out: bool,
 }
@@ -212,19 +229,21 @@ impl VersionEntry {
             state: ModelState::Registered,
             reason: None,
             served: None,
-            reserved: 0,
+            reserved: Footprint::new(),
             measured: None,
             held_out: false,
         }
     }
 
     /// What a load of this version is expected to need, before it is measured.
-    fn expected_footprint(&self) -> u64 {
-        self.measured.unwrap_or_else(|| {
-            self.source
+    fn expected_footprint(&self) -> Footprint {
+        self.measured.clone().unwrap_or_else(|| {
+            let host = self
+                .source
                 .file
                 .as_deref()
-                .map_or(UNMEASURED_OVERHEAD_BYTES, unmeasured_footprint)
+                .map_or(UNMEASURED_OVERHEAD_BYTES, unmeasured_footprint);
+            Footprint::from([(HOST.to_string(), host)])
         })
     }
 
@@ -247,9 +266,16 @@ pub struct IndexEntry {
     pub state: ModelState,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// Bytes held while loaded.
+    /// Bytes held while loaded, per memory ledger.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub footprint: Option<u64>,
+    pub footprint: Option<Footprint>,
+}
+
+/// Why one engine could not serve a version: the engine (try the next) or the model's own
+/// declaration (no engine will do better).
+enum BuildError {
+    Engine(EngineError),
+    Model(String),
 }
 
 /// Whether a load may evict other models to make room.
@@ -269,6 +295,8 @@ pub struct Registry {
     /// Bumped (under its lock) when a load finishes; waiters for a load sleep on `load_done`.
     loads_finished: Mutex<u64>,
     load_done: Condvar,
+    /// Held by loads whose device memory is measured (see [`DeviceMemoryMeter`]).
+    device_loads: Mutex<()>,
 }
 
 impl Registry {
@@ -285,6 +313,7 @@ impl Registry {
             epoch: Instant::now(),
             loads_finished: Mutex::new(0),
             load_done: Condvar::new(),
+            device_loads: Mutex::new(()),
         })
     }
 
@@ -495,7 +524,18 @@ impl Registry {
                 return Ok(());
             }
             let expected = entry.expected_footprint();
-            let evicted = self.make_room(&mut models, HOST, expected, (name, version), eviction)?;
+            let mut evicted = Vec::new();
+            for (ledger, &bytes) in &expected {
+                match self.make_room(&mut models, ledger, bytes, (name, version), eviction) {
+                    Ok(more) => evicted.extend(more),
+                    Err(e) => {
+                        // Models already evicted for another ledger stay evicted: they were idle.
+                        drop(models);
+                        self.retire(evicted);
+                        return Err(e);
+                    }
+                }
+            }
             let model = models.get_mut(name).expect("checked above");
             let entry = model.versions.get_mut(&version).expect("checked above");
             entry.state = ModelState::Loading;
@@ -523,28 +563,40 @@ impl Registry {
                 self.finish_load();
                 return Ok(());
             };
-            entry.reserved = 0;
+            entry.reserved = Footprint::new();
             match outcome {
                 Ok(served) => {
                     tracing::info!(
                         model = name,
                         version,
                         engine = %served.engine,
-                        instances = served.instances,
+                        devices = %served.devices.iter().map(Device::to_string).collect::<Vec<_>>().join(","),
+                        instances_per_device = served.instances,
                         max_batch_size = served.policy.max_batch_size,
-                        footprint_bytes = served.footprint,
+                        footprint_bytes = ?served.footprint,
                         elapsed_ms = started.elapsed().as_millis() as u64,
                         "model ready"
                     );
                     metrics::histogram!("modelpod_model_load_duration_seconds")
                         .record(started.elapsed().as_secs_f64());
-                    entry.measured = Some(served.footprint);
+                    entry.measured = Some(served.footprint.clone());
                     entry.state = ModelState::Ready;
+                    let ledgers: Vec<String> = served.footprint.keys().cloned().collect();
                     entry.served = Some(Arc::new(served));
                     // The measurement may exceed the reservation: settle the difference.
-                    let evicted = self
-                        .make_room(&mut models, HOST, 0, (name, version), Eviction::Allowed)
-                        .unwrap_or_default();
+                    let evicted = ledgers
+                        .iter()
+                        .flat_map(|ledger| {
+                            self.make_room(
+                                &mut models,
+                                ledger,
+                                0,
+                                (name, version),
+                                Eviction::Allowed,
+                            )
+                            .unwrap_or_default()
+                        })
+                        .collect();
                     Ok(evicted)
                 }
                 Err(reason) => {
@@ -600,20 +652,18 @@ impl Registry {
         if eviction == Eviction::Never {
             return Err(overloaded());
         }
-        // Idle: ready, on this device, and referenced by nothing but the registry.
+        // Idle: ready, holding memory on this device, and referenced by nothing but the registry.
         let mut idle: Vec<(u64, String, u64, u64)> = models
             .iter()
             .flat_map(|(name, m)| m.versions.iter().map(move |(v, e)| (name, *v, e)))
             .filter(|(name, v, _)| (name.as_str(), *v) != loading)
             .filter_map(|(name, v, e)| {
                 let served = e.served.as_ref()?;
-                (e.state == ModelState::Ready
-                    && served.device == device
-                    && Arc::strong_count(served) == 1)
-                    .then(|| {
-                        let last_used = served.last_used.load(Ordering::Relaxed);
-                        (last_used, name.clone(), v, served.footprint)
-                    })
+                let held = *served.footprint.get(device)?;
+                (e.state == ModelState::Ready && Arc::strong_count(served) == 1).then(|| {
+                    let last_used = served.last_used.load(Ordering::Relaxed);
+                    (last_used, name.clone(), v, held)
+                })
             })
             .collect();
         idle.sort_unstable();
@@ -640,7 +690,7 @@ impl Registry {
                     .expect("listed above");
                 let served = entry.served.take().expect("ready entries are served");
                 entry.state = ModelState::Registered;
-                tracing::info!(model = %name, version, footprint_bytes = served.footprint, "evicted (least recently used)");
+                tracing::info!(model = %name, version, %device, footprint_bytes = ?served.footprint, "evicted (least recently used)");
                 // Looked up at each eviction, not kept: a handle taken before the process
                 // installs its metrics recorder would count nowhere.
                 metrics::counter!("modelpod_model_evictions_total").increment(1);
@@ -668,6 +718,9 @@ impl Registry {
         self.load_done.notify_all();
     }
 
+    /// Loads a version on the best engine the plan and its manifest allow, falling back to
+    /// the next one when an accelerator engine fails or an engine cannot run here at all. A
+    /// model's own failure on a CPU engine is final: another CPU engine would only hide it.
     fn build(
         &self,
         name: &str,
@@ -677,29 +730,124 @@ impl Registry {
         dir: &Path,
     ) -> Result<ServedModel, String> {
         let file = source.file.clone()?;
-        let allocated_before = self.config.meter.as_ref().map(|m| m.thread_net_allocated());
+        let choice = manifest.engine.unwrap_or(self.config.engine_choice);
+        let candidates =
+            self.config
+                .plan
+                .for_model(choice, manifest.device, manifest.gpus.as_deref())?;
         let options = EngineOptions {
-            choice: manifest.engine.unwrap_or(self.config.engine.choice),
             intra_op_threads: manifest
                 .intra_op_threads
                 .unwrap_or(self.config.engine.intra_op_threads),
+            // With no CPU engine left to fall back to, the accelerator is required.
+            strict_placement: candidates.iter().all(Candidate::accelerated),
+            ..self.config.engine.clone()
         };
-        let model = load_model(&file, &options).map_err(|e| e.to_string())?;
-        let signature = model.signature().clone();
-        let policy = batch_policy(manifest, &signature)?;
-        let pipeline = ScorePipeline::new(&manifest.score, &signature, policy.batches(), dir)?;
+        let mut failures: Vec<String> = Vec::new();
+        for candidate in &candidates {
+            match self.build_on(name, version, manifest, dir, &file, candidate, &options) {
+                Ok(served) => {
+                    if !failures.is_empty() {
+                        tracing::warn!(
+                            model = name,
+                            version,
+                            engine = %candidate.engine,
+                            failed = %failures.join("; "),
+                            "model fell back to a later engine of the plan"
+                        );
+                    }
+                    return Ok(served);
+                }
+                Err(BuildError::Engine(e)) => {
+                    let unavailable = matches!(
+                        e,
+                        EngineError::Unavailable { .. } | EngineError::OrtUnavailable(_)
+                    );
+                    failures.push(format!("{}: {e}", candidate.engine));
+                    if !(unavailable || candidate.accelerated()) {
+                        break;
+                    }
+                    if unavailable && !candidate.accelerated() {
+                        tracing::debug!(model = name, engine = %candidate.engine, %e, "engine unavailable");
+                    }
+                }
+                Err(BuildError::Model(reason)) => return Err(reason),
+            }
+        }
+        Err(match failures.len() {
+            1 => failures.remove(0),
+            _ => failures.join("; "),
+        })
+    }
+
+    /// Loads a version on one engine: a session per instance on every device of `candidate`,
+    /// measured on the host and, where a device meter is installed, on each device.
+    #[allow(clippy::too_many_arguments)]
+    fn build_on(
+        &self,
+        name: &str,
+        version: u64,
+        manifest: &ModelManifest,
+        dir: &Path,
+        file: &Path,
+        candidate: &Candidate,
+        options: &EngineOptions,
+    ) -> Result<ServedModel, BuildError> {
+        let device_meter = self
+            .config
+            .device_meter
+            .as_ref()
+            .filter(|_| candidate.accelerated());
+        // Free device memory is process-wide: two loads on one device would measure each other.
+        let _measuring = device_meter.map(|_| self.device_loads.lock());
+        let free_before: Vec<(Device, Result<u64, String>)> = device_meter
+            .map(|meter| {
+                candidate
+                    .devices
+                    .iter()
+                    .map(|&d| (d, meter.free_bytes(d)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let allocated_before = self.config.meter.as_ref().map(|m| m.thread_net_allocated());
+
         let instances = manifest.instances.unwrap_or(1);
-        let mut backends = (0..instances)
-            .map(|_| model.instantiate())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| e.to_string())?;
-        warm_up(name, &signature, backends[0].as_mut());
-        let footprint = match (&self.config.meter, allocated_before) {
+        let mut signature = None;
+        let mut backends = Vec::with_capacity(instances * candidate.devices.len());
+        for &device in &candidate.devices {
+            let model =
+                load_model(file, candidate.engine, device, options).map_err(BuildError::Engine)?;
+            let first = backends.len();
+            for _ in 0..instances {
+                backends.push(model.instantiate().map_err(BuildError::Engine)?);
+            }
+            warm_up(name, model.signature(), backends[first].as_mut());
+            signature.get_or_insert_with(|| model.signature().clone());
+        }
+        let signature = signature.expect("a candidate names at least one device");
+        let policy = batch_policy(manifest, &signature).map_err(BuildError::Model)?;
+        let pipeline = ScorePipeline::new(&manifest.score, &signature, policy.batches(), dir)
+            .map_err(BuildError::Model)?;
+
+        let host = match (&self.config.meter, allocated_before) {
             (Some(meter), Some(before)) => meter.thread_net_allocated().wrapping_sub(before),
-            _ => unmeasured_footprint(&file),
+            _ => unmeasured_footprint(file),
         };
         // Frees on this thread of memory allocated elsewhere can make the difference negative.
-        let footprint = if footprint > 1 << 62 { 0 } else { footprint };
+        let host = if host > 1 << 62 { 0 } else { host };
+        let mut footprint = Footprint::from([(HOST.to_string(), host)]);
+        if let Some(meter) = device_meter {
+            for (device, before) in free_before {
+                match (before, meter.free_bytes(device)) {
+                    (Ok(before), Ok(after)) => {
+                        footprint.insert(device.memory_ledger(), before.saturating_sub(after));
+                    }
+                    (Err(e), _) | (_, Err(e)) => {
+                        tracing::warn!(model = name, %device, %e, "device memory not measured")
+                    }
+                }
+            }
+        }
         let labels = vec![
             ("model".to_string(), name.to_string()),
             ("version".to_string(), version.to_string()),
@@ -707,7 +855,8 @@ impl Registry {
         Ok(ServedModel {
             name: name.to_string(),
             version,
-            engine: model.engine(),
+            engine: candidate.engine,
+            devices: candidate.devices.clone(),
             signature,
             instances,
             batcher: Batcher::start(
@@ -718,9 +867,8 @@ impl Registry {
             ),
             policy,
             pipeline,
-            file,
+            file: file.to_path_buf(),
             footprint,
-            device: HOST.to_string(),
             last_used: AtomicU64::new(self.now()),
         })
     }
@@ -851,7 +999,7 @@ impl Registry {
                     version: v.to_string(),
                     state: e.state,
                     reason: e.reason.clone(),
-                    footprint: e.served.as_ref().map(|s| s.footprint),
+                    footprint: e.served.as_ref().map(|s| s.footprint.clone()),
                 })
             })
             .collect()
@@ -894,10 +1042,8 @@ fn used_on(models: &BTreeMap<String, ModelEntry>, device: &str) -> u64 {
         .values()
         .flat_map(|m| m.versions.values())
         .map(|e| match &e.served {
-            Some(served) if served.device == device => served.footprint,
-            Some(_) => 0,
-            None if device == HOST => e.reserved,
-            None => 0,
+            Some(served) => served.footprint.get(device).copied().unwrap_or(0),
+            None => e.reserved.get(device).copied().unwrap_or(0),
         })
         .sum()
 }
@@ -1024,13 +1170,7 @@ mod tests {
 
     fn registry(root: &Path, budget_mib: Option<f64>) -> (Registry, Arc<OneMibPerLoad>) {
         let meter = Arc::new(OneMibPerLoad::default());
-        let mut config = RegistryConfig::new(
-            root.to_path_buf(),
-            EngineOptions {
-                choice: modelpod_accel::EngineChoice::Tract,
-                intra_op_threads: 1,
-            },
-        );
+        let mut config = RegistryConfig::new(root.to_path_buf(), EngineChoice::Tract);
         if let Some(mib) = budget_mib {
             config.budget = MemoryBudget::unlimited().with_limit(HOST, (mib * MIB as f64) as u64);
         }
@@ -1162,6 +1302,84 @@ mod tests {
         assert!(registry.load("broken").is_err(), "an explicit load retries");
         assert_eq!(meter.reads.load(Ordering::SeqCst), reads + 1);
         assert!(registry.get("a", None).is_ok());
+    }
+
+    /// A node plan that offers ONNX Runtime CUDA on cuda:0 before tract on the CPU; no
+    /// machine the tests run on can load the first.
+    fn plan_with_an_unusable_gpu() -> EnginePlan {
+        EnginePlan {
+            candidates: vec![
+                Candidate {
+                    engine: EngineKind::OrtCuda,
+                    devices: vec![Device::Cuda(0)],
+                },
+                Candidate {
+                    engine: EngineKind::TractCpu,
+                    devices: vec![Device::Cpu],
+                },
+            ],
+            mismatch: None,
+            notes: Vec::new(),
+        }
+    }
+
+    fn registry_with_plan(root: &Path, plan: EnginePlan) -> Registry {
+        let mut config = RegistryConfig::new(root.to_path_buf(), EngineChoice::Auto);
+        config.plan = plan;
+        Registry::open(config).unwrap()
+    }
+
+    #[test]
+    fn a_failed_accelerator_falls_back_along_the_plan_unless_the_device_is_pinned() {
+        if !modelpod_accel::probe::cuda_devices().devices.is_empty() {
+            return; // With a GPU, ort-cuda may load: this test is about machines without one.
+        }
+        let repo = repository(&["free", "pinned", "exact"]);
+        std::fs::write(repo.path().join("pinned/model.toml"), "device = \"gpu\"\n").unwrap();
+        std::fs::write(
+            repo.path().join("exact/model.toml"),
+            "engine = \"ort-cuda\"\n",
+        )
+        .unwrap();
+        let registry = registry_with_plan(repo.path(), plan_with_an_unusable_gpu());
+        registry.load_all();
+
+        let free = registry.get("free", None).unwrap();
+        assert_eq!(free.engine, EngineKind::TractCpu);
+        assert_eq!(free.devices, [Device::Cpu]);
+        // A pinned device or engine never lands on the CPU: the model fails, saying why.
+        for name in ["pinned", "exact"] {
+            assert_eq!(state(&registry, name), ModelState::Failed, "{name}");
+            let reason = registry
+                .index()
+                .into_iter()
+                .find(|e| e.name == name)
+                .and_then(|e| e.reason)
+                .unwrap();
+            assert!(reason.contains("ort-cuda"), "{name}: {reason}");
+        }
+    }
+
+    #[test]
+    fn a_node_without_the_pinned_engine_says_what_it_has() {
+        let repo = repository(&["exact"]);
+        std::fs::write(
+            repo.path().join("exact/model.toml"),
+            "engine = \"tract-cuda\"\n",
+        )
+        .unwrap();
+        let registry = registry_with_plan(repo.path(), EnginePlan::cpu_only());
+        registry.load_all();
+        let reason = registry
+            .index()
+            .into_iter()
+            .find(|e| e.name == "exact")
+            .and_then(|e| e.reason)
+            .unwrap();
+        assert!(
+            reason.contains("engine tract-cuda") && reason.contains("tract-cpu on cpu"),
+            "{reason}"
+        );
     }
 
     #[test]

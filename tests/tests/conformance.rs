@@ -1,26 +1,57 @@
 //! The conformance suite every engine runs: each fixture (and each example model, when
 //! `scripts/setup.sh` has fetched them) against reference outputs from ONNX Runtime in Python,
 //! within the tolerance stated in `modelpod_tests::ABS_TOLERANCE` / `REL_TOLERANCE`.
+//!
+//! The engines are tract and ONNX Runtime on the CPU, plus ONNX Runtime CUDA and tract CUDA on
+//! cuda:0 when the probe finds a GPU. `MODELPOD_CONFORMANCE_ENGINES=ort-cuda,tract-cuda,...`
+//! names the engines instead (ort-tensorrt needs TensorRT's libraries, so it runs only when
+//! named); a named engine that cannot load fails the suite rather than being skipped.
 
-use modelpod_accel::{EngineChoice, EngineOptions, load_model};
+use modelpod_accel::{Device, DeviceKind, EngineKind, EngineOptions, load_model, probe};
 use modelpod_tests::{compare, ort_available, reference_cases, workspace_root};
 use std::path::Path;
 
-fn engines() -> Vec<EngineChoice> {
-    let mut engines = vec![EngineChoice::Tract];
+fn engines() -> Vec<EngineKind> {
+    if let Ok(named) = std::env::var("MODELPOD_CONFORMANCE_ENGINES") {
+        return named
+            .split(',')
+            .map(|name| match name.trim().parse() {
+                Ok(modelpod_accel::EngineChoice::Exactly(kind)) => kind,
+                _ => panic!("MODELPOD_CONFORMANCE_ENGINES: '{name}' is not an engine"),
+            })
+            .collect();
+    }
+    let mut engines = vec![EngineKind::TractCpu];
     if ort_available() {
-        engines.push(EngineChoice::Ort);
+        engines.push(EngineKind::OrtCpu);
     } else {
         eprintln!("ONNX Runtime not installed: conformance runs on tract only");
     }
+    match probe::cuda_devices() {
+        probe if !probe.devices.is_empty() => {
+            engines.extend([EngineKind::OrtCuda, EngineKind::TractCuda]);
+        }
+        probe => eprintln!(
+            "no CUDA device ({}): GPU engines not run",
+            probe.unavailable.unwrap_or_default()
+        ),
+    }
     engines
+}
+
+fn device_for(engine: EngineKind) -> Device {
+    match engine.device_kind() {
+        DeviceKind::Cpu => Device::Cpu,
+        DeviceKind::Gpu => Device::Cuda(0),
+        DeviceKind::Fpga => Device::Fpga(0),
+    }
 }
 
 /// Runs every reference case of every model in `repository` with `engine`.
 fn check_repository(
     repository: &Path,
     references: &Path,
-    engine: EngineChoice,
+    engine: EngineKind,
     skip: &[&str],
 ) -> usize {
     let mut checked = 0;
@@ -39,10 +70,9 @@ fn check_repository(
         }
         let model = match load_model(
             &repository.join(&name).join("1/model.onnx"),
-            &EngineOptions {
-                choice: engine,
-                intra_op_threads: 1,
-            },
+            engine,
+            device_for(engine),
+            &EngineOptions::default(),
         ) {
             Ok(model) => model,
             Err(e) => {
@@ -83,17 +113,9 @@ fn check_repository(
     checked
 }
 
-fn engine_name(engine: EngineChoice) -> &'static str {
-    match engine {
-        EngineChoice::Tract => "tract",
-        EngineChoice::Ort => "ort",
-        EngineChoice::Auto => "auto",
-    }
-}
-
 /// `skip` lists "engine:model" pairs an engine is known not to support.
-fn skip_for(skip: &[&str], engine: EngineChoice, model: &str) -> bool {
-    skip.contains(&format!("{}:{model}", engine_name(engine)).as_str())
+fn skip_for(skip: &[&str], engine: EngineKind, model: &str) -> bool {
+    skip.contains(&format!("{engine}:{model}").as_str())
 }
 
 #[test]
@@ -119,7 +141,7 @@ fn example_models_match_onnx_runtime_on_every_engine() {
             &root.join("models"),
             &root.join("reference"),
             engine,
-            &["tract:minilm"],
+            &["tract-cpu:minilm", "tract-cuda:minilm"],
         );
         assert!(checked >= 6, "{engine}: only {checked} cases ran");
     }

@@ -724,6 +724,14 @@ fn metadata_config_swagger_and_metrics() {
     assert_eq!(config["input"][0]["dims"], json!([4]));
     assert_eq!(config["input"][0]["data_type"], "TYPE_FP32");
     assert_eq!(config["instance_group"][0]["count"], 2);
+    // Without a GPU the plan puts the model on a CPU engine, and the config says so.
+    if modelpod_accel::probe::cuda_devices().devices.is_empty() {
+        assert_eq!(config["instance_group"][0]["kind"], "KIND_CPU");
+        assert!(
+            ["ort-cpu", "tract-cpu"].contains(&config["backend"].as_str().unwrap()),
+            "{config}"
+        );
+    }
 
     // Each model's swagger example is a valid /score body for it.
     let (status, swagger) = json_of(http.get(server.url("/swagger.json")).send().unwrap());

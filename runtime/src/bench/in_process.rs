@@ -29,10 +29,24 @@ pub fn measure(args: &BenchArgs) -> Result<Vec<PointResult>, BenchError> {
         let _ = ort_engine::init_ort(None);
     }
     let options = EngineOptions {
-        choice,
         intra_op_threads: manifest.intra_op_threads.unwrap_or(1),
+        ..EngineOptions::default()
     };
-    let model = load_model(&file, &options).map_err(|e| BenchError::Setup(e.to_string()))?;
+    // The engine `serve` would choose on this node: the first of the plan that loads, on its
+    // first device.
+    let plan = crate::node::NodeReport::gather(&Default::default(), false).plan;
+    let candidates = plan
+        .for_model(choice, manifest.device, manifest.gpus.as_deref())
+        .map_err(BenchError::Setup)?;
+    let mut failures = Vec::new();
+    let model = candidates
+        .iter()
+        .find_map(|c| {
+            load_model(&file, c.engine, c.devices[0], &options)
+                .map_err(|e| failures.push(format!("{}: {e}", c.engine)))
+                .ok()
+        })
+        .ok_or_else(|| BenchError::Setup(failures.join("; ")))?;
     let instances = args
         .concurrency
         .first()
@@ -40,10 +54,11 @@ pub fn measure(args: &BenchArgs) -> Result<Vec<PointResult>, BenchError> {
         .or(manifest.instances)
         .unwrap_or(1);
     eprintln!(
-        "{} v{} in process on {} ({instances} instance(s))",
+        "{} v{} in process on {} on {} ({instances} instance(s))",
         args.model,
         args.model_version,
-        model.engine()
+        model.engine(),
+        model.device()
     );
     let mut results = Vec::new();
     for &batch in &args.batch {

@@ -5,10 +5,12 @@ mod swagger;
 
 use crate::auth::KeyAuth;
 use crate::config::{LoadPolicy, ServeConfig};
+use crate::node::NodeReport;
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{App, HttpServer, web};
 use metrics_exporter_prometheus::PrometheusHandle;
-use modelpod_accel::{EngineChoice, EngineOptions, ort_engine};
+use modelpod_accel::{EngineChoice, EngineFamily, EngineOptions, ort_engine};
+use modelpod_scoring::DeviceMemoryMeter;
 use modelpod_scoring::{Registry, RegistryConfig};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -67,18 +69,24 @@ impl ScoringServer {
     /// actix system.
     pub fn build(config: ServeConfig) -> Result<ScoringServer, ServeError> {
         prepare_engines(&config)?;
-        check_node(&config)?;
+        let node = check_node(&config)?;
         // Before anything records: metric handles taken earlier would count nowhere.
         let metrics = crate::metrics::install();
+        let device_meter: Option<Arc<dyn DeviceMemoryMeter>> =
+            (!node.cuda.devices.is_empty()).then(|| Arc::new(crate::memory::CudaMemoryMeter) as _);
         let registry = Arc::new(Registry::open(RegistryConfig {
             repository: config.model_repository.clone(),
+            engine_choice: config.backend,
             engine: EngineOptions {
-                choice: config.backend,
                 intra_op_threads: config.intra_op_threads,
+                strict_placement: false,
+                tensorrt_cache: config.tensorrt_cache.clone(),
             },
+            plan: node.plan,
             load_parallelism: config.load_parallelism,
             budget: config.memory_budget.clone(),
             meter: Some(Arc::new(crate::memory::JemallocMeter)),
+            device_meter,
         })?);
         let state = web::Data::new(AppState {
             registry: registry.clone(),
@@ -188,38 +196,45 @@ fn prepare_engines(config: &ServeConfig) -> Result<(), ServeError> {
     ) {
         (Ok(library), _) => tracing::debug!(library = %library.display(), "ONNX Runtime available"),
         (Err(e), EngineChoice::Ort) => return Err(ServeError::OrtRequired(e)),
+        (Err(e), EngineChoice::Exactly(engine)) if engine.family() == EngineFamily::Ort => {
+            return Err(ServeError::OrtRequired(e));
+        }
         (Err(e), EngineChoice::Auto) => tracing::info!("{e}; serving with tract"),
-        (Err(_), EngineChoice::Tract) => {}
+        (Err(_), EngineChoice::Tract | EngineChoice::Exactly(_)) => {}
     }
     Ok(())
 }
 
 /// Logs what the node is and what was found on it; a promised accelerator that is missing is
-/// a warning, or fatal with `--require-accelerator`.
-fn check_node(config: &ServeConfig) -> Result<(), ServeError> {
-    let report = crate::node::NodeReport::gather(&config.node);
+/// a warning, or fatal with `--require-accelerator`. Returns the report, whose plan the
+/// registry loads models by.
+fn check_node(config: &ServeConfig) -> Result<NodeReport, ServeError> {
+    let report = NodeReport::gather(&config.node, config.require_accelerator);
     tracing::info!(
         vm_size = report.node.vm_size.as_deref().unwrap_or("unknown"),
         source = ?report.node.source,
         cuda_devices = report.cuda.devices.len(),
         fpga_devices = report.xilinx.devices.len(),
-        engines = %report.plan.engines.join(" > "),
+        engines = %report.plan.describe(),
         "node"
     );
+    for note in &report.plan.notes {
+        tracing::warn!("{note}");
+    }
     // A source that was given but gave nothing (an unreadable labels file, an unreachable
     // metadata service) would otherwise pass unseen.
     for note in &report.node.notes {
         tracing::warn!("node VM size: {note}");
     }
-    match report.plan.mismatch {
+    match &report.plan.mismatch {
         Some(mismatch) if config.require_accelerator => {
-            Err(ServeError::AcceleratorMissing(mismatch))
+            Err(ServeError::AcceleratorMissing(mismatch.clone()))
         }
         Some(mismatch) => {
-            tracing::warn!("{mismatch}; serving on the CPU");
-            Ok(())
+            tracing::warn!("{mismatch}; serving with the engines found");
+            Ok(report)
         }
-        None => Ok(()),
+        None => Ok(report),
     }
 }
 

@@ -169,11 +169,26 @@ fn parse_version(version: Option<&str>) -> Result<Option<u64>, ApiError> {
     }
 }
 
-fn platform(model: &ServedModel) -> &'static str {
-    match model.engine {
-        modelpod_accel::EngineKind::Ort => "onnxruntime_onnx",
-        modelpod_accel::EngineKind::Tract => "tract_onnx",
+/// Triton's instance group: `count` instances on each device, GPUs listed by ordinal.
+fn instance_group(model: &ServedModel) -> serde_json::Value {
+    let kind = model.engine.device_kind();
+    let mut group = json!({
+        "name": format!("{}_0", model.name),
+        "kind": kind.triton_kind(),
+        "count": model.instances,
+    });
+    let gpus: Vec<u32> = model
+        .devices
+        .iter()
+        .filter_map(|d| match d {
+            modelpod_accel::Device::Cuda(n) => Some(*n),
+            _ => None,
+        })
+        .collect();
+    if !gpus.is_empty() {
+        group["gpus"] = json!(gpus);
     }
+    group
 }
 
 async fn model_metadata(
@@ -198,7 +213,7 @@ async fn model_metadata(
     Ok(HttpResponse::Ok().json(json!({
         "name": model.name,
         "versions": versions,
-        "platform": platform(&model),
+        "platform": model.engine.triton_platform(),
         "inputs": tensors(&model.signature.inputs),
         "outputs": tensors(&model.signature.outputs),
     })))
@@ -237,12 +252,12 @@ async fn model_config(
     };
     let mut config = json!({
         "name": model.name,
-        "platform": platform(&model),
+        "platform": model.engine.triton_platform(),
         "backend": model.engine.as_str(),
         "max_batch_size": model.policy.max_batch_size,
         "input": tensors(&model.signature.inputs),
         "output": tensors(&model.signature.outputs),
-        "instance_group": [{ "name": format!("{}_0", model.name), "kind": "KIND_CPU", "count": model.instances }],
+        "instance_group": [instance_group(&model)],
     });
     if batched {
         config["dynamic_batching"] = json!({

@@ -186,7 +186,7 @@ score_iris() {
   answer=$(curl -fsS -X POST "http://127.0.0.1:$port/score?model=iris" -H 'Content-Type: application/json' \
     -d '{"data": [[5.1, 3.5, 1.4, 0.2]]}') || { podman logs "$name" >&2; exit 1; }
   # The image's ONNX Runtime must be the engine that answered, not the tract fallback.
-  podman logs "$name" 2>&1 | grep '"model ready"' | grep '"model":"iris"' | grep -q '"engine":"ort"' \
+  podman logs "$name" 2>&1 | grep '"model ready"' | grep '"model":"iris"' | grep -q '"engine":"ort-cpu"' \
     || { podman logs "$name" >&2; echo "modelpod:$kind did not serve iris on ONNX Runtime" >&2; exit 1; }
   podman rm -f "$name" >/dev/null
 }

@@ -15,6 +15,9 @@ pub enum ApiError {
     Unauthorized,
     PayloadTooLarge { limit: usize },
     NotFound(String),
+    /// The router's replica failed the request after it was sent (it died, or answered
+    /// nonsense): 502.
+    BadGateway(String),
 }
 
 impl From<ScoringError> for ApiError {
@@ -30,6 +33,7 @@ impl ApiError {
             ApiError::Unauthorized => "Unauthorized",
             ApiError::PayloadTooLarge { .. } => "PayloadTooLarge",
             ApiError::NotFound(_) => "NotFound",
+            ApiError::BadGateway(_) => "BadGateway",
         }
     }
 }
@@ -45,7 +49,7 @@ impl fmt::Display for ApiError {
             ApiError::PayloadTooLarge { limit } => {
                 write!(f, "the request body exceeds the limit of {limit} bytes")
             }
-            ApiError::NotFound(what) => write!(f, "{what}"),
+            ApiError::NotFound(what) | ApiError::BadGateway(what) => write!(f, "{what}"),
         }
     }
 }
@@ -66,6 +70,7 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -95,6 +100,7 @@ mod tests {
             (ScoringError::Engine("x".into()).into(), 500),
             (ApiError::Unauthorized, 401),
             (ApiError::PayloadTooLarge { limit: 1 }, 413),
+            (ApiError::BadGateway("x".into()), 502),
         ];
         for (error, status) in cases {
             assert_eq!(error.status_code().as_u16(), status, "{error:?}");

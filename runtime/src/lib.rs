@@ -1,5 +1,5 @@
 //! modelpod's runtime: configuration, the scoring server (`modelpod serve`), the load generator
-//! (`modelpod bench`), authentication,
+//! (`modelpod bench`), the router and autoscaler (`modelpod route`), authentication,
 //! metrics and the one mapping from errors to HTTP responses.
 
 pub mod auth;
@@ -10,6 +10,7 @@ pub mod http_error;
 pub mod memory;
 pub mod metrics;
 pub mod node;
+pub mod route;
 pub mod serve;
 pub mod telemetry;
 

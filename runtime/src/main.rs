@@ -17,6 +17,9 @@ struct Cli {
 enum Command {
     /// Run the scoring server over a model repository.
     Serve(ServeArgs),
+    /// Front a service's replicas: route each request to the least-busy one and scale them
+    /// towards the target utilization.
+    Route(modelpod::route::RouteArgs),
     /// Measure a serving endpoint: throughput and latency percentiles under load.
     Bench(BenchArgs),
     /// Show this node's VM size, what it promises, what the device probes find and the engine
@@ -53,6 +56,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             actix_web::rt::System::new().block_on(async move {
                 let server = ScoringServer::build(config)?;
                 server.run().await?;
+                anyhow::Ok(())
+            })
+        }
+        Command::Route(args) => {
+            telemetry::init(Default::default());
+            actix_web::rt::System::new().block_on(async move {
+                let router = modelpod::route::Router::start(args)?;
+                router.run().await?;
                 anyhow::Ok(())
             })
         }

@@ -1,6 +1,7 @@
 //! `modelpod serve`: the per-pod scoring server.
 
-mod routes;
+pub mod busy;
+pub(crate) mod routes;
 mod swagger;
 
 use crate::auth::KeyAuth;
@@ -43,8 +44,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Set once the start-up (eager) load has finished, successfully or not.
     pub loaded: AtomicBool,
-    /// Requests holding a scoring slot.
-    pub in_flight: std::sync::atomic::AtomicUsize,
+    /// Requests scoring and waiting, for the router's busy-state polls.
+    pub busy: busy::BusyBoard,
 }
 
 impl AppState {
@@ -94,7 +95,7 @@ impl ScoringServer {
             admission: Semaphore::new(config.max_concurrent_requests),
             metrics,
             loaded: AtomicBool::new(false),
-            in_flight: Default::default(),
+            busy: Default::default(),
             config: config.clone(),
         });
         let app_state = state.clone();
@@ -123,6 +124,7 @@ impl ScoringServer {
                     loader_state.registry.load_all();
                 }
                 loader_state.loaded.store(true, Ordering::Release);
+                loader_state.busy.touch();
                 let index = loader_state.registry.index();
                 let ready = index
                     .iter()

@@ -15,7 +15,7 @@ use modelpod_scoring::{Registry, ScoringError, ServedModel, v2};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 const INFERENCE_HEADER: &str = "inference-header-content-length";
 const REQUEST_ID_HEADERS: [&str; 3] = ["x-request-id", "x-ms-request-id", "x-ms-client-request-id"];
@@ -48,6 +48,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             "/v2/models/{name}/versions/{version}/infer",
             web::post().to(infer),
         )
+        .route("/modelpod/busy", web::get().to(busy))
         .route("/v2/repository/index", web::post().to(repository_index))
         .route(
             "/v2/repository/models/{name}/load",
@@ -87,7 +88,7 @@ pub async fn request_ids(
     Ok(response)
 }
 
-async fn not_found(request: HttpRequest) -> HttpResponse {
+pub(crate) async fn not_found(request: HttpRequest) -> HttpResponse {
     actix_web::ResponseError::error_response(&ApiError::NotFound(format!(
         "no route for {} {}",
         request.method(),
@@ -330,7 +331,7 @@ async fn on_repository(
 }
 
 /// Reads a body up to the configured limit, refusing a larger one before reading it all.
-async fn read_body(
+pub(crate) async fn read_body(
     request: &HttpRequest,
     mut payload: web::Payload,
     limit: usize,
@@ -364,8 +365,10 @@ async fn execute(
 ) -> Result<JobOutput, ApiError> {
     let config = &state.config;
     let deadline = arrival + config.scoring_timeout;
-    let _permit = match tokio::time::timeout(config.max_queue_wait, state.admission.acquire()).await
-    {
+    let waiting = state.busy.waiting();
+    let admitted = tokio::time::timeout(config.max_queue_wait, state.admission.acquire()).await;
+    drop(waiting);
+    let _permit = match admitted {
         Ok(Ok(permit)) => permit,
         Ok(Err(_)) => {
             return Err(ScoringError::Overloaded("the server is shutting down".into()).into());
@@ -397,28 +400,47 @@ async fn execute(
 /// Counts a request holding a scoring slot: the server total (for busy-state reports) and a
 /// per-model gauge in `/metrics`.
 struct InFlight<'a> {
-    state: &'a AppState,
+    _busy: super::busy::BusyGuard<'a>,
     gauge: metrics::Gauge,
 }
 
 impl<'a> InFlight<'a> {
     fn enter(state: &'a AppState, model: &ServedModel) -> InFlight<'a> {
-        state
-            .in_flight
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         let gauge = metrics::gauge!("modelpod_inflight_requests", "model" => model.name.clone());
         gauge.increment(1.0);
-        InFlight { state, gauge }
+        InFlight {
+            _busy: state.busy.scoring(),
+            gauge,
+        }
     }
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.state
-            .in_flight
-            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
         self.gauge.decrement(1.0);
     }
+}
+
+#[derive(serde::Deserialize)]
+struct BusyPoll {
+    #[serde(default)]
+    after: u64,
+    #[serde(default)]
+    wait_ms: u64,
+}
+
+/// The longest a busy-state poll is held open.
+const MAX_BUSY_WAIT: Duration = Duration::from_secs(30);
+
+/// `GET /modelpod/busy?after=SEQ&wait_ms=MS`: the router's long poll (see [`super::busy`]).
+async fn busy(state: web::Data<AppState>, poll: web::Query<BusyPoll>) -> HttpResponse {
+    let wait = Duration::from_millis(poll.wait_ms).min(MAX_BUSY_WAIT);
+    state.busy.changed_after(poll.after, wait).await;
+    HttpResponse::Ok().json(
+        state
+            .busy
+            .report(state.config.max_concurrent_requests, state.ready()),
+    )
 }
 
 /// Records one finished inference request.

@@ -1,0 +1,193 @@
+//! The router's HTTP front end: Azure's scoring URI per service, forwarded to a replica.
+
+use super::Service;
+use crate::http_error::ApiError;
+use crate::serve::routes::{not_found, read_body};
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use modelpod_scoring::ScoringError;
+use super::replicas::NoReplica;
+use std::sync::Arc;
+use std::time::Instant;
+
+pub struct RouterState {
+    pub services: Vec<Arc<Service>>,
+    pub client: reqwest::Client,
+}
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/", web::get().to(health))
+        .route("/modelpod/services", web::get().to(services))
+        .route(
+            "/api/v1/service/{service}/score",
+            web::post().to(|r, p, s| forward(r, p, s, "/score".into())),
+        )
+        .route(
+            "/api/v1/service/{service}/swagger.json",
+            web::get().to(|r, p, s| forward(r, p, s, "/swagger.json".into())),
+        )
+        .route(
+            "/api/v1/service/{service}/v2{tail:.*}",
+            web::route().to(forward_v2),
+        )
+        .default_service(web::to(not_found));
+}
+
+async fn health() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; charset=utf-8")
+        .body("Healthy")
+}
+
+/// What the router knows of each service: the replicas asked of the scaler and each replica's
+/// last busy report.
+async fn services(state: web::Data<RouterState>) -> HttpResponse {
+    let services: Vec<serde_json::Value> = state
+        .services
+        .iter()
+        .map(|service| {
+            serde_json::json!({
+                "name": service.name,
+                "target_replicas": service.target_replicas.load(std::sync::atomic::Ordering::Acquire),
+                "ready_replicas": service.replicas.ready(),
+                "busy_replicas": service.replicas.busy_replicas(),
+                "autoscale": {
+                    "enabled": service.policy.enabled,
+                    "min_replicas": service.policy.min_replicas,
+                    "max_replicas": service.policy.max_replicas,
+                    "target_utilization": service.policy.target_utilization,
+                    "refresh_period_s": service.policy.refresh_period.as_secs_f64(),
+                    "scale_down_window_s": service.policy.scale_down_window.as_secs_f64(),
+                },
+                "replicas": service.replicas.snapshot(),
+            })
+        })
+        .collect();
+    HttpResponse::Ok().json(serde_json::json!({ "services": services }))
+}
+
+async fn forward_v2(
+    request: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<RouterState>,
+) -> Result<HttpResponse, ApiError> {
+    let tail = request.match_info().get("tail").unwrap_or("").to_string();
+    forward(request, payload, state, format!("/v2{tail}")).await
+}
+
+/// Azure's messages for a request no replica could take: 503 either way.
+fn no_replica(why: NoReplica, service: &str) -> ScoringError {
+    ScoringError::Overloaded(match why {
+        NoReplica::NoneReady => format!("No ready replicas for service {service}"),
+        NoReplica::AllBusy => format!("Too many requests for service {service} (overloaded)"),
+    })
+}
+
+/// Headers passed through in each direction; hop-by-hop ones never are.
+const FORWARDED_HEADERS: [&str; 5] = [
+    "content-type",
+    "accept",
+    "x-ms-request-id",
+    "x-request-id",
+    "inference-header-content-length",
+];
+
+/// Sends the request to the least-busy ready replica. One that refuses the connection (the
+/// request was never sent) is taken out and the next one tried; one that fails after the
+/// request was sent is a 502, and no answer within scoringTimeoutMs is a 504.
+async fn forward(
+    request: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<RouterState>,
+    replica_path: String,
+) -> Result<HttpResponse, ApiError> {
+    let name = request.match_info().get("service").unwrap_or_default();
+    let service = state
+        .services
+        .iter()
+        .find(|s| s.name == name)
+        .ok_or_else(|| ApiError::NotFound(format!("service '{name}' not found")))?
+        .clone();
+    let arrival = Instant::now();
+    let deadline = arrival + service.scoring_timeout;
+    let body = read_body(&request, payload, service.max_request_bytes).await?;
+    let method = reqwest::Method::from_bytes(request.method().as_str().as_bytes())
+        .map_err(|_| ScoringError::BadRequest("unsupported method".into()))?;
+    let query = request.query_string();
+    let mut attempts = 0;
+    loop {
+        let lease = service
+            .replicas
+            .lease(service.max_queue_wait)
+            .await
+            .map_err(|why| no_replica(why, &service.name))?;
+        let mut url = format!("{}{replica_path}", lease.replica.base_url);
+        if !query.is_empty() {
+            url.push('?');
+            url.push_str(query);
+        }
+        let mut outgoing = state
+            .client
+            .request(method.clone(), url)
+            .timeout(deadline.saturating_duration_since(Instant::now()))
+            .body(body.clone());
+        for name in FORWARDED_HEADERS {
+            if let Some(value) = request.headers().get(name) {
+                outgoing = outgoing.header(name, value.as_bytes());
+            }
+        }
+        let timed_out = || {
+            ApiError::from(ScoringError::DeadlineExceeded(format!(
+                "service {} did not answer within scoringTimeoutMs = {} ms",
+                service.name,
+                service.scoring_timeout.as_millis()
+            )))
+        };
+        let response = match outgoing.send().await {
+            Ok(response) => response,
+            Err(e) if e.is_connect() && attempts < service.replicas.len() => {
+                // Never sent: this replica is gone; another may take it.
+                attempts += 1;
+                tracing::warn!(replica = %lease.replica.base_url, error = %e, "replica refused; trying another");
+                service.replicas.unreachable(&lease.replica);
+                continue;
+            }
+            Err(e) if e.is_timeout() => return Err(timed_out()),
+            Err(e) => {
+                service.replicas.unreachable(&lease.replica);
+                return Err(ApiError::BadGateway(format!(
+                    "a replica of service {} failed while handling the request: {e}",
+                    service.name
+                )));
+            }
+        };
+        let status = StatusCode::from_u16(response.status().as_u16())
+            .unwrap_or(StatusCode::BAD_GATEWAY);
+        let headers: Vec<(String, Vec<u8>)> = FORWARDED_HEADERS
+            .iter()
+            .filter_map(|h| {
+                response
+                    .headers()
+                    .get(*h)
+                    .map(|v| (h.to_string(), v.as_bytes().to_vec()))
+            })
+            .collect();
+        let bytes = match response.bytes().await {
+            Ok(bytes) => bytes,
+            Err(e) if e.is_timeout() => return Err(timed_out()),
+            Err(e) => {
+                service.replicas.unreachable(&lease.replica);
+                return Err(ApiError::BadGateway(format!(
+                    "a replica of service {} failed while answering: {e}",
+                    service.name
+                )));
+            }
+        };
+        drop(lease);
+        let mut reply = HttpResponse::build(status);
+        for (name, value) in headers {
+            reply.insert_header((name, value));
+        }
+        return Ok(reply.body(bytes));
+    }
+}

@@ -1,0 +1,319 @@
+//! `modelpod route` as a user runs it: a router process with the local scaler, whose replicas
+//! are `modelpod serve` child processes, driven over HTTP.
+
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+struct RouterProcess {
+    child: Child,
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+impl RouterProcess {
+    /// Starts `modelpod route` for service `svc` over `repository` with this
+    /// deploymentconfig.json and waits until `ready` replicas are ready.
+    fn start(repository: &Path, deployment: Value, extra: &[&str], ready: usize) -> RouterProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("deploymentconfig.json");
+        std::fs::write(&config, deployment.to_string()).unwrap();
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_modelpod"))
+            .args(["route", "--service", "svc", "--host", "127.0.0.1"])
+            .args(["--port", &port.to_string()])
+            .arg("--model-repository")
+            .arg(repository)
+            .arg("--deployment-config")
+            .arg(&config)
+            .args(extra)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let router = RouterProcess {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            _dir: dir,
+        };
+        router.wait_until(Duration::from_secs(60), |s| {
+            s["ready_replicas"].as_u64() >= Some(ready as u64)
+        });
+        router
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn status(&self) -> Option<Value> {
+        let response = client().get(self.url("/modelpod/services")).send().ok()?;
+        let body: Value = response.json().ok()?;
+        Some(body["services"][0].clone())
+    }
+
+    fn wait_until(&self, limit: Duration, done: impl Fn(&Value) -> bool) -> Value {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.status()
+                && done(&status)
+            {
+                return status;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "router state not reached in {limit:?}: {:?}",
+                self.status()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for RouterProcess {
+    fn drop(&mut self) {
+        // SIGTERM: the router stops its replicas before exiting.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(20) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+    }
+}
+
+fn slow_repository() -> PathBuf {
+    workspace().join("tests/fixtures/slow-models")
+}
+
+/// A slow-model request through the router (binary v2 body): `rows` rows of work.
+fn slow_request(http: &reqwest::blocking::Client, router: &RouterProcess, rows: usize) -> u16 {
+    let bytes: Vec<u8> = vec![0.5f32; rows * 256]
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
+    let header = json!({"inputs": [{"name": "x", "shape": [rows, 256], "datatype": "FP32",
+        "parameters": {"binary_data_size": bytes.len()}}], "parameters": {"binary_data_output": true}})
+    .to_string();
+    let mut body = header.clone().into_bytes();
+    body.extend_from_slice(&bytes);
+    http.post(router.url("/api/v1/service/svc/v2/models/slow/infer"))
+        .header("Inference-Header-Content-Length", header.len())
+        .body(body)
+        .send()
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+/// `threads` clients sending slow requests back to back until `stop`; returns each status.
+fn load(
+    router: &Arc<RouterProcess>,
+    threads: usize,
+    rows: usize,
+    stop: &Arc<AtomicBool>,
+) -> Vec<std::thread::JoinHandle<Vec<u16>>> {
+    (0..threads)
+        .map(|_| {
+            let (router, stop) = (router.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let http = client();
+                let mut statuses = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    statuses.push(slow_request(&http, &router, rows));
+                }
+                statuses
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn replicas_scale_up_under_load_and_down_after_the_window_within_min_and_max() {
+    let router = Arc::new(RouterProcess::start(
+        &slow_repository(),
+        json!({
+            "maxConcurrentRequestsPerContainer": 1,
+            "maxQueueWaitMs": 10000,
+            "scoringTimeoutMs": 30000,
+            "autoScaler": {"autoscaleEnabled": true, "minReplicas": 1, "maxReplicas": 3,
+                           "refreshPeriodInSeconds": 1, "targetUtilization": 70}
+        }),
+        &["--scale-down-window-s", "3"],
+        1,
+    ));
+    assert_eq!(router.status().unwrap()["target_replicas"], 1);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let clients = load(&router, 4, 64, &stop);
+    // Four requests at a time on one slot each: ceil(4 / 0.7) = 6, capped at 3.
+    let mut first_scale_up = None;
+    let mut highest = 0;
+    while started.elapsed() < Duration::from_secs(5) {
+        let target = router.status().unwrap()["target_replicas"].as_u64().unwrap();
+        if target > 1 && first_scale_up.is_none() {
+            first_scale_up = Some(started.elapsed());
+        }
+        highest = highest.max(target);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let statuses: Vec<u16> = clients.into_iter().flat_map(|c| c.join().unwrap()).collect();
+    let stopped = Instant::now();
+    let first_scale_up = first_scale_up.expect("never scaled up");
+    assert!(
+        first_scale_up <= Duration::from_secs(2),
+        "scaled up after {first_scale_up:?}"
+    );
+    assert_eq!(highest, 3, "maxReplicas is 3");
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    // Idle now: the count holds for the window, then falls back to minReplicas.
+    let mut lowest = u64::MAX;
+    let mut back_to_min = None;
+    while stopped.elapsed() < Duration::from_secs(10) {
+        let target = router.status().unwrap()["target_replicas"].as_u64().unwrap();
+        lowest = lowest.min(target);
+        if target == 1 {
+            back_to_min = Some(stopped.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let back_to_min = back_to_min.expect("never scaled back down");
+    assert!(
+        back_to_min >= Duration::from_secs(2),
+        "scaled down after only {back_to_min:?} of a 3 s window"
+    );
+    assert!(lowest >= 1);
+}
+
+/// The pid of the `modelpod serve` listening on `port`, from /proc.
+fn serve_pid(port: u16) -> u32 {
+    let needle = format!("--port\0{port}\0");
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline"))
+            && String::from_utf8_lossy(&cmdline).contains(&needle)
+            && String::from_utf8_lossy(&cmdline).contains("serve")
+        {
+            return pid;
+        }
+    }
+    panic!("no modelpod serve on port {port}");
+}
+
+#[test]
+fn a_replica_killed_under_load_costs_only_its_in_flight_requests_and_comes_back() {
+    const CAPACITY: usize = 2;
+    let router = Arc::new(RouterProcess::start(
+        &slow_repository(),
+        json!({
+            "numReplicas": 2,
+            "maxConcurrentRequestsPerContainer": CAPACITY,
+            "maxQueueWaitMs": 10000,
+            "scoringTimeoutMs": 30000,
+        }),
+        &[],
+        2,
+    ));
+    let status = router.status().unwrap();
+    assert_eq!(status["autoscale"]["enabled"], false);
+    let victim_url = status["replicas"][0]["url"].as_str().unwrap().to_string();
+    let victim_port: u16 = victim_url.rsplit(':').next().unwrap().parse().unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = load(&router, 4, 64, &stop);
+    std::thread::sleep(Duration::from_millis(1500));
+    let pid = serve_pid(victim_port);
+    assert!(
+        Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    stop.store(true, Ordering::Relaxed);
+    let statuses: Vec<u16> = clients.into_iter().flat_map(|c| c.join().unwrap()).collect();
+    let failed: Vec<u16> = statuses.iter().copied().filter(|&s| s != 200).collect();
+    let ok = statuses.len() - failed.len();
+    assert!(ok > 20, "only {ok} requests succeeded");
+    // At most the victim's slots were in flight when it died; those get 502.
+    assert!(
+        failed.len() <= CAPACITY && failed.iter().all(|&s| s == 502),
+        "{failed:?} of {} requests",
+        statuses.len()
+    );
+    // The local scaler restarts it, and the router takes it back.
+    router.wait_until(Duration::from_secs(30), |s| s["ready_replicas"] == 2);
+}
+
+#[test]
+fn routing_errors_are_json_with_azures_messages() {
+    // A repository whose only model is broken: the replica starts but is never ready.
+    let repository = tempfile::tempdir().unwrap();
+    let broken = workspace().join("tests/fixtures/models/broken/1");
+    std::fs::create_dir_all(repository.path().join("broken/1")).unwrap();
+    for entry in std::fs::read_dir(&broken).unwrap().flatten() {
+        std::fs::copy(
+            entry.path(),
+            repository.path().join("broken/1").join(entry.file_name()),
+        )
+        .unwrap();
+    }
+    let router = RouterProcess::start(
+        repository.path(),
+        json!({"maxQueueWaitMs": 200, "autoScaler": {"minReplicas": 1, "maxReplicas": 1}}),
+        &[],
+        0,
+    );
+    router.wait_until(Duration::from_secs(30), |s| {
+        s["replicas"][0]["report"].is_object()
+    });
+    let http = client();
+    let response = http
+        .post(router.url("/api/v1/service/svc/score"))
+        .json(&json!({"data": [[1.0]]}))
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    let body: Value = response.json().unwrap();
+    assert_eq!(body["error"], "No ready replicas for service svc");
+
+    let response = http
+        .post(router.url("/api/v1/service/nope/score"))
+        .json(&json!({"data": [[1.0]]}))
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    let body: Value = response.json().unwrap();
+    assert!(body["error"].as_str().unwrap().contains("nope"));
+}

@@ -13,7 +13,9 @@ use std::fmt;
 pub enum ApiError {
     Scoring(ScoringError),
     Unauthorized,
-    PayloadTooLarge { limit: usize },
+    PayloadTooLarge {
+        limit: usize,
+    },
     NotFound(String),
     /// The router's replica failed the request after it was sent (it died, or answered
     /// nonsense): 502.

@@ -62,7 +62,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Route(args) => {
             telemetry::init(Default::default());
             actix_web::rt::System::new().block_on(async move {
-                let router = modelpod::route::Router::start(args)?;
+                let config = modelpod::route::RouterConfig::resolve(args)?;
+                let router = modelpod::route::Router::start(config)?;
                 router.run().await?;
                 anyhow::Ok(())
             })

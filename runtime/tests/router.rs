@@ -40,16 +40,25 @@ impl RouterProcess {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("deploymentconfig.json");
         std::fs::write(&config, deployment.to_string()).unwrap();
+        let mut args: Vec<String> = ["--service", "svc", "--model-repository"]
+            .map(String::from)
+            .to_vec();
+        args.push(repository.display().to_string());
+        args.push("--deployment-config".into());
+        args.push(config.display().to_string());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::spawn(dir, &args, ready)
+    }
+
+    /// Starts `modelpod route ARGS` (plus host and port) with its log in `dir`.
+    fn spawn(dir: tempfile::TempDir, args: &[String], ready: usize) -> RouterProcess {
         let port = free_port();
+        let log = std::fs::File::create(dir.path().join("router.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_modelpod"))
-            .args(["route", "--service", "svc", "--host", "127.0.0.1"])
-            .args(["--port", &port.to_string()])
-            .arg("--model-repository")
-            .arg(repository)
-            .arg("--deployment-config")
-            .arg(&config)
-            .args(extra)
+            .args(["route", "--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(args)
             .stdout(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap();
         let router = RouterProcess {
@@ -73,6 +82,10 @@ impl RouterProcess {
         Some(body["services"][0].clone())
     }
 
+    fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("router.log")).unwrap_or_default()
+    }
+
     fn wait_until(&self, limit: Duration, done: impl Fn(&Value) -> bool) -> Value {
         let started = Instant::now();
         loop {
@@ -83,8 +96,9 @@ impl RouterProcess {
             }
             assert!(
                 started.elapsed() < limit,
-                "router state not reached in {limit:?}: {:?}",
-                self.status()
+                "router state not reached in {limit:?}: {:?}\nlog:\n{}",
+                self.status(),
+                self.log()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -176,7 +190,9 @@ fn replicas_scale_up_under_load_and_down_after_the_window_within_min_and_max() {
     let mut first_scale_up = None;
     let mut highest = 0;
     while started.elapsed() < Duration::from_secs(5) {
-        let target = router.status().unwrap()["target_replicas"].as_u64().unwrap();
+        let target = router.status().unwrap()["target_replicas"]
+            .as_u64()
+            .unwrap();
         if target > 1 && first_scale_up.is_none() {
             first_scale_up = Some(started.elapsed());
         }
@@ -184,7 +200,10 @@ fn replicas_scale_up_under_load_and_down_after_the_window_within_min_and_max() {
         std::thread::sleep(Duration::from_millis(50));
     }
     stop.store(true, Ordering::Relaxed);
-    let statuses: Vec<u16> = clients.into_iter().flat_map(|c| c.join().unwrap()).collect();
+    let statuses: Vec<u16> = clients
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect();
     let stopped = Instant::now();
     let first_scale_up = first_scale_up.expect("never scaled up");
     assert!(
@@ -197,7 +216,9 @@ fn replicas_scale_up_under_load_and_down_after_the_window_within_min_and_max() {
     let mut lowest = u64::MAX;
     let mut back_to_min = None;
     while stopped.elapsed() < Duration::from_secs(10) {
-        let target = router.status().unwrap()["target_replicas"].as_u64().unwrap();
+        let target = router.status().unwrap()["target_replicas"]
+            .as_u64()
+            .unwrap();
         lowest = lowest.min(target);
         if target == 1 {
             back_to_min = Some(stopped.elapsed());
@@ -262,7 +283,10 @@ fn a_replica_killed_under_load_costs_only_its_in_flight_requests_and_comes_back(
     );
     std::thread::sleep(Duration::from_millis(1500));
     stop.store(true, Ordering::Relaxed);
-    let statuses: Vec<u16> = clients.into_iter().flat_map(|c| c.join().unwrap()).collect();
+    let statuses: Vec<u16> = clients
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect();
     let failed: Vec<u16> = statuses.iter().copied().filter(|&s| s != 200).collect();
     let ok = statuses.len() - failed.len();
     assert!(ok > 20, "only {ok} requests succeeded");
@@ -316,4 +340,84 @@ fn routing_errors_are_json_with_azures_messages() {
     assert_eq!(response.status(), 404);
     let body: Value = response.json().unwrap();
     assert!(body["error"].as_str().unwrap().contains("nope"));
+}
+
+#[test]
+fn one_router_fronts_several_services_each_at_its_own_uri() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = workspace().join("tests/fixtures/models");
+    let config = dir.path().join("router.toml");
+    std::fs::write(
+        &config,
+        format!(
+            // The fixtures include a broken model: ready means "start-up loading done" there.
+            "[[service]]\nname = \"fixtures\"\nmodel_repository = {:?}\n\
+             serve_args = [\"--strict-readiness\", \"false\"]\n\n\
+             [[service]]\nname = \"slow\"\nmodel_repository = {:?}\n",
+            models.display().to_string(),
+            slow_repository().display().to_string()
+        ),
+    )
+    .unwrap();
+    let args = vec!["--config".to_string(), config.display().to_string()];
+    let router = RouterProcess::spawn(dir, &args, 0);
+    let http = client();
+    let started = Instant::now();
+    let all_ready = || {
+        let body: Value = http
+            .get(router.url("/modelpod/services"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        body["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["ready_replicas"] == 1)
+    };
+    while !all_ready() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{}",
+            router.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let response = http
+        .post(router.url("/api/v1/service/fixtures/v2/models/mlp/infer"))
+        .json(
+            &json!({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32",
+            "data": [1.0, 2.0, 3.0, 4.0]}]}),
+        )
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().unwrap();
+    assert_eq!(body["model_name"], "mlp");
+    // The slow service has its own replica: the same model name is not found there.
+    let response = http
+        .post(router.url("/api/v1/service/slow/v2/models/mlp/infer"))
+        .json(&json!({"inputs": []}))
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    let swagger: Value = http
+        .get(router.url("/api/v1/service/fixtures/swagger.json"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(swagger["swagger"], "2.0");
+    let metrics = http
+        .get(router.url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        metrics.contains("modelpod_router_requests_total{service=\"fixtures\",code=\"200\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("modelpod_router_ready_replicas{service=\"slow\"} 1"));
 }

@@ -55,7 +55,9 @@ impl AutoscalePolicy {
         let scaler = config.auto_scaler.clone().unwrap_or_default();
         let defaults = AutoscalePolicy::default();
         let enabled = !dev_test_cluster
-            && scaler.autoscale_enabled.unwrap_or(config.num_replicas.is_none());
+            && scaler
+                .autoscale_enabled
+                .unwrap_or(config.num_replicas.is_none());
         let policy = AutoscalePolicy {
             enabled,
             min_replicas: scaler.min_replicas.unwrap_or(defaults.min_replicas),
@@ -245,7 +247,10 @@ mod tests {
         busy.extend([0.0; 100]);
         let replicas = simulate(&policy, &busy, 1);
         assert_eq!(replicas[0], 4);
-        assert!(replicas.iter().all(|&r| (2..=4).contains(&r)), "{replicas:?}");
+        assert!(
+            replicas.iter().all(|&r| (2..=4).contains(&r)),
+            "{replicas:?}"
+        );
         assert_eq!(*replicas.last().unwrap(), 2);
         // Started outside the range, it is brought inside at the first decision.
         assert_eq!(decide(&policy, &[], 9), 4);
@@ -276,10 +281,15 @@ mod tests {
         assert_eq!((on.min_replicas, on.max_replicas), (2, 6));
         assert_eq!(on.target_utilization, 0.5);
         assert_eq!(on.refresh_period, Duration::from_secs(2));
-        assert!(!AutoscalePolicy::from_deployment(&config, true).unwrap().enabled);
+        assert!(
+            !AutoscalePolicy::from_deployment(&config, true)
+                .unwrap()
+                .enabled
+        );
 
         // Azure's defaults when the file says nothing.
-        let default = AutoscalePolicy::from_deployment(&DeploymentConfig::default(), false).unwrap();
+        let default =
+            AutoscalePolicy::from_deployment(&DeploymentConfig::default(), false).unwrap();
         assert_eq!(default, AutoscalePolicy::default());
     }
 

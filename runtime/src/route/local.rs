@@ -104,7 +104,10 @@ impl LocalScaler {
                 .await
                 .is_err()
             {
-                tracing::warn!(port = replica.port, "replica did not stop in time; killing it");
+                tracing::warn!(
+                    port = replica.port,
+                    "replica did not stop in time; killing it"
+                );
                 let _ = replica.child.kill().await;
             }
             tracing::info!(port = replica.port, "replica stopped");
@@ -145,8 +148,7 @@ impl Scaler for LocalScaler {
                     running.push(replica);
                 }
                 // The newest go first.
-                let stopped: Vec<LocalReplica> =
-                    running.drain(replicas as usize..).collect();
+                let stopped: Vec<LocalReplica> = running.drain(replicas as usize..).collect();
                 self.publish(&running);
                 stopped
             };

@@ -90,7 +90,11 @@ impl Service {
 
 /// Keeps the replica set equal to what the scaler reports and polls each replica's busy state
 /// until it is removed.
-pub async fn track_endpoints(service: Arc<Service>, client: reqwest::Client, scaler: Arc<dyn Scaler>) {
+pub async fn track_endpoints(
+    service: Arc<Service>,
+    client: reqwest::Client,
+    scaler: Arc<dyn Scaler>,
+) {
     let mut endpoints = scaler.endpoints();
     loop {
         let wanted = endpoints.borrow_and_update().clone();
@@ -173,7 +177,8 @@ async fn poll_busy(
 pub async fn autoscale(service: Arc<Service>, scaler: Arc<dyn Scaler>) {
     let started = Instant::now();
     let mut samples: Vec<Sample> = Vec::new();
-    let mut ticker = tokio::time::interval(service.policy.refresh_period.min(Duration::from_secs(1)));
+    let mut ticker =
+        tokio::time::interval(service.policy.refresh_period.min(Duration::from_secs(1)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
@@ -194,11 +199,7 @@ pub async fn autoscale(service: Arc<Service>, scaler: Arc<dyn Scaler>) {
                 "scaling"
             );
             match scaler.scale(target).await {
-                Ok(()) => {
-                    service.target_replicas.store(target, Ordering::Release);
-                    metrics::gauge!("modelpod_router_target_replicas", "service" => service.name.clone())
-                        .set(target as f64);
-                }
+                Ok(()) => service.target_replicas.store(target, Ordering::Release),
                 Err(e) => tracing::error!(service = %service.name, %e, "scaling failed"),
             }
         }
@@ -208,25 +209,34 @@ pub async fn autoscale(service: Arc<Service>, scaler: Arc<dyn Scaler>) {
 /// `modelpod route`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RouteArgs {
+    /// Router configuration (TOML) with one `[[service]]` table per service; instead of the
+    /// single-service flags below.
+    #[arg(long, env = "MODELPOD_ROUTER_CONFIG", conflicts_with_all = ["model_repository", "deployment_config"])]
+    pub config: Option<PathBuf>,
     /// The service's name, as in its scoring URI /api/v1/service/{name}/score.
     #[arg(long, env = "MODELPOD_SERVICE", default_value = "default")]
     pub service: String,
     /// The service's model repository (passed to each replica).
-    #[arg(long, env = "MODELPOD_MODEL_REPOSITORY")]
-    pub model_repository: PathBuf,
+    #[arg(
+        long,
+        env = "MODELPOD_MODEL_REPOSITORY",
+        required_unless_present = "config"
+    )]
+    pub model_repository: Option<PathBuf>,
     /// Azure deploymentconfig.json: autoScaler, numReplicas, maxConcurrentRequestsPerContainer,
     /// maxQueueWaitMs, scoringTimeoutMs.
     #[arg(long, env = "MODELPOD_DEPLOYMENT_CONFIG")]
     pub deployment_config: Option<PathBuf>,
-    #[arg(long, env = "MODELPOD_HOST", default_value = "0.0.0.0")]
-    pub host: String,
-    /// Port the router listens on; 0 picks a free one.
-    #[arg(long, env = "MODELPOD_ROUTER_PORT", default_value_t = 8080)]
-    pub port: u16,
-    /// How long utilization must stay low before replicas are removed, in seconds.
-    #[arg(long, default_value_t = 60)]
-    pub scale_down_window_s: u64,
-    /// A dev/test cluster: the autoscaler is off and numReplicas (default 1) replicas run.
+    #[arg(long, env = "MODELPOD_HOST")]
+    pub host: Option<String>,
+    /// Port the router listens on; 0 picks a free one [default: 8080].
+    #[arg(long, env = "MODELPOD_ROUTER_PORT")]
+    pub port: Option<u16>,
+    /// How long utilization must stay low before replicas are removed, in seconds
+    /// [default: 60].
+    #[arg(long)]
+    pub scale_down_window_s: Option<u64>,
+    /// A dev/test cluster: autoscaling is off and numReplicas (default 1) replicas run.
     #[arg(long)]
     pub dev_test: bool,
     /// More arguments for each replica's `modelpod serve` (repeat the flag).
@@ -234,78 +244,170 @@ pub struct RouteArgs {
     pub serve_args: Vec<String>,
 }
 
-/// A running router: its address, its service, and how to stop it.
+/// One service the router fronts.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    pub name: String,
+    pub model_repository: PathBuf,
+    pub deployment_config: Option<PathBuf>,
+    #[serde(default)]
+    pub serve_args: Vec<String>,
+}
+
+/// The router's configuration file.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterConfig {
+    #[serde(default = "default_host")]
+    pub host: String,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    #[serde(default = "default_window")]
+    pub scale_down_window_s: u64,
+    #[serde(default)]
+    pub dev_test: bool,
+    #[serde(rename = "service")]
+    pub services: Vec<ServiceSpec>,
+}
+
+fn default_host() -> String {
+    "0.0.0.0".into()
+}
+
+fn default_port() -> u16 {
+    8080
+}
+
+fn default_window() -> u64 {
+    autoscale::DEFAULT_SCALE_DOWN_WINDOW.as_secs()
+}
+
+impl RouterConfig {
+    /// From the file, or from the single-service flags; flags override the file's settings.
+    pub fn resolve(args: RouteArgs) -> anyhow::Result<RouterConfig> {
+        let mut config = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+                toml::from_str::<RouterConfig>(&text)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+            }
+            None => RouterConfig {
+                host: default_host(),
+                port: default_port(),
+                scale_down_window_s: default_window(),
+                dev_test: false,
+                services: vec![ServiceSpec {
+                    name: args.service.clone(),
+                    model_repository: args.model_repository.clone().unwrap_or_default(),
+                    deployment_config: args.deployment_config.clone(),
+                    serve_args: args.serve_args.clone(),
+                }],
+            },
+        };
+        if let Some(host) = args.host {
+            config.host = host;
+        }
+        if let Some(port) = args.port {
+            config.port = port;
+        }
+        if let Some(window) = args.scale_down_window_s {
+            config.scale_down_window_s = window;
+        }
+        config.dev_test |= args.dev_test;
+        if config.services.is_empty() {
+            anyhow::bail!("the router configuration names no [[service]]");
+        }
+        let mut names: Vec<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
+        names.sort_unstable();
+        if let Some(pair) = names.windows(2).find(|w| w[0] == w[1]) {
+            anyhow::bail!("service '{}' is defined twice", pair[0]);
+        }
+        if let Some(bad) = config
+            .services
+            .iter()
+            .find(|s| s.name.is_empty() || s.name.contains(['/', '?', '#']))
+        {
+            anyhow::bail!("service name '{}' cannot appear in a URL path", bad.name);
+        }
+        Ok(config)
+    }
+}
+
+/// A running router: its address, its services, and how to stop it.
 pub struct Router {
     pub address: SocketAddr,
-    pub service: Arc<Service>,
-    scaler: Arc<dyn Scaler>,
+    pub services: Vec<Arc<Service>>,
+    scalers: Vec<Arc<dyn Scaler>>,
     server: actix_web::dev::Server,
 }
 
 impl Router {
-    /// Starts the scaler, the autoscaler and the HTTP front end. Must run inside an actix
-    /// system (which runs on tokio).
-    pub fn start(args: RouteArgs) -> anyhow::Result<Router> {
-        let config = match &args.deployment_config {
-            Some(path) => DeploymentConfig::read(path)?,
-            None => DeploymentConfig::default(),
-        };
-        let service = Arc::new(
-            Service::from_deployment(
-                args.service.clone(),
-                &config,
-                args.dev_test,
-                Some(Duration::from_secs(args.scale_down_window_s)),
-            )
-            .map_err(anyhow::Error::msg)?,
-        );
-        let mut serve_args = vec![
-            "--model-repository".to_string(),
-            args.model_repository.display().to_string(),
-        ];
-        if let Some(path) = &args.deployment_config {
-            serve_args.extend(["--deployment-config".into(), path.display().to_string()]);
-        }
-        serve_args.extend(args.serve_args.iter().cloned());
-        let scaler: Arc<dyn Scaler> = local::LocalScaler::new(local::LocalReplicaSpec {
-            program: std::env::current_exe()?,
-            serve_args,
-            stop_grace: service.scoring_timeout.min(Duration::from_secs(30)),
-        });
+    /// Starts each service's scaler and autoscaler and the HTTP front end. Must run inside an
+    /// actix system (which runs on tokio).
+    pub fn start(config: RouterConfig) -> anyhow::Result<Router> {
+        // Before anything records: metric handles taken earlier would count nowhere.
+        crate::metrics::install();
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(256)
             .tcp_nodelay(true)
             .build()?;
-        tokio::spawn(track_endpoints(service.clone(), client.clone(), scaler.clone()));
-        let initial = service.initial_replicas();
-        service.target_replicas.store(initial, Ordering::Release);
-        {
-            let scaler = scaler.clone();
-            let service = service.clone();
-            tokio::spawn(async move {
-                if let Err(e) = scaler.scale(initial).await {
-                    tracing::error!(service = %service.name, %e, "starting replicas failed");
-                }
-                autoscale(service, scaler).await;
+        let window = Duration::from_secs(config.scale_down_window_s);
+        let mut services = Vec::new();
+        let mut scalers: Vec<Arc<dyn Scaler>> = Vec::new();
+        for spec in &config.services {
+            let deployment = match &spec.deployment_config {
+                Some(path) => DeploymentConfig::read(path)?,
+                None => DeploymentConfig::default(),
+            };
+            let service = Arc::new(
+                Service::from_deployment(
+                    spec.name.clone(),
+                    &deployment,
+                    config.dev_test,
+                    Some(window),
+                )
+                .map_err(|e| anyhow::anyhow!("service {}: {e}", spec.name))?,
+            );
+            let mut serve_args = vec![
+                "--model-repository".to_string(),
+                spec.model_repository.display().to_string(),
+            ];
+            if let Some(path) = &spec.deployment_config {
+                serve_args.extend(["--deployment-config".into(), path.display().to_string()]);
+            }
+            serve_args.extend(spec.serve_args.iter().cloned());
+            let scaler: Arc<dyn Scaler> = local::LocalScaler::new(local::LocalReplicaSpec {
+                program: std::env::current_exe()?,
+                serve_args,
+                stop_grace: service.scoring_timeout.min(Duration::from_secs(30)),
             });
+            run_service(service.clone(), scaler.clone(), client.clone());
+            services.push(service);
+            scalers.push(scaler);
         }
         let state = actix_web::web::Data::new(proxy::RouterState {
-            services: vec![service.clone()],
+            services: services.clone(),
             client,
+            metrics: crate::metrics::install(),
         });
         let server = actix_web::HttpServer::new(move || {
             actix_web::App::new()
                 .app_data(state.clone())
                 .configure(proxy::configure)
         })
-        .bind((args.host.as_str(), args.port))?;
+        .bind((config.host.as_str(), config.port))?;
         let address = *server.addrs().first().expect("bound");
         let server = server.shutdown_timeout(30).run();
-        tracing::info!(service = %service.name, "router listening on http://{address}");
+        tracing::info!(
+            services = %services.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(","),
+            "router listening on http://{address}"
+        );
         Ok(Router {
             address,
-            service,
-            scaler,
+            services,
+            scalers,
             server,
         })
     }
@@ -317,7 +419,87 @@ impl Router {
     /// Serves until stopped (SIGTERM, SIGINT or the handle), then stops the replicas.
     pub async fn run(self) -> std::io::Result<()> {
         let result = self.server.await;
-        self.scaler.shutdown().await;
+        futures_util::future::join_all(self.scalers.iter().map(|s| s.shutdown())).await;
         result
+    }
+}
+
+/// Starts a service's replicas, follows them, and autoscales them.
+pub fn run_service(service: Arc<Service>, scaler: Arc<dyn Scaler>, client: reqwest::Client) {
+    tokio::spawn(track_endpoints(service.clone(), client, scaler.clone()));
+    let initial = service.initial_replicas();
+    service.target_replicas.store(initial, Ordering::Release);
+    tokio::spawn(async move {
+        if let Err(e) = scaler.scale(initial).await {
+            tracing::error!(service = %service.name, %e, "starting replicas failed");
+        }
+        autoscale(service, scaler).await;
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        route: RouteArgs,
+    }
+
+    fn resolve(args: &[&str]) -> anyhow::Result<RouterConfig> {
+        let cli = Cli::try_parse_from(std::iter::once("route").chain(args.iter().copied()))?;
+        RouterConfig::resolve(cli.route)
+    }
+
+    #[test]
+    fn one_service_from_flags_or_several_from_a_file() {
+        let config = resolve(&["--model-repository", "models", "--service", "iris"]).unwrap();
+        assert_eq!(config.services.len(), 1);
+        assert_eq!(config.services[0].name, "iris");
+        assert_eq!((config.port, config.scale_down_window_s), (8080, 60));
+
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(
+            file.path(),
+            "port = 9000\n[[service]]\nname = \"a\"\nmodel_repository = \"m\"\n\
+             [[service]]\nname = \"b\"\nmodel_repository = \"n\"\nserve_args = [\"--backend\", \"tract\"]\n",
+        )
+        .unwrap();
+        let path = file.path().to_str().unwrap();
+        let config = resolve(&["--config", path, "--port", "0"]).unwrap();
+        assert_eq!(config.port, 0, "flags override the file");
+        assert_eq!(config.services[1].serve_args, ["--backend", "tract"]);
+        // --config and the single-service flags exclude each other.
+        assert!(resolve(&["--config", path, "--model-repository", "m"]).is_err());
+        assert!(
+            resolve(&[]).is_err(),
+            "a model repository or a file is required"
+        );
+    }
+
+    #[test]
+    fn bad_files_say_what_is_wrong() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let path = file.path().to_str().unwrap().to_string();
+        let check = |text: &str, expected: &str| {
+            std::fs::write(&path, text).unwrap();
+            let error = resolve(&["--config", &path]).unwrap_err().to_string();
+            assert!(error.contains(expected), "{error}");
+        };
+        check(
+            "[[service]]\nname = \"a\"\nmodel_repository = \"m\"\n[[service]]\nname = \"a\"\nmodel_repository = \"n\"\n",
+            "defined twice",
+        );
+        check(
+            "[[service]]\nname = \"a/b\"\nmodel_repository = \"m\"\n",
+            "URL path",
+        );
+        check(
+            "[[service]]\nname = \"a\"\nmodel_repo = \"m\"\n",
+            "unknown field",
+        );
+        check("service = []\n", "no [[service]]");
     }
 }

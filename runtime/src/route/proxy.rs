@@ -1,23 +1,25 @@
 //! The router's HTTP front end: Azure's scoring URI per service, forwarded to a replica.
 
 use super::Service;
+use super::replicas::NoReplica;
 use crate::http_error::ApiError;
 use crate::serve::routes::{not_found, read_body};
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use modelpod_scoring::ScoringError;
-use super::replicas::NoReplica;
 use std::sync::Arc;
 use std::time::Instant;
 
 pub struct RouterState {
     pub services: Vec<Arc<Service>>,
     pub client: reqwest::Client,
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/", web::get().to(health))
         .route("/modelpod/services", web::get().to(services))
+        .route("/metrics", web::get().to(render_metrics))
         .route(
             "/api/v1/service/{service}/score",
             web::post().to(|r, p, s| forward(r, p, s, "/score".into())),
@@ -66,6 +68,26 @@ async fn services(state: web::Data<RouterState>) -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "services": services }))
 }
 
+/// Prometheus text: per service, requests by status code and latency through the router, and
+/// replicas asked for, ready and busy.
+async fn render_metrics(state: web::Data<RouterState>) -> HttpResponse {
+    for service in &state.services {
+        let name = service.name.clone();
+        metrics::gauge!("modelpod_router_target_replicas", "service" => name.clone()).set(
+            service
+                .target_replicas
+                .load(std::sync::atomic::Ordering::Acquire) as f64,
+        );
+        metrics::gauge!("modelpod_router_ready_replicas", "service" => name.clone())
+            .set(service.replicas.ready() as f64);
+        metrics::gauge!("modelpod_router_busy_replicas", "service" => name)
+            .set(service.replicas.busy_replicas());
+    }
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.metrics.render())
+}
+
 async fn forward_v2(
     request: HttpRequest,
     payload: web::Payload,
@@ -101,16 +123,42 @@ async fn forward(
     state: web::Data<RouterState>,
     replica_path: String,
 ) -> Result<HttpResponse, ApiError> {
-    let name = request.match_info().get("service").unwrap_or_default();
+    let arrival = Instant::now();
+    let name = request
+        .match_info()
+        .get("service")
+        .unwrap_or_default()
+        .to_string();
+    let outcome = send(&request, payload, &state, &name, &replica_path, arrival).await;
+    let code = match &outcome {
+        Ok(response) => response.status().as_u16(),
+        Err(e) => actix_web::ResponseError::status_code(e).as_u16(),
+    };
+    if state.services.iter().any(|s| s.name == name) {
+        metrics::counter!("modelpod_router_requests_total", "service" => name.clone(), "code" => code.to_string())
+            .increment(1);
+        metrics::histogram!("modelpod_router_request_duration_seconds", "service" => name)
+            .record(arrival.elapsed().as_secs_f64());
+    }
+    outcome
+}
+
+async fn send(
+    request: &HttpRequest,
+    payload: web::Payload,
+    state: &RouterState,
+    name: &str,
+    replica_path: &str,
+    arrival: Instant,
+) -> Result<HttpResponse, ApiError> {
     let service = state
         .services
         .iter()
         .find(|s| s.name == name)
         .ok_or_else(|| ApiError::NotFound(format!("service '{name}' not found")))?
         .clone();
-    let arrival = Instant::now();
     let deadline = arrival + service.scoring_timeout;
-    let body = read_body(&request, payload, service.max_request_bytes).await?;
+    let body = read_body(request, payload, service.max_request_bytes).await?;
     let method = reqwest::Method::from_bytes(request.method().as_str().as_bytes())
         .map_err(|_| ScoringError::BadRequest("unsupported method".into()))?;
     let query = request.query_string();
@@ -161,8 +209,8 @@ async fn forward(
                 )));
             }
         };
-        let status = StatusCode::from_u16(response.status().as_u16())
-            .unwrap_or(StatusCode::BAD_GATEWAY);
+        let status =
+            StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
         let headers: Vec<(String, Vec<u8>)> = FORWARDED_HEADERS
             .iter()
             .filter_map(|h| {

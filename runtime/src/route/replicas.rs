@@ -235,7 +235,10 @@ impl ReplicaSet {
             match self.try_lease() {
                 Ok(lease) => break Ok(lease),
                 Err(why) => {
-                    if tokio::time::timeout_at(deadline.into(), freed).await.is_err() {
+                    if tokio::time::timeout_at(deadline.into(), freed)
+                        .await
+                        .is_err()
+                    {
                         break Err(why);
                     }
                 }
@@ -276,7 +279,10 @@ mod tests {
         assert_eq!(second.replica.base_url, "http://b");
         // Unreachable replicas are skipped.
         set.unreachable(&b);
-        assert_eq!(set.lease(Duration::ZERO).await.unwrap().replica.base_url, "http://a");
+        assert_eq!(
+            set.lease(Duration::ZERO).await.unwrap().replica.base_url,
+            "http://a"
+        );
     }
 
     #[tokio::test]
@@ -292,10 +298,18 @@ mod tests {
         // At capacity: a second request waits, and counts as busy work meanwhile.
         let waiter = {
             let set = set.clone();
-            tokio::spawn(async move { set.lease(Duration::from_secs(5)).await.map(|l| l.replica.id) })
+            tokio::spawn(async move {
+                set.lease(Duration::from_secs(5))
+                    .await
+                    .map(|l| l.replica.id)
+            })
         };
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!((set.busy_replicas() - 2.0).abs() < 1e-9, "{}", set.busy_replicas());
+        assert!(
+            (set.busy_replicas() - 2.0).abs() < 1e-9,
+            "{}",
+            set.busy_replicas()
+        );
         drop(held);
         assert_eq!(waiter.await.unwrap(), Ok(a.id));
         // Nobody frees the slot: the wait ends with AllBusy.

@@ -20,6 +20,9 @@ enum Command {
     /// Front a service's replicas: route each request to the least-busy one and scale them
     /// towards the target utilization.
     Route(modelpod::route::RouteArgs),
+    /// Print a service's Kubernetes objects (Deployment, Service, the router's ServiceAccount
+    /// and Role) from its deploymentconfig.json, as JSON for `kubectl apply -f -`.
+    Manifests(modelpod::route::manifests::ManifestArgs),
     /// Measure a serving endpoint: throughput and latency percentiles under load.
     Bench(BenchArgs),
     /// Show this node's VM size, what it promises, what the device probes find and the engine
@@ -63,10 +66,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             telemetry::init(Default::default());
             actix_web::rt::System::new().block_on(async move {
                 let config = modelpod::route::RouterConfig::resolve(args)?;
-                let router = modelpod::route::Router::start(config)?;
+                let router = modelpod::route::Router::start(config).await?;
                 router.run().await?;
                 anyhow::Ok(())
             })
+        }
+        Command::Manifests(args) => {
+            let list = modelpod::route::manifests::render(&args)?;
+            println!("{}", serde_json::to_string_pretty(&list)?);
+            Ok(())
         }
         Command::Bench(args) => {
             let runtime = tokio::runtime::Builder::new_multi_thread()

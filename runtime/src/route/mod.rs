@@ -5,7 +5,9 @@
 //! [`Scaler`].
 
 pub mod autoscale;
+pub mod kube;
 pub mod local;
+pub mod manifests;
 mod proxy;
 pub mod replicas;
 
@@ -220,7 +222,7 @@ pub struct RouteArgs {
     #[arg(
         long,
         env = "MODELPOD_MODEL_REPOSITORY",
-        required_unless_present = "config"
+        required_unless_present_any = ["config", "kube_deployment"]
     )]
     pub model_repository: Option<PathBuf>,
     /// Azure deploymentconfig.json: autoScaler, numReplicas, maxConcurrentRequestsPerContainer,
@@ -242,6 +244,16 @@ pub struct RouteArgs {
     /// More arguments for each replica's `modelpod serve` (repeat the flag).
     #[arg(long = "serve-arg", allow_hyphen_values = true)]
     pub serve_args: Vec<String>,
+    /// Scale a Kubernetes Deployment of this name (and route to the ready addresses of the
+    /// Service of the same name) instead of starting local replicas.
+    #[arg(long, env = "MODELPOD_KUBE_DEPLOYMENT")]
+    pub kube_deployment: Option<String>,
+    /// The Deployment's namespace.
+    #[arg(long, env = "MODELPOD_KUBE_NAMESPACE", default_value = "default")]
+    pub kube_namespace: String,
+    /// The scoring port of the Deployment's pods.
+    #[arg(long, default_value_t = crate::config::DEFAULT_PORT)]
+    pub kube_port: u16,
 }
 
 /// One service the router fronts.
@@ -249,10 +261,14 @@ pub struct RouteArgs {
 #[serde(deny_unknown_fields)]
 pub struct ServiceSpec {
     pub name: String,
-    pub model_repository: PathBuf,
+    /// The model repository of local replicas (Kubernetes pods bring their own).
+    pub model_repository: Option<PathBuf>,
     pub deployment_config: Option<PathBuf>,
+    /// Arguments for each local replica's `modelpod serve`.
     #[serde(default)]
     pub serve_args: Vec<String>,
+    /// Replicas are this Deployment's pods instead of local processes.
+    pub kubernetes: Option<kube::KubeTarget>,
 }
 
 /// The router's configuration file.
@@ -300,9 +316,17 @@ impl RouterConfig {
                 dev_test: false,
                 services: vec![ServiceSpec {
                     name: args.service.clone(),
-                    model_repository: args.model_repository.clone().unwrap_or_default(),
+                    model_repository: args.model_repository.clone(),
                     deployment_config: args.deployment_config.clone(),
                     serve_args: args.serve_args.clone(),
+                    kubernetes: args
+                        .kube_deployment
+                        .clone()
+                        .map(|deployment| kube::KubeTarget {
+                            namespace: args.kube_namespace.clone(),
+                            deployment,
+                            port: args.kube_port,
+                        }),
                 }],
             },
         };
@@ -331,6 +355,16 @@ impl RouterConfig {
         {
             anyhow::bail!("service name '{}' cannot appear in a URL path", bad.name);
         }
+        if let Some(bad) = config
+            .services
+            .iter()
+            .find(|s| s.kubernetes.is_none() && s.model_repository.is_none())
+        {
+            anyhow::bail!(
+                "service '{}' runs local replicas and needs a model_repository",
+                bad.name
+            );
+        }
         Ok(config)
     }
 }
@@ -346,7 +380,7 @@ pub struct Router {
 impl Router {
     /// Starts each service's scaler and autoscaler and the HTTP front end. Must run inside an
     /// actix system (which runs on tokio).
-    pub fn start(config: RouterConfig) -> anyhow::Result<Router> {
+    pub async fn start(config: RouterConfig) -> anyhow::Result<Router> {
         // Before anything records: metric handles taken earlier would count nowhere.
         crate::metrics::install();
         let client = reqwest::Client::builder()
@@ -370,19 +404,31 @@ impl Router {
                 )
                 .map_err(|e| anyhow::anyhow!("service {}: {e}", spec.name))?,
             );
-            let mut serve_args = vec![
-                "--model-repository".to_string(),
-                spec.model_repository.display().to_string(),
-            ];
-            if let Some(path) = &spec.deployment_config {
-                serve_args.extend(["--deployment-config".into(), path.display().to_string()]);
-            }
-            serve_args.extend(spec.serve_args.iter().cloned());
-            let scaler: Arc<dyn Scaler> = local::LocalScaler::new(local::LocalReplicaSpec {
-                program: std::env::current_exe()?,
-                serve_args,
-                stop_grace: service.scoring_timeout.min(Duration::from_secs(30)),
-            });
+            let scaler: Arc<dyn Scaler> = match &spec.kubernetes {
+                Some(target) => Arc::new(
+                    kube::KubeScaler::connect(target.clone(), service.policy.refresh_period)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("service {}: {e}", spec.name))?,
+                ),
+                None => {
+                    let repository = spec.model_repository.as_ref().expect("checked by resolve");
+                    let mut serve_args = vec![
+                        "--model-repository".to_string(),
+                        repository.display().to_string(),
+                    ];
+                    if let Some(path) = &spec.deployment_config {
+                        serve_args
+                            .extend(["--deployment-config".into(), path.display().to_string()]);
+                    }
+                    serve_args.extend(spec.serve_args.iter().cloned());
+                    local::LocalScaler::new(local::LocalReplicaSpec {
+                        program: std::env::current_exe()?,
+                        serve_args,
+                        stop_grace: service.scoring_timeout.min(Duration::from_secs(30)),
+                    })
+                }
+            };
+            tracing::info!(service = %spec.name, scaler = scaler.name(), "service");
             run_service(service.clone(), scaler.clone(), client.clone());
             services.push(service);
             scalers.push(scaler);
@@ -501,5 +547,6 @@ mod tests {
             "unknown field",
         );
         check("service = []\n", "no [[service]]");
+        check("[[service]]\nname = \"a\"\n", "needs a model_repository");
     }
 }

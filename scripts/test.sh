@@ -12,9 +12,14 @@ if [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] && [ -z "${MODELPOD_
   apt-get update -qq && apt-get install -y -qq fonts-dejavu-core >/dev/null
 fi
 
-# Here a missing ONNX Runtime or Python client is a failure, not a skipped test.
+# A real kube-apiserver and controller-manager for the router's Kubernetes test, built from
+# Debian's source once per machine (about 8 minutes on 2 cores, then cached).
+bash scripts/kube/build.sh >/dev/null
+
+# Here a missing ONNX Runtime, Python client or control plane is a failure, not a skipped test.
 export MODELPOD_TEST_REQUIRE_ORT=1
 export MODELPOD_TEST_REQUIRE_PYTHON=1
+export MODELPOD_TEST_REQUIRE_KUBE=1
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -1,0 +1,465 @@
+//! The router's Kubernetes scaler and `modelpod manifests` against a real kube-apiserver and
+//! kube-controller-manager (scripts/kube/start.sh), with this test playing kubelet: each pod the
+//! Deployment's ReplicaSet creates is bound to a node, given an address of its own on the
+//! loopback interface and a real `modelpod serve` on it, and marked Running and Ready, so the
+//! real endpoints controller publishes it.
+//!
+//! Needs the control plane's binaries (scripts/kube/build.sh, cached once per machine) and
+//! root (to add addresses to `lo`). Without them the test says why and passes, unless
+//! MODELPOD_TEST_REQUIRE_KUBE=1 (as scripts/test.sh sets), where it fails.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Node, Pod, Secret};
+use kube::Api;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+const NAMESPACE: &str = "default";
+const SERVICE: &str = "svc";
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn modelpod() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_modelpod"))
+}
+
+/// A control plane in a temporary directory, stopped on drop.
+struct Cluster {
+    dir: tempfile::TempDir,
+    env: HashMap<String, String>,
+}
+
+impl Cluster {
+    fn start() -> Option<Cluster> {
+        let required = std::env::var_os("MODELPOD_TEST_REQUIRE_KUBE").is_some();
+        let skip = |why: String| {
+            assert!(!required, "{why}");
+            eprintln!("skipped: {why}");
+            None
+        };
+        let cache = std::env::var_os("MODELPOD_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/modelpod")
+            });
+        let built = std::fs::read_dir(&cache)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                e.file_name().to_string_lossy().starts_with("kubernetes-")
+                    && e.path().join("bin/kube-apiserver").is_file()
+            });
+        if !built {
+            return skip(format!(
+                "no kube-apiserver under {} (run scripts/kube/build.sh)",
+                cache.display()
+            ));
+        }
+        if !Command::new("ip")
+            .args(["addr", "show", "lo"])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            return skip("no `ip` command to give pods addresses".into());
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let status = Command::new("bash")
+            .arg(workspace().join("scripts/kube/start.sh"))
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "scripts/kube/start.sh failed");
+        let text = std::fs::read_to_string(dir.path().join("env")).unwrap();
+        let env = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("export "))
+            .flat_map(|l| l.split(' '))
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Some(Cluster { dir, env })
+    }
+
+    fn kubeconfig(&self) -> &str {
+        &self.env["KUBECONFIG"]
+    }
+
+    async fn client(&self, kubeconfig: &str) -> kube::Client {
+        let config = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
+        let config = kube::Config::from_custom_kubeconfig(config, &Default::default())
+            .await
+            .unwrap();
+        kube::Client::try_from(config).unwrap()
+    }
+
+    fn kubectl(&self, args: &[&str]) -> std::process::Output {
+        Command::new(&self.env["MODELPOD_KUBECTL"])
+            .env("KUBECONFIG", self.kubeconfig())
+            .args(args)
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(workspace().join("scripts/kube/stop.sh"))
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// One pod this test runs: its address on `lo` and its scoring server.
+struct RunningPod {
+    ip: String,
+    server: Child,
+}
+
+impl Drop for RunningPod {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        let _ = Command::new("ip")
+            .args(["addr", "del", &format!("{}/32", self.ip), "dev", "lo"])
+            .status();
+    }
+}
+
+/// Plays kubelet until `stop`: binds new pods of the service, starts a scoring server for
+/// each on an address of its own, reports them Running and Ready; stops and force-deletes pods
+/// that are being deleted.
+async fn kubelet(client: kube::Client, subnet: u8, stop: Arc<AtomicBool>) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    let nodes: Api<Node> = Api::all(client);
+    let _ = nodes
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "node-1"}})).unwrap(),
+        )
+        .await;
+    let mut running: HashMap<String, RunningPod> = HashMap::new();
+    let mut next_host = 1u8;
+    let selector = ListParams::default().labels(&format!("app.kubernetes.io/name={SERVICE}"));
+    while !stop.load(Ordering::Relaxed) {
+        for pod in pods.list(&selector).await.unwrap().items {
+            let name = pod.metadata.name.clone().unwrap();
+            if pod.metadata.deletion_timestamp.is_some() {
+                running.remove(&name);
+                let _ = pods
+                    .delete(&name, &DeleteParams::default().grace_period(0))
+                    .await;
+                continue;
+            }
+            if running.contains_key(&name) {
+                continue;
+            }
+            let ip = format!("10.244.{subnet}.{next_host}");
+            next_host += 1;
+            let added = Command::new("ip")
+                .args(["addr", "add", &format!("{ip}/32"), "dev", "lo"])
+                .status()
+                .unwrap();
+            assert!(added.success(), "cannot add {ip} to lo");
+            let server = modelpod()
+                .args(["serve", "--host", &ip, "--port", "5001"])
+                .arg("--model-repository")
+                .arg(workspace().join("tests/fixtures/slow-models"))
+                .args([
+                    "--max-concurrent-requests",
+                    "1",
+                    "--max-queue-wait-ms",
+                    "10000",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            running.insert(
+                name.clone(),
+                RunningPod {
+                    ip: ip.clone(),
+                    server,
+                },
+            );
+            let binding = json!({"apiVersion": "v1", "kind": "Binding",
+                "metadata": {"name": name}, "target": {"kind": "Node", "name": "node-1"}});
+            pods.create_subresource::<Value, Value>(
+                "binding",
+                &name,
+                &PostParams::default(),
+                &binding,
+            )
+            .await
+            .unwrap();
+            let status = json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+                "conditions": [{"type": "Ready", "status": "True"},
+                               {"type": "ContainersReady", "status": "True"}]}});
+            pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A kubeconfig for the router's ServiceAccount from `modelpod manifests`: the test then shows
+/// that the Role it grants is all the router needs.
+async fn router_kubeconfig(cluster: &Cluster, client: kube::Client) -> PathBuf {
+    let secrets: Api<Secret> = Api::namespaced(client, NAMESPACE);
+    let started = Instant::now();
+    let token = loop {
+        let found = secrets
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .find(|s| {
+                s.type_.as_deref() == Some("kubernetes.io/service-account-token")
+                    && s.metadata.annotations.as_ref().is_some_and(|a| {
+                        a.get("kubernetes.io/service-account.name")
+                            .map(String::as_str)
+                            == Some("modelpod-router")
+                    })
+            });
+        if let Some(token) = found
+            .and_then(|s| s.data)
+            .and_then(|d| d.get("token").cloned())
+        {
+            break String::from_utf8(token.0).unwrap();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no token for modelpod-router"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let admin = std::fs::read_to_string(cluster.kubeconfig()).unwrap();
+    let ca = admin
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("certificate-authority-data: "))
+        .unwrap()
+        .to_string();
+    let path = cluster.dir.path().join("router.kubeconfig");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    \
+             certificate-authority-data: {ca}\nusers:\n- name: router\n  user:\n    token: {token}\n\
+             contexts:\n- name: c\n  context:\n    cluster: c\n    user: router\n    namespace: {NAMESPACE}\n\
+             current-context: c\n",
+            cluster.env["MODELPOD_KUBE_APISERVER"]
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn slow_request(http: &reqwest::blocking::Client, url: &str) -> u16 {
+    let rows = 64;
+    let bytes: Vec<u8> = vec![0.5f32; rows * 256]
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
+    let header = json!({"inputs": [{"name": "x", "shape": [rows, 256], "datatype": "FP32",
+        "parameters": {"binary_data_size": bytes.len()}}]})
+    .to_string();
+    let mut body = header.clone().into_bytes();
+    body.extend_from_slice(&bytes);
+    http.post(url)
+        .header("Inference-Header-Content-Length", header.len())
+        .body(body)
+        .send()
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_router_scales_a_deployment_through_its_scale_subresource_with_least_privilege() {
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let admin = cluster.client(cluster.kubeconfig()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let deployment_config = dir.path().join("deploymentconfig.json");
+    std::fs::write(
+        &deployment_config,
+        json!({"maxConcurrentRequestsPerContainer": 1, "maxQueueWaitMs": 10000,
+               "scoringTimeoutMs": 30000,
+               "autoScaler": {"minReplicas": 1, "maxReplicas": 3, "targetUtilization": 70}})
+        .to_string(),
+    )
+    .unwrap();
+
+    // The service's objects, as `modelpod manifests` writes them, applied by kubectl.
+    let manifests = modelpod()
+        .args(["manifests", "--service", SERVICE, "--image", "modelpod:cpu"])
+        .args(["--namespace", NAMESPACE, "--node-sku", "Standard_D4s_v3"])
+        .arg("--deployment-config")
+        .arg(&deployment_config)
+        .output()
+        .unwrap();
+    assert!(manifests.status.success());
+    let file = dir.path().join("manifests.json");
+    std::fs::write(&file, &manifests.stdout).unwrap();
+    let applied = cluster.kubectl(&["apply", "-f", file.to_str().unwrap()]);
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let subnet = (std::process::id() % 200 + 20) as u8;
+    let kubelet = tokio::spawn(kubelet(admin.clone(), subnet, stop.clone()));
+    let router_config = router_kubeconfig(&cluster, admin.clone()).await;
+    let route = |port: u16| {
+        let mut command = modelpod();
+        command
+            .env("KUBECONFIG", &router_config)
+            .args(["route", "--service", SERVICE, "--kube-deployment", SERVICE])
+            .args(["--kube-namespace", NAMESPACE, "--kube-port", "5001"])
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--scale-down-window-s", "3"])
+            .arg("--deployment-config")
+            .arg(&deployment_config)
+            .stdout(Stdio::null());
+        command
+    };
+
+    // An HPA on the Deployment: the router refuses to fight it.
+    let hpa = cluster.kubectl(&["autoscale", "deployment", SERVICE, "--min=1", "--max=2"]);
+    assert!(
+        hpa.status.success(),
+        "{}",
+        String::from_utf8_lossy(&hpa.stderr)
+    );
+    let refused = route(free_port()).stderr(Stdio::piped()).output().unwrap();
+    assert!(!refused.status.success());
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(message.contains("HorizontalPodAutoscaler"), "{message}");
+    assert!(
+        cluster
+            .kubectl(&["delete", "hpa", SERVICE])
+            .status
+            .success()
+    );
+
+    let port = free_port();
+    let log = std::fs::File::create(dir.path().join("router.log")).unwrap();
+    let mut router = route(port).stderr(log).spawn().unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let status = |base: String| async move {
+        reqwest::get(format!("{base}/modelpod/services"))
+            .await
+            .ok()?
+            .json::<Value>()
+            .await
+            .ok()
+            .map(|v| v["services"][0].clone())
+    };
+    let deployments: Api<Deployment> = Api::namespaced(admin.clone(), NAMESPACE);
+    let replicas = || async {
+        deployments
+            .get_scale(SERVICE)
+            .await
+            .unwrap()
+            .spec
+            .and_then(|s| s.replicas)
+            .unwrap_or(0)
+    };
+    let started = Instant::now();
+    while status(base.clone())
+        .await
+        .is_none_or(|s| s["ready_replicas"] != 1)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the pod never became a ready replica: {}",
+            std::fs::read_to_string(dir.path().join("router.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(replicas().await, 1);
+
+    // Load: four requests at a time on one slot per pod asks for 3 pods (the maximum).
+    let load_stop = Arc::new(AtomicBool::new(false));
+    let url = format!("{base}/api/v1/service/{SERVICE}/v2/models/slow/infer");
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, load_stop) = (url.clone(), load_stop.clone());
+            std::thread::spawn(move || {
+                let http = reqwest::blocking::Client::new();
+                let mut statuses = Vec::new();
+                while !load_stop.load(Ordering::Relaxed) {
+                    statuses.push(slow_request(&http, &url));
+                }
+                statuses
+            })
+        })
+        .collect();
+    let load_started = Instant::now();
+    let mut scaled_up = None;
+    while load_started.elapsed() < Duration::from_secs(20) {
+        let ready = status(base.clone())
+            .await
+            .map_or(0, |s| s["ready_replicas"].as_u64().unwrap_or(0));
+        if scaled_up.is_none() && replicas().await > 1 {
+            scaled_up = Some(load_started.elapsed());
+        }
+        if ready == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    load_stop.store(true, Ordering::Relaxed);
+    let statuses: Vec<u16> = clients
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect();
+    let scaled_up = scaled_up.expect("the Deployment was never scaled up");
+    assert!(
+        scaled_up <= Duration::from_secs(3),
+        "scaled up after {scaled_up:?}"
+    );
+    assert_eq!(replicas().await, 3);
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    assert_eq!(status(base.clone()).await.unwrap()["ready_replicas"], 3);
+
+    // Idle: back to one pod after the window, and the router follows the Endpoints.
+    let idle = Instant::now();
+    while replicas().await != 1 || status(base.clone()).await.unwrap()["ready_replicas"] != 1 {
+        assert!(
+            idle.elapsed() < Duration::from_secs(30),
+            "never scaled back down"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(idle.elapsed() >= Duration::from_secs(2));
+
+    let _ = Command::new("kill")
+        .args(["-TERM", &router.id().to_string()])
+        .status();
+    let _ = router.wait();
+    stop.store(true, Ordering::Relaxed);
+    kubelet.await.unwrap();
+}

@@ -301,6 +301,53 @@ fn a_replica_killed_under_load_costs_only_its_in_flight_requests_and_comes_back(
 }
 
 #[test]
+fn a_request_slower_than_the_scoring_timeout_is_a_504_and_a_full_service_a_503() {
+    let router = Arc::new(RouterProcess::start(
+        &slow_repository(),
+        json!({
+            "numReplicas": 1,
+            "maxConcurrentRequestsPerContainer": 1,
+            "maxQueueWaitMs": 100,
+            "scoringTimeoutMs": 300,
+        }),
+        &[],
+        1,
+    ));
+    let http = client();
+    // Enough rows to take far longer than 300 ms on any machine.
+    let started = Instant::now();
+    assert_eq!(slow_request(&http, &router, 8192), 504);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // While one request holds the only slot, another waits maxQueueWaitMs, then gets 503.
+    let holder = {
+        let router = router.clone();
+        std::thread::spawn(move || slow_request(&client(), &router, 8192))
+    };
+    router.wait_until(Duration::from_secs(5), |s| {
+        s["replicas"][0]["outstanding"] == 1
+    });
+    let response = http
+        .post(router.url("/api/v1/service/svc/v2/models/slow/infer"))
+        .json(
+            &json!({"inputs": [{"name": "x", "shape": [1, 256], "datatype": "FP32",
+            "data": vec![0.5; 256]}]}),
+        )
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    let body: Value = response.json().unwrap();
+    assert_eq!(
+        body["error"],
+        "Too many requests for service svc (overloaded)"
+    );
+    assert_eq!(holder.join().unwrap(), 504);
+}
+
+#[test]
 fn routing_errors_are_json_with_azures_messages() {
     // A repository whose only model is broken: the replica starts but is never ready.
     let repository = tempfile::tempdir().unwrap();

@@ -124,9 +124,15 @@ fn compare_mode_measures_both_targets_alternately() {
     a.concurrency = vec![4];
     a.duration = std::time::Duration::from_millis(500);
     a.warmup = std::time::Duration::from_millis(100);
+    let out = tempfile::tempdir().unwrap();
+    a.markdown = Some(out.path().join("compare.md"));
     let results = bench(a);
     // Two rounds, each target once per round.
     assert_eq!(results.len(), 4);
+    // One table row per load level, with the ratio and the added p50.
+    let markdown = std::fs::read_to_string(out.path().join("compare.md")).unwrap();
+    assert_eq!(markdown.lines().count(), 3, "{markdown}");
+    assert!(markdown.contains("B − A p50") && markdown.contains("| concurrency 4 |"), "{markdown}");
     assert!(
         results
             .iter()

@@ -217,6 +217,9 @@ pub async fn run(args: BenchArgs) -> Result<Vec<PointResult>, BenchError> {
             "{}",
             report::comparison_table(&workload.infer_url, &other.infer_url, &pairs)
         );
+        if let Some(path) = &args.markdown {
+            std::fs::write(path, report::comparison_markdown(&pairs))?;
+        }
         if let Some(path) = &args.json {
             std::fs::write(path, serde_json::to_string_pretty(&serde_json::json!({
                 "first": workload.infer_url, "second": other.infer_url, "model": args.model, "points": pairs,

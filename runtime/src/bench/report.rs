@@ -167,6 +167,29 @@ impl Comparison {
     }
 }
 
+/// The comparison as a Markdown table, with B's added p50 in microseconds.
+pub fn comparison_markdown(pairs: &[Comparison]) -> String {
+    let mut out = String::from(
+        "| load | A req/s | B req/s | B/A throughput | A p50 µs | B p50 µs | B − A p50 µs | A p99 µs | B p99 µs |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
+    );
+    for p in pairs {
+        out.push_str(&format!(
+            "| {} | {:.0} | {:.0} | {:.2} | {:.0} | {:.0} | {:+.0} | {:.0} | {:.0} |\n",
+            p.load,
+            p.first_requests_per_s,
+            p.second_requests_per_s,
+            p.throughput_ratio,
+            p.first_p50_us,
+            p.second_p50_us,
+            p.second_p50_us - p.first_p50_us,
+            p.first_p99_us,
+            p.second_p99_us
+        ));
+    }
+    out
+}
+
 pub fn comparison_table(first: &str, second: &str, pairs: &[Comparison]) -> String {
     let mut out = format!("A = {first}\nB = {second}\n");
     out.push_str(&format!(

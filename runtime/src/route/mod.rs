@@ -383,10 +383,7 @@ impl Router {
     pub async fn start(config: RouterConfig) -> anyhow::Result<Router> {
         // Before anything records: metric handles taken earlier would count nowhere.
         crate::metrics::install();
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(256)
-            .tcp_nodelay(true)
-            .build()?;
+        let client = http_client();
         let window = Duration::from_secs(config.scale_down_window_s);
         let mut services = Vec::new();
         let mut scalers: Vec<Arc<dyn Scaler>> = Vec::new();
@@ -435,12 +432,15 @@ impl Router {
         }
         let state = actix_web::web::Data::new(proxy::RouterState {
             services: services.clone(),
-            client,
             metrics: crate::metrics::install(),
         });
         let server = actix_web::HttpServer::new(move || {
+            // One client per worker: its pooled connections are driven by this worker's
+            // runtime, so forwarding never hands a request to another thread.
+            let forwarder = actix_web::web::Data::new(proxy::Forwarder(http_client()));
             actix_web::App::new()
                 .app_data(state.clone())
+                .app_data(forwarder)
                 .configure(proxy::configure)
         })
         .bind((config.host.as_str(), config.port))?;
@@ -468,6 +468,14 @@ impl Router {
         futures_util::future::join_all(self.scalers.iter().map(|s| s.shutdown())).await;
         result
     }
+}
+
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .tcp_nodelay(true)
+        .build()
+        .expect("a plain HTTP client builds")
 }
 
 /// Starts a service's replicas, follows them, and autoscales them.

@@ -12,9 +12,11 @@ use std::time::Instant;
 
 pub struct RouterState {
     pub services: Vec<Arc<Service>>,
-    pub client: reqwest::Client,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
+
+/// The HTTP client that forwards requests, one per worker.
+pub struct Forwarder(pub reqwest::Client);
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/", web::get().to(health))
@@ -22,11 +24,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/metrics", web::get().to(render_metrics))
         .route(
             "/api/v1/service/{service}/score",
-            web::post().to(|r, p, s| forward(r, p, s, "/score".into())),
+            web::post().to(|r, p, s, f| forward(r, p, s, f, "/score".into())),
         )
         .route(
             "/api/v1/service/{service}/swagger.json",
-            web::get().to(|r, p, s| forward(r, p, s, "/swagger.json".into())),
+            web::get().to(|r, p, s, f| forward(r, p, s, f, "/swagger.json".into())),
         )
         .route(
             "/api/v1/service/{service}/v2{tail:.*}",
@@ -92,9 +94,10 @@ async fn forward_v2(
     request: HttpRequest,
     payload: web::Payload,
     state: web::Data<RouterState>,
+    forwarder: web::Data<Forwarder>,
 ) -> Result<HttpResponse, ApiError> {
     let tail = request.match_info().get("tail").unwrap_or("").to_string();
-    forward(request, payload, state, format!("/v2{tail}")).await
+    forward(request, payload, state, forwarder, format!("/v2{tail}")).await
 }
 
 /// Azure's messages for a request no replica could take: 503 either way.
@@ -121,6 +124,7 @@ async fn forward(
     request: HttpRequest,
     payload: web::Payload,
     state: web::Data<RouterState>,
+    forwarder: web::Data<Forwarder>,
     replica_path: String,
 ) -> Result<HttpResponse, ApiError> {
     let arrival = Instant::now();
@@ -129,7 +133,16 @@ async fn forward(
         .get("service")
         .unwrap_or_default()
         .to_string();
-    let outcome = send(&request, payload, &state, &name, &replica_path, arrival).await;
+    let outcome = send(
+        &request,
+        payload,
+        &state,
+        &forwarder.0,
+        &name,
+        &replica_path,
+        arrival,
+    )
+    .await;
     let code = match &outcome {
         Ok(response) => response.status().as_u16(),
         Err(e) => actix_web::ResponseError::status_code(e).as_u16(),
@@ -147,6 +160,7 @@ async fn send(
     request: &HttpRequest,
     payload: web::Payload,
     state: &RouterState,
+    client: &reqwest::Client,
     name: &str,
     replica_path: &str,
     arrival: Instant,
@@ -174,8 +188,7 @@ async fn send(
             url.push('?');
             url.push_str(query);
         }
-        let mut outgoing = state
-            .client
+        let mut outgoing = client
             .request(method.clone(), url)
             .timeout(deadline.saturating_duration_since(Instant::now()))
             .body(body.clone());

@@ -132,7 +132,10 @@ fn compare_mode_measures_both_targets_alternately() {
     // One table row per load level, with the ratio and the added p50.
     let markdown = std::fs::read_to_string(out.path().join("compare.md")).unwrap();
     assert_eq!(markdown.lines().count(), 3, "{markdown}");
-    assert!(markdown.contains("B − A p50") && markdown.contains("| concurrency 4 |"), "{markdown}");
+    assert!(
+        markdown.contains("B − A p50") && markdown.contains("| concurrency 4 |"),
+        "{markdown}"
+    );
     assert!(
         results
             .iter()

@@ -12,6 +12,9 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Pod, Secret};
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+mod common;
+
+use common::{free_port, slow_infer_body};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -266,27 +269,10 @@ async fn router_kubeconfig(cluster: &Cluster, client: kube::Client) -> PathBuf {
     path
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn slow_request(http: &reqwest::blocking::Client, url: &str) -> u16 {
-    let rows = 64;
-    let bytes: Vec<u8> = vec![0.5f32; rows * 256]
-        .iter()
-        .flat_map(|x| x.to_le_bytes())
-        .collect();
-    let header = json!({"inputs": [{"name": "x", "shape": [rows, 256], "datatype": "FP32",
-        "parameters": {"binary_data_size": bytes.len()}}]})
-    .to_string();
-    let mut body = header.clone().into_bytes();
-    body.extend_from_slice(&bytes);
+    let (header_length, body) = slow_infer_body(64);
     http.post(url)
-        .header("Inference-Header-Content-Length", header.len())
+        .header("Inference-Header-Content-Length", header_length)
         .body(body)
         .send()
         .map(|r| r.status().as_u16())

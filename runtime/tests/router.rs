@@ -1,6 +1,9 @@
 //! `modelpod route` as a user runs it: a router process with the local scaler, whose replicas
 //! are `modelpod serve` child processes, driven over HTTP.
 
+mod common;
+
+use common::{free_port, slow_infer_body};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -10,14 +13,6 @@ use std::time::{Duration, Instant};
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn client() -> reqwest::blocking::Client {
@@ -128,17 +123,9 @@ fn slow_repository() -> PathBuf {
 
 /// A slow-model request through the router (binary v2 body): `rows` rows of work.
 fn slow_request(http: &reqwest::blocking::Client, router: &RouterProcess, rows: usize) -> u16 {
-    let bytes: Vec<u8> = vec![0.5f32; rows * 256]
-        .iter()
-        .flat_map(|x| x.to_le_bytes())
-        .collect();
-    let header = json!({"inputs": [{"name": "x", "shape": [rows, 256], "datatype": "FP32",
-        "parameters": {"binary_data_size": bytes.len()}}], "parameters": {"binary_data_output": true}})
-    .to_string();
-    let mut body = header.clone().into_bytes();
-    body.extend_from_slice(&bytes);
+    let (header_length, body) = slow_infer_body(rows);
     http.post(router.url("/api/v1/service/svc/v2/models/slow/infer"))
-        .header("Inference-Header-Content-Length", header.len())
+        .header("Inference-Header-Content-Length", header_length)
         .body(body)
         .send()
         .map(|r| r.status().as_u16())

@@ -197,6 +197,14 @@ async fn send(
                 outgoing = outgoing.header(name, value.as_bytes());
             }
         }
+        // After sending: the replica died or broke the exchange; it is out until it reports.
+        let replica_failed = |lease: &super::replicas::Lease, e: reqwest::Error| {
+            service.replicas.unreachable(&lease.replica);
+            ApiError::BadGateway(format!(
+                "a replica of service {} failed while handling the request: {e}",
+                service.name
+            ))
+        };
         let timed_out = || {
             ApiError::from(ScoringError::DeadlineExceeded(format!(
                 "service {} did not answer within scoringTimeoutMs = {} ms",
@@ -214,13 +222,7 @@ async fn send(
                 continue;
             }
             Err(e) if e.is_timeout() => return Err(timed_out()),
-            Err(e) => {
-                service.replicas.unreachable(&lease.replica);
-                return Err(ApiError::BadGateway(format!(
-                    "a replica of service {} failed while handling the request: {e}",
-                    service.name
-                )));
-            }
+            Err(e) => return Err(replica_failed(&lease, e)),
         };
         let status =
             StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
@@ -236,13 +238,7 @@ async fn send(
         let bytes = match response.bytes().await {
             Ok(bytes) => bytes,
             Err(e) if e.is_timeout() => return Err(timed_out()),
-            Err(e) => {
-                service.replicas.unreachable(&lease.replica);
-                return Err(ApiError::BadGateway(format!(
-                    "a replica of service {} failed while answering: {e}",
-                    service.name
-                )));
-            }
+            Err(e) => return Err(replica_failed(&lease, e)),
         };
         drop(lease);
         let mut reply = HttpResponse::build(status);

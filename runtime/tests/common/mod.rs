@@ -1,0 +1,26 @@
+//! Helpers shared by the router's integration tests.
+
+use serde_json::json;
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A v2 binary-tensor request for the slow fixture model (`rows` rows of 256 values, binary
+/// output asked for): the `Inference-Header-Content-Length` value and the body.
+pub fn slow_infer_body(rows: usize) -> (usize, Vec<u8>) {
+    let bytes: Vec<u8> = vec![0.5f32; rows * 256]
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
+    let header = json!({"inputs": [{"name": "x", "shape": [rows, 256], "datatype": "FP32",
+        "parameters": {"binary_data_size": bytes.len()}}], "parameters": {"binary_data_output": true}})
+    .to_string();
+    let mut body = header.clone().into_bytes();
+    body.extend_from_slice(&bytes);
+    (header.len(), body)
+}

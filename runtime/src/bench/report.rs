@@ -167,56 +167,65 @@ impl Comparison {
     }
 }
 
-/// The comparison as a Markdown table, with B's added p50 in microseconds.
-pub fn comparison_markdown(pairs: &[Comparison]) -> String {
-    let mut out = String::from(
-        "| load | A req/s | B req/s | B/A throughput | A p50 µs | B p50 µs | B − A p50 µs | A p99 µs | B p99 µs |\n\
-         |---|---|---|---|---|---|---|---|---|\n",
-    );
-    for p in pairs {
-        out.push_str(&format!(
-            "| {} | {:.0} | {:.0} | {:.2} | {:.0} | {:.0} | {:+.0} | {:.0} | {:.0} |\n",
-            p.load,
-            p.first_requests_per_s,
-            p.second_requests_per_s,
-            p.throughput_ratio,
-            p.first_p50_us,
-            p.second_p50_us,
-            p.second_p50_us - p.first_p50_us,
-            p.first_p99_us,
-            p.second_p99_us
-        ));
-    }
-    out
-}
-
-pub fn comparison_table(first: &str, second: &str, pairs: &[Comparison]) -> String {
-    let mut out = format!("A = {first}\nB = {second}\n");
-    out.push_str(&format!(
-        "{:>18}  {:>10}  {:>10}  {:>6}  {:>9}  {:>9}  {:>7}  {:>9}  {:>9}\n",
+/// The comparison's columns: a header and one row of cells per load level.
+fn comparison_rows(pairs: &[Comparison]) -> (Vec<&'static str>, Vec<Vec<String>>) {
+    let header = vec![
         "load",
         "A req/s",
         "B req/s",
         "B/A",
         "A p50 µs",
         "B p50 µs",
-        "B/A p50",
+        "B − A p50 µs",
         "A p99 µs",
-        "B p99 µs"
-    ));
-    for p in pairs {
-        out.push_str(&format!(
-            "{:>18}  {:>10.1}  {:>10.1}  {:>6.2}  {:>9.0}  {:>9.0}  {:>7.2}  {:>9.0}  {:>9.0}\n",
-            p.load,
-            p.first_requests_per_s,
-            p.second_requests_per_s,
-            p.throughput_ratio,
-            p.first_p50_us,
-            p.second_p50_us,
-            p.p50_ratio,
-            p.first_p99_us,
-            p.second_p99_us
-        ));
+        "B p99 µs",
+    ];
+    let rows = pairs
+        .iter()
+        .map(|p| {
+            vec![
+                p.load.to_string(),
+                format!("{:.1}", p.first_requests_per_s),
+                format!("{:.1}", p.second_requests_per_s),
+                format!("{:.2}", p.throughput_ratio),
+                format!("{:.0}", p.first_p50_us),
+                format!("{:.0}", p.second_p50_us),
+                format!("{:+.0}", p.second_p50_us - p.first_p50_us),
+                format!("{:.0}", p.first_p99_us),
+                format!("{:.0}", p.second_p99_us),
+            ]
+        })
+        .collect();
+    (header, rows)
+}
+
+/// The comparison as a Markdown table.
+pub fn comparison_markdown(pairs: &[Comparison]) -> String {
+    let (header, rows) = comparison_rows(pairs);
+    let mut out = format!(
+        "| {} |\n|{}\n",
+        header.join(" | "),
+        "---|".repeat(header.len())
+    );
+    for row in rows {
+        out.push_str(&format!("| {} |\n", row.join(" | ")));
+    }
+    out
+}
+
+/// The comparison for the terminal, right-aligned.
+pub fn comparison_table(first: &str, second: &str, pairs: &[Comparison]) -> String {
+    let (header, rows) = comparison_rows(pairs);
+    let mut out = format!("A = {first}\nB = {second}\n");
+    let widths = [18, 10, 10, 6, 9, 9, 12, 9, 9];
+    for cells in std::iter::once(header.iter().map(|h| h.to_string()).collect()).chain(rows) {
+        let cells: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:>width$}"))
+            .collect();
+        out.push_str(&cells.join("  "));
+        out.push('\n');
     }
     out
 }

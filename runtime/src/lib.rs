@@ -13,6 +13,7 @@ pub mod node;
 pub mod route;
 pub mod serve;
 pub mod telemetry;
+pub mod tls;
 
 pub use config::{ServeArgs, ServeConfig};
 pub use serve::{RunningServer, ScoringServer};

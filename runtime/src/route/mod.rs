@@ -241,6 +241,16 @@ pub struct RouteArgs {
     /// A dev/test cluster: autoscaling is off and numReplicas (default 1) replicas run.
     #[arg(long)]
     pub dev_test: bool,
+    /// Serve HTTPS (TLS 1.2 and 1.3) with this PEM certificate chain, leaf first.
+    #[arg(long, env = "MODELPOD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's PEM private key.
+    #[arg(long, env = "MODELPOD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// With TLS: also listen for plain HTTP on this port, answering only with redirects to
+    /// HTTPS.
+    #[arg(long, env = "MODELPOD_HTTP_REDIRECT_PORT", requires = "tls_cert")]
+    pub http_redirect_port: Option<u16>,
     /// More arguments for each replica's `modelpod serve` (repeat the flag).
     #[arg(long = "serve-arg", allow_hyphen_values = true)]
     pub serve_args: Vec<String>,
@@ -283,8 +293,20 @@ pub struct RouterConfig {
     pub scale_down_window_s: u64,
     #[serde(default)]
     pub dev_test: bool,
+    #[serde(default)]
+    pub tls: Option<TlsSettings>,
     #[serde(rename = "service")]
     pub services: Vec<ServiceSpec>,
+}
+
+/// HTTPS for the router's listener.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    pub certificate: PathBuf,
+    pub key: PathBuf,
+    /// A plain-HTTP port that only redirects to HTTPS.
+    pub http_redirect_port: Option<u16>,
 }
 
 fn default_host() -> String {
@@ -314,6 +336,7 @@ impl RouterConfig {
                 port: default_port(),
                 scale_down_window_s: default_window(),
                 dev_test: false,
+                tls: None,
                 services: vec![ServiceSpec {
                     name: args.service.clone(),
                     model_repository: args.model_repository.clone(),
@@ -340,6 +363,13 @@ impl RouterConfig {
             config.scale_down_window_s = window;
         }
         config.dev_test |= args.dev_test;
+        if let (Some(certificate), Some(key)) = (args.tls_cert, args.tls_key) {
+            config.tls = Some(TlsSettings {
+                certificate,
+                key,
+                http_redirect_port: args.http_redirect_port,
+            });
+        }
         if config.services.is_empty() {
             anyhow::bail!("the router configuration names no [[service]]");
         }
@@ -375,6 +405,8 @@ pub struct Router {
     pub services: Vec<Arc<Service>>,
     scalers: Vec<Arc<dyn Scaler>>,
     server: actix_web::dev::Server,
+    /// The plain-HTTP listener that redirects to HTTPS, when there is one.
+    redirect: Option<actix_web::dev::Server>,
 }
 
 impl Router {
@@ -383,6 +415,11 @@ impl Router {
     pub async fn start(config: RouterConfig) -> anyhow::Result<Router> {
         // Before anything records: metric handles taken earlier would count nowhere.
         crate::metrics::install();
+        // Bad certificates fail the start before any replica is started.
+        let tls = match &config.tls {
+            Some(tls) => Some(crate::tls::server_config(&tls.certificate, &tls.key)?),
+            None => None,
+        };
         let client = http_client();
         let window = Duration::from_secs(config.scale_down_window_s);
         let mut services = Vec::new();
@@ -442,19 +479,46 @@ impl Router {
                 .app_data(state.clone())
                 .app_data(forwarder)
                 .configure(proxy::configure)
-        })
-        .bind((config.host.as_str(), config.port))?;
+        });
+        let server = match tls {
+            Some(tls) => server.bind_rustls_0_23((config.host.as_str(), config.port), tls)?,
+            None => server.bind((config.host.as_str(), config.port))?,
+        };
         let address = *server.addrs().first().expect("bound");
         let server = server.shutdown_timeout(30).run();
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         tracing::info!(
             services = %services.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(","),
-            "router listening on http://{address}"
+            "router listening on {scheme}://{address}"
         );
+        let redirect = match config.tls.as_ref().and_then(|t| t.http_redirect_port) {
+            Some(port) => {
+                let https_port = actix_web::web::Data::new(address.port());
+                let redirect = actix_web::HttpServer::new(move || {
+                    actix_web::App::new()
+                        .app_data(https_port.clone())
+                        .default_service(actix_web::web::to(crate::tls::redirect_to_https))
+                })
+                .workers(1)
+                .bind((config.host.as_str(), port))?;
+                tracing::info!(
+                    "redirecting http://{} to HTTPS",
+                    redirect.addrs().first().expect("bound")
+                );
+                Some(redirect.run())
+            }
+            None => None,
+        };
         Ok(Router {
             address,
             services,
             scalers,
             server,
+            redirect,
         })
     }
 
@@ -464,7 +528,15 @@ impl Router {
 
     /// Serves until stopped (SIGTERM, SIGINT or the handle), then stops the replicas.
     pub async fn run(self) -> std::io::Result<()> {
+        let redirect = self.redirect.map(|redirect| {
+            let handle = redirect.handle();
+            tokio::spawn(redirect);
+            handle
+        });
         let result = self.server.await;
+        if let Some(redirect) = redirect {
+            redirect.stop(true).await;
+        }
         futures_util::future::join_all(self.scalers.iter().map(|s| s.shutdown())).await;
         result
     }

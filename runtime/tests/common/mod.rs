@@ -1,4 +1,6 @@
 //! Helpers shared by the router's integration tests.
+// Each test binary includes this module and uses part of it.
+#![allow(dead_code)]
 
 use serde_json::json;
 

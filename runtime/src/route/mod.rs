@@ -10,6 +10,7 @@ pub mod local;
 pub mod manifests;
 mod proxy;
 pub mod replicas;
+pub mod store;
 
 use crate::azure_config::{DeploymentConfig, defaults};
 use crate::serve::busy::BusyReport;

@@ -455,3 +455,67 @@ fn one_router_fronts_several_services_each_at_its_own_uri() {
     );
     assert!(metrics.contains("modelpod_router_ready_replicas{service=\"slow\"} 1"));
 }
+
+#[test]
+fn scored_requests_are_collected_and_flushed_when_the_router_stops() {
+    let collected = tempfile::tempdir().unwrap();
+    let models = workspace().join("tests/fixtures/models");
+    {
+        let router = RouterProcess::start(
+            &models,
+            json!({"numReplicas": 1, "maxConcurrentRequestsPerContainer": 4}),
+            &[
+                "--data-collection",
+                collected.path().to_str().unwrap(),
+                "--serve-arg=--strict-readiness",
+                "--serve-arg=false",
+            ],
+            1,
+        );
+        let http = client();
+        for i in 0..20 {
+            let response = http
+                .post(router.url("/api/v1/service/svc/v2/models/mlp/infer"))
+                .json(
+                    &json!({"id": format!("r{i}"), "inputs": [{"name": "input", "shape": [1, 4],
+                    "datatype": "FP32", "data": [i as f32, 2.0, 3.0, 4.0]}]}),
+                )
+                .send()
+                .unwrap();
+            assert_eq!(response.status(), 200);
+        }
+        // A refused request is not scored, so not collected.
+        let response = http
+            .post(router.url("/api/v1/service/svc/v2/models/mlp/infer"))
+            .json(&json!({"inputs": []}))
+            .send()
+            .unwrap();
+        assert_eq!(response.status(), 422);
+        // Dropping the router stops it with SIGTERM; it writes out what it collected.
+    }
+    let day_dirs: Vec<_> = walk(&collected.path().join("svc/mlp/latest/default"));
+    assert_eq!(day_dirs.len(), 1, "{day_dirs:?}");
+    let lines: Vec<Value> = std::fs::read_to_string(&day_dirs[0])
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 20);
+    assert_eq!(lines[3]["inputs"]["inputs"][0]["data"][0], 3.0);
+    assert_eq!(lines[3]["outputs"]["model_name"], "mlp");
+    assert_eq!(lines[3]["service"], "svc");
+    assert!(!lines[3]["request_id"].as_str().unwrap().is_empty());
+}
+
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.path().is_dir() {
+            files.extend(walk(&entry.path()));
+        } else {
+            files.push(entry.path());
+        }
+    }
+    files
+}

@@ -5,6 +5,7 @@
 //! [`Scaler`].
 
 pub mod autoscale;
+pub mod collect;
 pub mod kube;
 pub mod local;
 pub mod manifests;
@@ -50,6 +51,8 @@ pub struct Service {
     pub max_request_bytes: usize,
     /// The replica count last asked of the scaler.
     pub target_replicas: AtomicU32,
+    /// Where scored requests' inputs and outputs are written, when enabled.
+    pub collector: Option<collect::Collector>,
 }
 
 impl Service {
@@ -78,6 +81,7 @@ impl Service {
             ),
             max_request_bytes: crate::config::DEFAULT_MAX_REQUEST_BYTES,
             target_replicas: AtomicU32::new(0),
+            collector: None,
             policy,
         })
     }
@@ -255,6 +259,10 @@ pub struct RouteArgs {
     /// More arguments for each replica's `modelpod serve` (repeat the flag).
     #[arg(long = "serve-arg", allow_hyphen_values = true)]
     pub serve_args: Vec<String>,
+    /// Write each scored request's inputs and outputs under this directory (model data
+    /// collection), as date-partitioned JSON lines.
+    #[arg(long, env = "MODELPOD_DATA_COLLECTION")]
+    pub data_collection: Option<PathBuf>,
     /// Scale a Kubernetes Deployment of this name (and route to the ready addresses of the
     /// Service of the same name) instead of starting local replicas.
     #[arg(long, env = "MODELPOD_KUBE_DEPLOYMENT")]
@@ -280,6 +288,18 @@ pub struct ServiceSpec {
     pub serve_args: Vec<String>,
     /// Replicas are this Deployment's pods instead of local processes.
     pub kubernetes: Option<kube::KubeTarget>,
+    /// Model data collection for this service.
+    pub data_collection: Option<DataCollection>,
+}
+
+/// Model data collection settings of a service.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataCollection {
+    /// Files go under `<root>/<service>/<model>/<version>/<designation>/<yyyy>/<mm>/<dd>/`.
+    pub root: PathBuf,
+    #[serde(default)]
+    pub format: collect::Format,
 }
 
 /// The router's configuration file.
@@ -343,6 +363,10 @@ impl RouterConfig {
                     model_repository: args.model_repository.clone(),
                     deployment_config: args.deployment_config.clone(),
                     serve_args: args.serve_args.clone(),
+                    data_collection: args.data_collection.clone().map(|root| DataCollection {
+                        root,
+                        format: collect::Format::Jsonl,
+                    }),
                     kubernetes: args
                         .kube_deployment
                         .clone()
@@ -430,15 +454,19 @@ impl Router {
                 Some(path) => DeploymentConfig::read(path)?,
                 None => DeploymentConfig::default(),
             };
-            let service = Arc::new(
-                Service::from_deployment(
-                    spec.name.clone(),
-                    &deployment,
-                    config.dev_test,
-                    Some(window),
-                )
-                .map_err(|e| anyhow::anyhow!("service {}: {e}", spec.name))?,
-            );
+            let mut service = Service::from_deployment(
+                spec.name.clone(),
+                &deployment,
+                config.dev_test,
+                Some(window),
+            )
+            .map_err(|e| anyhow::anyhow!("service {}: {e}", spec.name))?;
+            service.collector = spec.data_collection.as_ref().map(|settings| {
+                let mut collector = collect::CollectorConfig::new(settings.root.clone());
+                collector.format = settings.format;
+                collect::Collector::start(collector)
+            });
+            let service = Arc::new(service);
             let scaler: Arc<dyn Scaler> = match &spec.kubernetes {
                 Some(target) => Arc::new(
                     kube::KubeScaler::connect(target.clone(), service.policy.refresh_period)
@@ -539,6 +567,10 @@ impl Router {
             redirect.stop(true).await;
         }
         futures_util::future::join_all(self.scalers.iter().map(|s| s.shutdown())).await;
+        // Every request has been answered: what was collected is written out now.
+        for collector in self.services.iter().filter_map(|s| s.collector.as_ref()) {
+            collector.shutdown();
+        }
         result
     }
 }

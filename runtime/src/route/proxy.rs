@@ -1,7 +1,7 @@
 //! The router's HTTP front end: Azure's scoring URI per service, forwarded to a replica.
 
-use super::Service;
 use super::replicas::NoReplica;
+use super::{Service, collect};
 use crate::http_error::ApiError;
 use crate::serve::routes::{not_found, read_body};
 use actix_web::http::StatusCode;
@@ -241,10 +241,69 @@ async fn send(
             Err(e) => return Err(replica_failed(&lease, e)),
         };
         drop(lease);
+        if let Some(collector) = &service.collector
+            && status.is_success()
+        {
+            collector.record(collected(
+                &service.name,
+                replica_path,
+                query,
+                &headers,
+                &body,
+                &bytes,
+            ));
+        }
         let mut reply = HttpResponse::build(status);
         for (name, value) in headers {
             reply.insert_header((name, value));
         }
         return Ok(reply.body(bytes));
+    }
+}
+
+/// A scored request as data collection keeps it. The model and version come from the v2 path
+/// (`/v2/models/{m}[/versions/{v}]/infer`) or Azure's `?model=`; bodies are kept as JSON when
+/// they are JSON, else base64.
+fn collected(
+    service: &str,
+    replica_path: &str,
+    query: &str,
+    headers: &[(String, Vec<u8>)],
+    request: &[u8],
+    response: &[u8],
+) -> collect::Record {
+    let segments: Vec<&str> = replica_path.split('/').collect();
+    let after = |key: &str| {
+        segments
+            .iter()
+            .position(|s| *s == key)
+            .and_then(|i| segments.get(i + 1))
+            .map(|s| s.to_string())
+    };
+    let from_query = form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "model")
+        .map(|(_, v)| v.into_owned());
+    let body = |bytes: &[u8]| {
+        serde_json::from_slice(bytes).unwrap_or_else(|_| {
+            use base64::Engine;
+            serde_json::json!({ "base64": base64::engine::general_purpose::STANDARD.encode(bytes) })
+        })
+    };
+    let request_id = headers
+        .iter()
+        .find(|(name, _)| name == "x-ms-request-id")
+        .map(|(_, value)| String::from_utf8_lossy(value).into_owned())
+        .unwrap_or_default();
+    collect::Record {
+        time: jiff::Timestamp::now(),
+        request_id,
+        service: service.to_string(),
+        model: after("models")
+            .or(from_query)
+            .unwrap_or_else(|| "default".into()),
+        version: after("versions").unwrap_or_else(|| "latest".into()),
+        designation: "default".into(),
+        inputs: body(request),
+        outputs: body(response),
     }
 }

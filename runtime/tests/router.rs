@@ -491,6 +491,18 @@ fn scored_requests_are_collected_and_flushed_when_the_router_stops() {
             .send()
             .unwrap();
         assert_eq!(response.status(), 422);
+        let metrics = http
+            .get(router.url("/metrics"))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        assert!(
+            metrics.contains(
+                "modelpod_data_collection_records{service=\"svc\",outcome=\"dropped_queue_full\"} 0"
+            ),
+            "{metrics}"
+        );
         // Dropping the router stops it with SIGTERM; it writes out what it collected.
     }
     let day_dirs: Vec<_> = walk(&collected.path().join("svc/mlp/latest/default"));

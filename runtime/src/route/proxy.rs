@@ -82,8 +82,19 @@ async fn render_metrics(state: web::Data<RouterState>) -> HttpResponse {
         );
         metrics::gauge!("modelpod_router_ready_replicas", "service" => name.clone())
             .set(service.replicas.ready() as f64);
-        metrics::gauge!("modelpod_router_busy_replicas", "service" => name)
+        metrics::gauge!("modelpod_router_busy_replicas", "service" => name.clone())
             .set(service.replicas.busy_replicas());
+        if let Some(collector) = &service.collector {
+            let stats = &collector.stats;
+            for (outcome, count) in [
+                ("written", &stats.written),
+                ("dropped_queue_full", &stats.dropped_full),
+                ("dropped_write_failed", &stats.dropped_write),
+            ] {
+                metrics::gauge!("modelpod_data_collection_records", "service" => name.clone(), "outcome" => outcome)
+                    .set(count.load(std::sync::atomic::Ordering::Relaxed) as f64);
+            }
+        }
     }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")

@@ -2,7 +2,8 @@
 //! scoring URI (`/api/v1/service/{service}/score`, `/swagger.json`, and the v2 routes under
 //! the same prefix), sends each request to the least-busy ready replica from the busy state
 //! the replicas report, and scales the replicas towards the target utilization through a
-//! [`Scaler`].
+//! [`Scaler`] (local processes or a Kubernetes Deployment). It can terminate TLS and collect
+//! each scored request's inputs and outputs.
 
 pub mod autoscale;
 pub mod collect;

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{free_port, slow_infer_body};
+use common::{free_port, post_json, slow_infer_body};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -317,16 +317,13 @@ fn a_request_slower_than_the_scoring_timeout_is_a_504_and_a_full_service_a_503()
     router.wait_until(Duration::from_secs(5), |s| {
         s["replicas"][0]["outstanding"] == 1
     });
-    let response = http
-        .post(router.url("/api/v1/service/svc/v2/models/slow/infer"))
-        .json(
-            &json!({"inputs": [{"name": "x", "shape": [1, 256], "datatype": "FP32",
+    let (status, body) = post_json(
+        &http,
+        &router.url("/api/v1/service/svc/v2/models/slow/infer"),
+        &json!({"inputs": [{"name": "x", "shape": [1, 256], "datatype": "FP32",
             "data": vec![0.5; 256]}]}),
-        )
-        .send()
-        .unwrap();
-    assert_eq!(response.status(), 503);
-    let body: Value = response.json().unwrap();
+    );
+    assert_eq!(status, 503);
     assert_eq!(
         body["error"],
         "Too many requests for service svc (overloaded)"
@@ -357,22 +354,20 @@ fn routing_errors_are_json_with_azures_messages() {
         s["replicas"][0]["report"].is_object()
     });
     let http = client();
-    let response = http
-        .post(router.url("/api/v1/service/svc/score"))
-        .json(&json!({"data": [[1.0]]}))
-        .send()
-        .unwrap();
-    assert_eq!(response.status(), 503);
-    let body: Value = response.json().unwrap();
+    let (status, body) = post_json(
+        &http,
+        &router.url("/api/v1/service/svc/score"),
+        &json!({"data": [[1.0]]}),
+    );
+    assert_eq!(status, 503);
     assert_eq!(body["error"], "No ready replicas for service svc");
 
-    let response = http
-        .post(router.url("/api/v1/service/nope/score"))
-        .json(&json!({"data": [[1.0]]}))
-        .send()
-        .unwrap();
-    assert_eq!(response.status(), 404);
-    let body: Value = response.json().unwrap();
+    let (status, body) = post_json(
+        &http,
+        &router.url("/api/v1/service/nope/score"),
+        &json!({"data": [[1.0]]}),
+    );
+    assert_eq!(status, 404);
     assert!(body["error"].as_str().unwrap().contains("nope"));
 }
 
@@ -418,24 +413,21 @@ fn one_router_fronts_several_services_each_at_its_own_uri() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let response = http
-        .post(router.url("/api/v1/service/fixtures/v2/models/mlp/infer"))
-        .json(
-            &json!({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32",
+    let (status, body) = post_json(
+        &http,
+        &router.url("/api/v1/service/fixtures/v2/models/mlp/infer"),
+        &json!({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32",
             "data": [1.0, 2.0, 3.0, 4.0]}]}),
-        )
-        .send()
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let body: Value = response.json().unwrap();
+    );
+    assert_eq!(status, 200);
     assert_eq!(body["model_name"], "mlp");
     // The slow service has its own replica: the same model name is not found there.
-    let response = http
-        .post(router.url("/api/v1/service/slow/v2/models/mlp/infer"))
-        .json(&json!({"inputs": []}))
-        .send()
-        .unwrap();
-    assert_eq!(response.status(), 404);
+    let (status, _) = post_json(
+        &http,
+        &router.url("/api/v1/service/slow/v2/models/mlp/infer"),
+        &json!({"inputs": []}),
+    );
+    assert_eq!(status, 404);
     let swagger: Value = http
         .get(router.url("/api/v1/service/fixtures/swagger.json"))
         .send()
@@ -474,23 +466,21 @@ fn scored_requests_are_collected_and_flushed_when_the_router_stops() {
         );
         let http = client();
         for i in 0..20 {
-            let response = http
-                .post(router.url("/api/v1/service/svc/v2/models/mlp/infer"))
-                .json(
-                    &json!({"id": format!("r{i}"), "inputs": [{"name": "input", "shape": [1, 4],
+            let (status, _) = post_json(
+                &http,
+                &router.url("/api/v1/service/svc/v2/models/mlp/infer"),
+                &json!({"id": format!("r{i}"), "inputs": [{"name": "input", "shape": [1, 4],
                     "datatype": "FP32", "data": [i as f32, 2.0, 3.0, 4.0]}]}),
-                )
-                .send()
-                .unwrap();
-            assert_eq!(response.status(), 200);
+            );
+            assert_eq!(status, 200);
         }
         // A refused request is not scored, so not collected.
-        let response = http
-            .post(router.url("/api/v1/service/svc/v2/models/mlp/infer"))
-            .json(&json!({"inputs": []}))
-            .send()
-            .unwrap();
-        assert_eq!(response.status(), 422);
+        let (status, _) = post_json(
+            &http,
+            &router.url("/api/v1/service/svc/v2/models/mlp/infer"),
+            &json!({"inputs": []}),
+        );
+        assert_eq!(status, 422);
         let metrics = http
             .get(router.url("/metrics"))
             .send()

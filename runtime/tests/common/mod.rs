@@ -26,3 +26,14 @@ pub fn slow_infer_body(rows: usize) -> (usize, Vec<u8>) {
     body.extend_from_slice(&bytes);
     (header.len(), body)
 }
+
+/// POSTs `body` as JSON; returns the status and the JSON answer (null when not JSON).
+pub fn post_json(
+    http: &reqwest::blocking::Client,
+    url: &str,
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let response = http.post(url).json(body).send().unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().unwrap_or(serde_json::Value::Null))
+}

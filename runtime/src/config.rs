@@ -107,7 +107,7 @@ pub struct ServeArgs {
     #[arg(long, env = "MODELPOD_MEMORY_BUDGET")]
     pub memory_budget: Option<String>,
     /// Accelerator memory budgets for device engines, as DEVICE=SIZE (e.g. cuda:0=20GiB),
-    /// comma-separated.
+    /// comma-separated [default: 90 % of each CUDA device's memory, as its driver reports it].
     #[arg(
         long = "device-memory-budget",
         env = "MODELPOD_DEVICE_MEMORY_BUDGETS",

@@ -85,7 +85,7 @@ impl ScoringServer {
             },
             plan: node.plan,
             load_parallelism: config.load_parallelism,
-            budget: config.memory_budget.clone(),
+            budget: with_device_defaults(config.memory_budget.clone(), &node.cuda.devices),
             meter: Some(Arc::new(crate::memory::JemallocMeter)),
             device_meter,
         })?);
@@ -207,6 +207,26 @@ fn prepare_engines(config: &ServeConfig) -> Result<(), ServeError> {
     Ok(())
 }
 
+/// Share of a GPU's memory its models may hold when `--device-memory-budget` names no limit
+/// for it: the rest is the CUDA context, cuDNN/cuBLAS workspaces and the engines' arenas.
+pub const DEFAULT_DEVICE_MEMORY_SHARE: f64 = 0.9;
+
+/// The budget with a limit for every CUDA device the probe found and the flags left out:
+/// [`DEFAULT_DEVICE_MEMORY_SHARE`] of the memory the driver reports.
+fn with_device_defaults(
+    mut budget: modelpod_scoring::MemoryBudget,
+    devices: &[modelpod_accel::probe::CudaDevice],
+) -> modelpod_scoring::MemoryBudget {
+    for device in devices {
+        let ledger = modelpod_accel::Device::Cuda(device.ordinal).memory_ledger();
+        if budget.limit(&ledger).is_none() {
+            let limit = (device.memory_bytes as f64 * DEFAULT_DEVICE_MEMORY_SHARE) as u64;
+            budget = budget.with_limit(&ledger, limit);
+        }
+    }
+    budget
+}
+
 /// Logs what the node is and what was found on it; a promised accelerator that is missing is
 /// a warning, or fatal with `--require-accelerator`. Returns the report, whose plan the
 /// registry loads models by.
@@ -319,5 +339,30 @@ impl RunningServer {
 impl Drop for RunningServer {
     fn drop(&mut self) {
         self.stop_inner();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use modelpod_accel::probe::CudaDevice;
+
+    #[test]
+    fn gpus_without_a_given_budget_get_most_of_their_memory() {
+        let gpu = |ordinal| CudaDevice {
+            ordinal,
+            name: "NVIDIA H100 80GB HBM3".into(),
+            memory_bytes: 80 << 30,
+            compute_capability: (9, 0),
+        };
+        let given = modelpod_scoring::MemoryBudget::unlimited().with_limit("cuda:1", 20 << 30);
+        let budget = with_device_defaults(given, &[gpu(0), gpu(1)]);
+        assert_eq!(budget.limit("cuda:0"), Some((72u64 << 30) as u64));
+        assert_eq!(
+            budget.limit("cuda:1"),
+            Some(20 << 30),
+            "a given limit stays"
+        );
+        assert_eq!(budget.limit("host"), None);
     }
 }

@@ -357,7 +357,7 @@ mod tests {
         };
         let given = modelpod_scoring::MemoryBudget::unlimited().with_limit("cuda:1", 20 << 30);
         let budget = with_device_defaults(given, &[gpu(0), gpu(1)]);
-        assert_eq!(budget.limit("cuda:0"), Some((72u64 << 30) as u64));
+        assert_eq!(budget.limit("cuda:0"), Some(72 << 30));
         assert_eq!(
             budget.limit("cuda:1"),
             Some(20 << 30),

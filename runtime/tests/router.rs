@@ -521,3 +521,56 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     files
 }
+
+#[test]
+fn a_replica_that_stops_answering_is_taken_out_and_back_when_it_answers() {
+    let router = RouterProcess::start(
+        &slow_repository(),
+        json!({"numReplicas": 2, "maxConcurrentRequestsPerContainer": 2, "scoringTimeoutMs": 30000}),
+        &[],
+        2,
+    );
+    let status = router.status().unwrap();
+    let frozen_url = status["replicas"][0]["url"].as_str().unwrap().to_string();
+    let port: u16 = frozen_url.rsplit(':').next().unwrap().parse().unwrap();
+    let pid = serve_pid(port).to_string();
+    // SIGSTOP: the process holds its port (connections are accepted) but answers nothing.
+    // Thawed on drop, so a failing test leaves no stopped process behind.
+    struct Thaw(String);
+    impl Drop for Thaw {
+        fn drop(&mut self) {
+            let _ = Command::new("kill").args(["-CONT", &self.0]).status();
+        }
+    }
+    let kill = |signal: &str| {
+        let status = Command::new("kill").args([signal, &pid]).status().unwrap();
+        assert!(status.success());
+    };
+    kill("-STOP");
+    let thaw = Thaw(pid.clone());
+    let replica = |s: &Value| {
+        s["replicas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["url"] == frozen_url.as_str())
+            .cloned()
+            .unwrap()
+    };
+    // Its busy poll goes unanswered past the refresh period (1 s) and a grace: out.
+    let started = Instant::now();
+    router.wait_until(Duration::from_secs(10), |s| replica(s)["routable"] == false);
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    let http = client();
+    for _ in 0..10 {
+        assert_eq!(
+            slow_request(&http, &router, 1),
+            200,
+            "sent to the frozen replica"
+        );
+    }
+    assert_eq!(replica(&router.status().unwrap())["outstanding"], 0);
+    // Thawed, it answers its next poll and takes requests again.
+    drop(thaw);
+    router.wait_until(Duration::from_secs(10), |s| replica(s)["routable"] == true);
+}

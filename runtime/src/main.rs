@@ -63,7 +63,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             })
         }
         Command::Route(args) => {
-            telemetry::init(Default::default());
+            telemetry::init(args.log_format);
             actix_web::rt::System::new().block_on(async move {
                 let config = modelpod::route::RouterConfig::resolve(args)?;
                 let router = modelpod::route::Router::start(config).await?;

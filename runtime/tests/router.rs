@@ -461,6 +461,8 @@ fn scored_requests_are_collected_and_flushed_when_the_router_stops() {
                 collected.path().to_str().unwrap(),
                 "--serve-arg=--strict-readiness",
                 "--serve-arg=false",
+                "--log-format",
+                "json",
             ],
             1,
         );
@@ -493,6 +495,35 @@ fn scored_requests_are_collected_and_flushed_when_the_router_stops() {
             ),
             "{metrics}"
         );
+        // The service's recent requests, newest last, with where their time went.
+        let logs: Value = http
+            .get(router.url("/modelpod/services/svc/logs?limit=3"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        let requests = logs["requests"].as_array().unwrap();
+        assert_eq!(requests.len(), 3);
+        assert_eq!(requests[2]["status"], 422);
+        assert_eq!(requests[1]["status"], 200);
+        assert!(!requests[1]["request_id"].as_str().unwrap().is_empty());
+        assert!(
+            requests[1]["replica"]
+                .as_str()
+                .unwrap()
+                .starts_with("http://127.0.0.1:")
+        );
+        assert!(
+            requests[1]["upstream_us"].as_u64().unwrap()
+                <= requests[1]["total_us"].as_u64().unwrap()
+        );
+        // The same, one JSON object per line, in the router's log.
+        let access_lines = router
+            .log()
+            .lines()
+            .filter(|l| l.contains("\"target\":\"modelpod::access\""))
+            .count();
+        assert_eq!(access_lines, 21, "{}", router.log());
         // Dropping the router stops it with SIGTERM; it writes out what it collected.
     }
     let day_dirs: Vec<_> = walk(&collected.path().join("svc/mlp/latest/default"));

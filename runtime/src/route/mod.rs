@@ -54,9 +54,54 @@ pub struct Service {
     pub target_replicas: AtomicU32,
     /// Where scored requests' inputs and outputs are written, when enabled.
     pub collector: Option<collect::Collector>,
+    /// The most recent requests, newest last, for `GET /modelpod/services/{name}/logs`.
+    pub recent: parking_lot::Mutex<std::collections::VecDeque<RequestLog>>,
+}
+
+/// How many requests each service keeps in its recent log.
+pub const RECENT_REQUESTS: usize = 1000;
+
+/// One routed request, as logged and as the recent-log route returns it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RequestLog {
+    pub time: jiff::Timestamp,
+    pub request_id: String,
+    pub service: String,
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    /// The replica that answered, if one did.
+    pub replica: Option<String>,
+    /// Waiting at the router for a replica with a free slot.
+    pub queue_us: u64,
+    /// Sent to the replica until its answer was read (its queue and compute time included).
+    pub upstream_us: u64,
+    pub total_us: u64,
 }
 
 impl Service {
+    /// Logs a routed request and keeps it in the service's recent log.
+    pub fn log_request(&self, entry: RequestLog) {
+        tracing::info!(
+            target: "modelpod::access",
+            service = %entry.service,
+            request_id = %entry.request_id,
+            method = %entry.method,
+            path = %entry.path,
+            status = entry.status,
+            replica = entry.replica.as_deref().unwrap_or("-"),
+            queue_us = entry.queue_us,
+            upstream_us = entry.upstream_us,
+            total_us = entry.total_us,
+            "request"
+        );
+        let mut recent = self.recent.lock();
+        if recent.len() == RECENT_REQUESTS {
+            recent.pop_front();
+        }
+        recent.push_back(entry);
+    }
+
     pub fn from_deployment(
         name: String,
         config: &DeploymentConfig,
@@ -83,6 +128,7 @@ impl Service {
             max_request_bytes: crate::config::DEFAULT_MAX_REQUEST_BYTES,
             target_replicas: AtomicU32::new(0),
             collector: None,
+            recent: Default::default(),
             policy,
         })
     }
@@ -260,6 +306,9 @@ pub struct RouteArgs {
     /// More arguments for each replica's `modelpod serve` (repeat the flag).
     #[arg(long = "serve-arg", allow_hyphen_values = true)]
     pub serve_args: Vec<String>,
+    /// Log format: text or json (one object per line, request logs included).
+    #[arg(long, env = "MODELPOD_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: crate::config::LogFormat,
     /// Write each scored request's inputs and outputs under this directory (model data
     /// collection), as date-partitioned JSON lines.
     #[arg(long, env = "MODELPOD_DATA_COLLECTION")]

@@ -21,6 +21,10 @@ pub struct Forwarder(pub reqwest::Client);
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/", web::get().to(health))
         .route("/modelpod/services", web::get().to(services))
+        .route(
+            "/modelpod/services/{service}/logs",
+            web::get().to(recent_logs),
+        )
         .route("/metrics", web::get().to(render_metrics))
         .route(
             "/api/v1/service/{service}/score",
@@ -101,6 +105,29 @@ async fn render_metrics(state: web::Data<RouterState>) -> HttpResponse {
         .body(state.metrics.render())
 }
 
+#[derive(serde::Deserialize)]
+struct LogsQuery {
+    limit: Option<usize>,
+}
+
+/// A service's most recent requests, newest last (Azure's `get_logs`, for the router's part).
+async fn recent_logs(
+    request: HttpRequest,
+    state: web::Data<RouterState>,
+    query: web::Query<LogsQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let name = request.match_info().get("service").unwrap_or_default();
+    let service = state
+        .services
+        .iter()
+        .find(|s| s.name == name)
+        .ok_or_else(|| ApiError::NotFound(format!("service '{name}' not found")))?;
+    let recent = service.recent.lock();
+    let limit = query.limit.unwrap_or(100).min(recent.len());
+    let entries: Vec<&super::RequestLog> = recent.iter().skip(recent.len() - limit).collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "service": name, "requests": entries })))
+}
+
 async fn forward_v2(
     request: HttpRequest,
     payload: web::Payload,
@@ -144,56 +171,86 @@ async fn forward(
         .get("service")
         .unwrap_or_default()
         .to_string();
+    let service = state
+        .services
+        .iter()
+        .find(|s| s.name == name)
+        .ok_or_else(|| ApiError::NotFound(format!("service '{name}' not found")))?;
+    let mut timing = Timing {
+        arrival,
+        replica: None,
+        queue_us: 0,
+        upstream_us: 0,
+    };
     let outcome = send(
         &request,
         payload,
-        &state,
+        service,
         &forwarder.0,
-        &name,
         &replica_path,
-        arrival,
+        &mut timing,
     )
     .await;
     let code = match &outcome {
         Ok(response) => response.status().as_u16(),
         Err(e) => actix_web::ResponseError::status_code(e).as_u16(),
     };
-    if state.services.iter().any(|s| s.name == name) {
-        metrics::counter!("modelpod_router_requests_total", "service" => name.clone(), "code" => code.to_string())
-            .increment(1);
-        metrics::histogram!("modelpod_router_request_duration_seconds", "service" => name)
-            .record(arrival.elapsed().as_secs_f64());
-    }
+    metrics::counter!("modelpod_router_requests_total", "service" => name.clone(), "code" => code.to_string())
+        .increment(1);
+    metrics::histogram!("modelpod_router_request_duration_seconds", "service" => name.clone())
+        .record(arrival.elapsed().as_secs_f64());
+    let request_id = outcome
+        .as_ref()
+        .ok()
+        .and_then(|r| r.headers().get("x-ms-request-id"))
+        .or_else(|| request.headers().get("x-ms-request-id"))
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    service.log_request(super::RequestLog {
+        time: jiff::Timestamp::now(),
+        request_id,
+        service: name,
+        method: request.method().to_string(),
+        path: request.path().to_string(),
+        status: code,
+        replica: timing.replica,
+        queue_us: timing.queue_us,
+        upstream_us: timing.upstream_us,
+        total_us: arrival.elapsed().as_micros() as u64,
+    });
     outcome
+}
+
+/// Where a request's time went, for its log line.
+struct Timing {
+    arrival: Instant,
+    replica: Option<String>,
+    queue_us: u64,
+    upstream_us: u64,
 }
 
 async fn send(
     request: &HttpRequest,
     payload: web::Payload,
-    state: &RouterState,
+    service: &Service,
     client: &reqwest::Client,
-    name: &str,
     replica_path: &str,
-    arrival: Instant,
+    timing: &mut Timing,
 ) -> Result<HttpResponse, ApiError> {
-    let service = state
-        .services
-        .iter()
-        .find(|s| s.name == name)
-        .ok_or_else(|| ApiError::NotFound(format!("service '{name}' not found")))?
-        .clone();
-    let deadline = arrival + service.scoring_timeout;
+    let deadline = timing.arrival + service.scoring_timeout;
     let body = read_body(request, payload, service.max_request_bytes).await?;
     let method = reqwest::Method::from_bytes(request.method().as_str().as_bytes())
         .map_err(|_| ScoringError::BadRequest("unsupported method".into()))?;
     let query = request.query_string();
     let mut attempts = 0;
     loop {
-        let lease = service
-            .replicas
-            .lease(service.max_queue_wait)
-            .await
-            .map_err(|why| no_replica(why, &service.name))?;
+        let waiting = Instant::now();
+        let lease = service.replicas.lease(service.max_queue_wait).await;
+        timing.queue_us += waiting.elapsed().as_micros() as u64;
+        let lease = lease.map_err(|why| no_replica(why, &service.name))?;
+        timing.replica = Some(lease.replica.base_url.clone());
+        let upstream = Instant::now();
         let mut url = format!("{}{replica_path}", lease.replica.base_url);
         if !query.is_empty() {
             url.push('?');
@@ -252,6 +309,7 @@ async fn send(
             Err(e) => return Err(replica_failed(&lease, e)),
         };
         drop(lease);
+        timing.upstream_us = upstream.elapsed().as_micros() as u64;
         if let Some(collector) = &service.collector
             && status.is_success()
         {

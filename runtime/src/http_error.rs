@@ -56,6 +56,13 @@ impl fmt::Display for ApiError {
     }
 }
 
+/// Query-string extraction that fails with this module's JSON 400, not actix's plain text.
+pub fn query_config() -> actix_web::web::QueryConfig {
+    actix_web::web::QueryConfig::default().error_handler(|e, _| {
+        ApiError::from(ScoringError::BadRequest(format!("query string: {e}"))).into()
+    })
+}
+
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {

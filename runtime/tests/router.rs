@@ -369,6 +369,17 @@ fn routing_errors_are_json_with_azures_messages() {
     );
     assert_eq!(status, 404);
     assert!(body["error"].as_str().unwrap().contains("nope"));
+
+    let response = http
+        .get(router.url("/modelpod/services/svc/logs?limit=all"))
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("query string"),
+        "{body}"
+    );
 }
 
 #[test]

@@ -414,6 +414,14 @@ fn hostile_inputs_get_clear_4xx_and_the_server_stays_up() {
     );
     let stream = reqwest::blocking::Body::new(std::io::Cursor::new(huge));
     expect_error(http.post(&infer).body(stream).send().unwrap(), 413, "limit");
+    // A malformed query string is a JSON 400 too.
+    expect_error(
+        http.get(server.url("/modelpod/busy?after=soon"))
+            .send()
+            .unwrap(),
+        400,
+        "query string",
+    );
     // Still serving.
     assert_eq!(http.get(server.url("/")).send().unwrap().status(), 200);
     let (status, _) = json_of(

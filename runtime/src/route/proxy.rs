@@ -19,7 +19,8 @@ pub struct RouterState {
 pub struct Forwarder(pub reqwest::Client);
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/", web::get().to(health))
+    cfg.app_data(crate::http_error::query_config())
+        .route("/", web::get().to(health))
         .route("/modelpod/services", web::get().to(services))
         .route(
             "/modelpod/services/{service}/logs",

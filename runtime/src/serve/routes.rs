@@ -21,7 +21,8 @@ const INFERENCE_HEADER: &str = "inference-header-content-length";
 const REQUEST_ID_HEADERS: [&str; 3] = ["x-request-id", "x-ms-request-id", "x-ms-client-request-id"];
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/", web::get().to(azure_health))
+    cfg.app_data(crate::http_error::query_config())
+        .route("/", web::get().to(azure_health))
         .route("/score", web::post().to(score))
         .route("/swagger.json", web::get().to(super::swagger::swagger))
         .route("/metrics", web::get().to(metrics))

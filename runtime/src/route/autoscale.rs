@@ -97,6 +97,15 @@ impl AutoscalePolicy {
         Ok(())
     }
 
+    /// The replicas a service starts with: minReplicas, or numReplicas with the autoscaler off.
+    pub fn initial_replicas(&self) -> u32 {
+        if self.enabled {
+            self.min_replicas
+        } else {
+            self.fixed_replicas
+        }
+    }
+
     /// The replicas Azure's formula asks for at `busy` busy replicas, within `[min, max]`.
     pub fn replicas_for(&self, busy: f64) -> u32 {
         let wanted = (busy.max(0.0) / self.target_utilization - 1e-9).ceil();

@@ -96,22 +96,21 @@ impl LocalScaler {
         }
     }
 
-    /// Asks a replica to drain and stop (SIGTERM), then kills it after the grace period.
-    fn stop(mut replica: LocalReplica, grace: Duration) {
+    /// Asks a replica to drain and stop (SIGTERM), and kills it if it outlasts the grace
+    /// period; resolves once it has exited.
+    async fn stop(mut replica: LocalReplica, grace: Duration) {
         terminate(&replica.child);
-        tokio::spawn(async move {
-            if tokio::time::timeout(grace, replica.child.wait())
-                .await
-                .is_err()
-            {
-                tracing::warn!(
-                    port = replica.port,
-                    "replica did not stop in time; killing it"
-                );
-                let _ = replica.child.kill().await;
-            }
-            tracing::info!(port = replica.port, "replica stopped");
-        });
+        if tokio::time::timeout(grace, replica.child.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                port = replica.port,
+                "replica did not stop in time; killing it"
+            );
+            let _ = replica.child.kill().await;
+        }
+        tracing::info!(port = replica.port, "replica stopped");
     }
 }
 
@@ -153,7 +152,7 @@ impl Scaler for LocalScaler {
                 stopped
             };
             for replica in stopped {
-                Self::stop(replica, self.spec.stop_grace);
+                tokio::spawn(Self::stop(replica, self.spec.stop_grace));
             }
             Ok(())
         })
@@ -167,20 +166,8 @@ impl Scaler for LocalScaler {
         Box::pin(async move {
             let stopped: Vec<LocalReplica> = self.replicas.lock().drain(..).collect();
             self.publish(&[]);
-            let mut waits = Vec::new();
-            for mut replica in stopped {
-                terminate(&replica.child);
-                let grace = self.spec.stop_grace;
-                waits.push(async move {
-                    if tokio::time::timeout(grace, replica.child.wait())
-                        .await
-                        .is_err()
-                    {
-                        let _ = replica.child.kill().await;
-                    }
-                });
-            }
-            futures_util::future::join_all(waits).await;
+            let grace = self.spec.stop_grace;
+            futures_util::future::join_all(stopped.into_iter().map(|r| Self::stop(r, grace))).await;
         })
     }
 }

@@ -72,11 +72,7 @@ pub fn render(args: &ManifestArgs) -> anyhow::Result<Value> {
     };
     let policy =
         AutoscalePolicy::from_deployment(&config, args.dev_test).map_err(anyhow::Error::msg)?;
-    let replicas = if policy.enabled {
-        policy.min_replicas
-    } else {
-        policy.fixed_replicas
-    };
+    let replicas = policy.initial_replicas();
     let resources = config.container_resource_requirements.as_ref();
     let sku = args.node_sku.as_deref().map(lookup);
     let gpus = number(resources, "gpu")

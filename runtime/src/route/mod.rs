@@ -106,12 +106,10 @@ impl Service {
         name: String,
         config: &DeploymentConfig,
         dev_test_cluster: bool,
-        scale_down_window: Option<Duration>,
+        scale_down_window: Duration,
     ) -> Result<Service, String> {
         let mut policy = AutoscalePolicy::from_deployment(config, dev_test_cluster)?;
-        if let Some(window) = scale_down_window {
-            policy.scale_down_window = window;
-        }
+        policy.scale_down_window = scale_down_window;
         Ok(Service {
             name,
             replicas: Arc::new(ReplicaSet::default()),
@@ -131,14 +129,6 @@ impl Service {
             recent: Default::default(),
             policy,
         })
-    }
-
-    fn initial_replicas(&self) -> u32 {
-        if self.policy.enabled {
-            self.policy.min_replicas
-        } else {
-            self.policy.fixed_replicas
-        }
     }
 }
 
@@ -489,7 +479,7 @@ impl Router {
     /// actix system (which runs on tokio).
     pub async fn start(config: RouterConfig) -> anyhow::Result<Router> {
         // Before anything records: metric handles taken earlier would count nowhere.
-        crate::metrics::install();
+        let metrics = crate::metrics::install();
         // Bad certificates fail the start before any replica is started.
         let tls = match &config.tls {
             Some(tls) => Some(crate::tls::server_config(&tls.certificate, &tls.key)?),
@@ -504,13 +494,9 @@ impl Router {
                 Some(path) => DeploymentConfig::read(path)?,
                 None => DeploymentConfig::default(),
             };
-            let mut service = Service::from_deployment(
-                spec.name.clone(),
-                &deployment,
-                config.dev_test,
-                Some(window),
-            )
-            .map_err(|e| anyhow::anyhow!("service {}: {e}", spec.name))?;
+            let mut service =
+                Service::from_deployment(spec.name.clone(), &deployment, config.dev_test, window)
+                    .map_err(|e| anyhow::anyhow!("service {}: {e}", spec.name))?;
             service.collector = spec.data_collection.as_ref().map(|settings| {
                 let mut collector = collect::CollectorConfig::new(settings.root.clone());
                 collector.format = settings.format;
@@ -542,13 +528,12 @@ impl Router {
                 }
             };
             tracing::info!(service = %spec.name, scaler = scaler.name(), "service");
-            run_service(service.clone(), scaler.clone(), client.clone());
             services.push(service);
             scalers.push(scaler);
         }
         let state = actix_web::web::Data::new(proxy::RouterState {
             services: services.clone(),
-            metrics: crate::metrics::install(),
+            metrics,
         });
         let server = actix_web::HttpServer::new(move || {
             // One client per worker: its pooled connections are driven by this worker's
@@ -592,6 +577,11 @@ impl Router {
             }
             None => None,
         };
+        // Replicas start only once every listener is bound: a router that cannot listen
+        // starts none.
+        for (service, scaler) in services.iter().zip(&scalers) {
+            run_service(service.clone(), scaler.clone(), client.clone());
+        }
         Ok(Router {
             address,
             services,
@@ -636,7 +626,7 @@ fn http_client() -> reqwest::Client {
 /// Starts a service's replicas, follows them, and autoscales them.
 pub fn run_service(service: Arc<Service>, scaler: Arc<dyn Scaler>, client: reqwest::Client) {
     tokio::spawn(track_endpoints(service.clone(), client, scaler.clone()));
-    let initial = service.initial_replicas();
+    let initial = service.policy.initial_replicas();
     service.target_replicas.store(initial, Ordering::Release);
     tokio::spawn(async move {
         if let Err(e) = scaler.scale(initial).await {

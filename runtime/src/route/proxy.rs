@@ -3,7 +3,7 @@
 use super::replicas::NoReplica;
 use super::{Service, collect};
 use crate::http_error::ApiError;
-use crate::serve::routes::{not_found, read_body};
+use crate::serve::routes::{azure_health, not_found, read_body};
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use modelpod_scoring::ScoringError;
@@ -15,12 +15,23 @@ pub struct RouterState {
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
 
+impl RouterState {
+    /// The service a request's `{service}` path segment names.
+    fn service(&self, request: &HttpRequest) -> Result<&Arc<Service>, ApiError> {
+        let name = request.match_info().get("service").unwrap_or_default();
+        self.services
+            .iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| ApiError::NotFound(format!("service '{name}' not found")))
+    }
+}
+
 /// The HTTP client that forwards requests, one per worker.
 pub struct Forwarder(pub reqwest::Client);
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.app_data(crate::http_error::query_config())
-        .route("/", web::get().to(health))
+        .route("/", web::get().to(azure_health))
         .route("/modelpod/services", web::get().to(services))
         .route(
             "/modelpod/services/{service}/logs",
@@ -40,12 +51,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             web::route().to(forward_v2),
         )
         .default_service(web::to(not_found));
-}
-
-async fn health() -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("text/plain; charset=utf-8")
-        .body("Healthy")
 }
 
 /// What the router knows of each service: the replicas asked of the scaler and each replica's
@@ -117,16 +122,14 @@ async fn recent_logs(
     state: web::Data<RouterState>,
     query: web::Query<LogsQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let name = request.match_info().get("service").unwrap_or_default();
-    let service = state
-        .services
-        .iter()
-        .find(|s| s.name == name)
-        .ok_or_else(|| ApiError::NotFound(format!("service '{name}' not found")))?;
+    let service = state.service(&request)?;
     let recent = service.recent.lock();
     let limit = query.limit.unwrap_or(100).min(recent.len());
     let entries: Vec<&super::RequestLog> = recent.iter().skip(recent.len() - limit).collect();
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "service": name, "requests": entries })))
+    Ok(
+        HttpResponse::Ok()
+            .json(serde_json::json!({ "service": service.name, "requests": entries })),
+    )
 }
 
 async fn forward_v2(
@@ -167,16 +170,8 @@ async fn forward(
     replica_path: String,
 ) -> Result<HttpResponse, ApiError> {
     let arrival = Instant::now();
-    let name = request
-        .match_info()
-        .get("service")
-        .unwrap_or_default()
-        .to_string();
-    let service = state
-        .services
-        .iter()
-        .find(|s| s.name == name)
-        .ok_or_else(|| ApiError::NotFound(format!("service '{name}' not found")))?;
+    let service = state.service(&request)?;
+    let name = service.name.clone();
     let mut timing = Timing {
         arrival,
         replica: None,

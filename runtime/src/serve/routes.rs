@@ -97,7 +97,7 @@ pub(crate) async fn not_found(request: HttpRequest) -> HttpResponse {
     )))
 }
 
-async fn azure_health() -> HttpResponse {
+pub(crate) async fn azure_health() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; charset=utf-8")
         .body("Healthy")

@@ -3,8 +3,9 @@
 //!
 //! The router long-polls `GET /modelpod/busy?after=SEQ&wait_ms=MS`: the answer comes at once
 //! when the state changed after `SEQ`, else at the first change or after `wait_ms` (the
-//! router's refresh period), whichever is first. Recording a change costs a scoring request two
-//! atomic increments and a wake-up of the pollers, if any; nothing is sent while nothing
+//! router's refresh period), whichever is first. Recording a change (a request starts or stops
+//! waiting, starts or stops scoring) costs two atomic updates and a wake-up of the pollers, if
+//! any; nothing is sent while nothing
 //! changes but one answer per refresh period. Polls are short, so a server that is shutting
 //! down drains without waiting on its router.
 

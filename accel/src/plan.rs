@@ -7,7 +7,7 @@
 
 use crate::probe::{CudaDevice, Probe};
 use crate::sku::{AcceleratorKind, SkuSpec};
-use crate::{Device, DeviceKind, EngineChoice, EngineKind};
+use crate::{Device, DeviceKind, EngineChoice, EngineError, EngineKind};
 use serde::Serialize;
 
 /// One engine and the devices its instances are spread over.
@@ -25,6 +25,17 @@ impl Candidate {
 
     pub fn accelerated(&self) -> bool {
         self.engine.device_kind() != DeviceKind::Cpu
+    }
+
+    /// Whether the next candidate is tried after this one failed with `error`: after any
+    /// failure of an accelerator engine, and after a CPU engine that cannot run here at all.
+    /// A model's own failure on a CPU engine is final: another CPU engine would only hide it.
+    pub fn falls_back_after(&self, error: &EngineError) -> bool {
+        self.accelerated()
+            || matches!(
+                error,
+                EngineError::Unavailable { .. } | EngineError::OrtUnavailable(_)
+            )
     }
 }
 
@@ -347,6 +358,20 @@ mod tests {
             ..facts(None, &cuda, &xilinx)
         });
         assert_eq!(plan.engine_names(), ["ort-cpu", "tract-cpu"]);
+    }
+
+    #[test]
+    fn only_accelerator_failures_and_unavailable_engines_fall_back() {
+        let model_error = EngineError::Load {
+            path: "m.onnx".into(),
+            reason: "bad graph".into(),
+        };
+        let unavailable = EngineError::OrtUnavailable("no library".into());
+        let cpu = Candidate::new(EngineKind::OrtCpu, vec![Device::Cpu]);
+        let gpu = Candidate::new(EngineKind::OrtCuda, vec![Device::Cuda(0)]);
+        assert!(!cpu.falls_back_after(&model_error));
+        assert!(cpu.falls_back_after(&unavailable));
+        assert!(gpu.falls_back_after(&model_error));
     }
 
     #[test]

@@ -759,15 +759,11 @@ impl Registry {
                     return Ok(served);
                 }
                 Err(BuildError::Engine(e)) => {
-                    let unavailable = matches!(
-                        e,
-                        EngineError::Unavailable { .. } | EngineError::OrtUnavailable(_)
-                    );
                     failures.push(format!("{}: {e}", candidate.engine));
-                    if !(unavailable || candidate.accelerated()) {
+                    if !candidate.falls_back_after(&e) {
                         break;
                     }
-                    if unavailable && !candidate.accelerated() {
+                    if !candidate.accelerated() {
                         tracing::debug!(model = name, engine = %candidate.engine, %e, "engine unavailable");
                     }
                 }

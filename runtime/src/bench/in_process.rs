@@ -32,21 +32,29 @@ pub fn measure(args: &BenchArgs) -> Result<Vec<PointResult>, BenchError> {
         intra_op_threads: manifest.intra_op_threads.unwrap_or(1),
         ..EngineOptions::default()
     };
-    // The engine `serve` would choose on this node: the first of the plan that loads, on its
-    // first device.
+    // The engine `serve` would choose on this node, by the same fallback rule, on its first
+    // device.
     let plan = crate::node::NodeReport::gather(&Default::default(), false).plan;
     let candidates = plan
         .for_model(choice, manifest.device, manifest.gpus.as_deref())
         .map_err(BenchError::Setup)?;
     let mut failures = Vec::new();
-    let model = candidates
-        .iter()
-        .find_map(|c| {
-            load_model(&file, c.engine, c.devices[0], &options)
-                .map_err(|e| failures.push(format!("{}: {e}", c.engine)))
-                .ok()
-        })
-        .ok_or_else(|| BenchError::Setup(failures.join("; ")))?;
+    let mut model = None;
+    for candidate in &candidates {
+        match load_model(&file, candidate.engine, candidate.devices[0], &options) {
+            Ok(loaded) => {
+                model = Some(loaded);
+                break;
+            }
+            Err(e) => {
+                failures.push(format!("{}: {e}", candidate.engine));
+                if !candidate.falls_back_after(&e) {
+                    break;
+                }
+            }
+        }
+    }
+    let model = model.ok_or_else(|| BenchError::Setup(failures.join("; ")))?;
     let instances = args
         .concurrency
         .first()

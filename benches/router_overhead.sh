@@ -34,13 +34,14 @@ router_port=$(free_port)
 ./target/release/modelpod serve --model-repository examples/models --deployment-config "$config" \
   --host 127.0.0.1 --port "$direct_port" --log-format text > "$OUT/router-direct.log" 2>&1 &
 direct=$!
-./target/release/modelpod route --service bench --model-repository examples/models \
+./target/release/modelpod route --service bench --auth none --model-repository examples/models \
+  --admin-key bench-admin --state-file "$OUT/router-state.json" \
   --deployment-config "$config" --host 127.0.0.1 --port "$router_port" > "$OUT/router.log" 2>&1 &
 router=$!
 trap 'kill $direct $router 2>/dev/null || true; wait 2>/dev/null || true' EXIT
 for _ in $(seq 1 600); do
   curl -sf "http://127.0.0.1:$direct_port/v2/health/ready" >/dev/null \
-    && curl -sf "http://127.0.0.1:$router_port/modelpod/services" | grep -q '"ready_replicas":1' && break
+    && curl -sf -H "Authorization: Bearer bench-admin" "http://127.0.0.1:$router_port/modelpod/services" | grep -q '"ready_replicas":1' && break
   sleep 0.1
 done
 

@@ -80,6 +80,10 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub api_keys: Vec<String>,
+    /// Scoring routes take no key, whatever deploymentconfig.json says: for replicas behind
+    /// `modelpod route`, which authenticates callers itself.
+    #[arg(long, conflicts_with = "api_keys")]
+    pub no_auth: bool,
     /// Model `POST /score` uses when no ?model= is given [default: the only model].
     #[arg(long, env = "MODELPOD_DEFAULT_MODEL")]
     pub default_model: Option<String>,
@@ -277,6 +281,9 @@ impl ServeConfig {
             api_keys = azure.key_list();
         }
         api_keys.retain(|k| !k.trim().is_empty());
+        if args.no_auth {
+            api_keys.clear();
+        }
         let config = ServeConfig {
             model_repository,
             host: args.host.or(file.host).unwrap_or_else(|| "0.0.0.0".into()),

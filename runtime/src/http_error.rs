@@ -20,6 +20,11 @@ pub enum ApiError {
     /// The router's replica failed the request after it was sent (it died, or answered
     /// nonsense): 502.
     BadGateway(String),
+    /// A management change names something that exists already: 409.
+    Conflict(String),
+    /// The router could not carry out a valid change (its state file cannot be written, a
+    /// deployment cannot start): 500.
+    Internal(String),
 }
 
 impl From<ScoringError> for ApiError {
@@ -36,6 +41,8 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => "PayloadTooLarge",
             ApiError::NotFound(_) => "NotFound",
             ApiError::BadGateway(_) => "BadGateway",
+            ApiError::Conflict(_) => "Conflict",
+            ApiError::Internal(_) => "InternalError",
         }
     }
 }
@@ -51,7 +58,10 @@ impl fmt::Display for ApiError {
             ApiError::PayloadTooLarge { limit } => {
                 write!(f, "the request body exceeds the limit of {limit} bytes")
             }
-            ApiError::NotFound(what) | ApiError::BadGateway(what) => write!(f, "{what}"),
+            ApiError::NotFound(what)
+            | ApiError::BadGateway(what)
+            | ApiError::Conflict(what)
+            | ApiError::Internal(what) => write!(f, "{what}"),
         }
     }
 }
@@ -80,6 +90,8 @@ impl ResponseError for ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -110,6 +122,8 @@ mod tests {
             (ApiError::Unauthorized, 401),
             (ApiError::PayloadTooLarge { limit: 1 }, 413),
             (ApiError::BadGateway("x".into()), 502),
+            (ApiError::Conflict("x".into()), 409),
+            (ApiError::Internal("x".into()), 500),
         ];
         for (error, status) in cases {
             assert_eq!(error.status_code().as_u16(), status, "{error:?}");

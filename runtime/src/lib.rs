@@ -7,6 +7,7 @@ pub mod azure_config;
 pub mod bench;
 pub mod config;
 pub mod http_error;
+pub mod manage;
 pub mod memory;
 pub mod metrics;
 pub mod node;

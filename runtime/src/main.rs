@@ -20,6 +20,10 @@ enum Command {
     /// Front a service's replicas: route each request to the least-busy one and scale them
     /// towards the target utilization.
     Route(modelpod::route::RouteArgs),
+    /// Manage a router's services: create, update, delete, keys, tokens, logs.
+    Service(modelpod::manage::ServiceCommand),
+    /// Manage a router's endpoints and their versions (traffic split, default, control).
+    Endpoint(modelpod::manage::EndpointCommand),
     /// Print a service's Kubernetes objects (Deployment, Service, the router's ServiceAccount
     /// and Role) from its deploymentconfig.json, as JSON for `kubectl apply -f -`.
     Manifests(modelpod::route::manifests::ManifestArgs),
@@ -71,6 +75,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::Ok(())
             })
         }
+        Command::Service(command) => modelpod::manage::run_service(command),
+        Command::Endpoint(command) => modelpod::manage::run_endpoint(command),
         Command::Manifests(args) => {
             let list = modelpod::route::manifests::render(&args)?;
             println!("{}", serde_json::to_string_pretty(&list)?);

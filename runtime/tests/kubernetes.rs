@@ -326,6 +326,14 @@ async fn the_router_scales_a_deployment_through_its_scale_subresource_with_least
             .args(["--kube-namespace", NAMESPACE, "--kube-port", "5001"])
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .args(["--scale-down-window-s", "3"])
+            .args([
+                "--auth",
+                "none",
+                "--admin-key",
+                "test-admin-key",
+                "--state-file",
+            ])
+            .arg(dir.path().join("router-state.json"))
             .arg("--deployment-config")
             .arg(&deployment_config)
             .stdout(Stdio::null());
@@ -355,13 +363,16 @@ async fn the_router_scales_a_deployment_through_its_scale_subresource_with_least
     let mut router = route(port).stderr(log).spawn().unwrap();
     let base = format!("http://127.0.0.1:{port}");
     let status = |base: String| async move {
-        reqwest::get(format!("{base}/modelpod/services"))
+        reqwest::Client::new()
+            .get(format!("{base}/modelpod/services"))
+            .bearer_auth("test-admin-key")
+            .send()
             .await
             .ok()?
             .json::<Value>()
             .await
             .ok()
-            .map(|v| v["services"][0].clone())
+            .map(|v| v["services"][0]["versions"][0].clone())
     };
     let deployments: Api<Deployment> = Api::namespaced(admin.clone(), NAMESPACE);
     let replicas = || async {

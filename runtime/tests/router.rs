@@ -15,8 +15,19 @@ fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// The admin key every test router is started with.
+const ADMIN_KEY: &str = "test-admin-key";
+
+/// A client that sends the admin key: the management routes need it, and the scoring routes
+/// of these tests' services (auth none) ignore it.
 fn client() -> reqwest::blocking::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        "Authorization",
+        format!("Bearer {ADMIN_KEY}").parse().unwrap(),
+    );
     reqwest::blocking::Client::builder()
+        .default_headers(headers)
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap()
@@ -35,7 +46,7 @@ impl RouterProcess {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("deploymentconfig.json");
         std::fs::write(&config, deployment.to_string()).unwrap();
-        let mut args: Vec<String> = ["--service", "svc", "--model-repository"]
+        let mut args: Vec<String> = ["--service", "svc", "--auth", "none", "--model-repository"]
             .map(String::from)
             .to_vec();
         args.push(repository.display().to_string());
@@ -45,12 +56,16 @@ impl RouterProcess {
         Self::spawn(dir, &args, ready)
     }
 
-    /// Starts `modelpod route ARGS` (plus host and port) with its log in `dir`.
+    /// Starts `modelpod route ARGS` (plus host, port, admin key and a state file) with its log
+    /// in `dir`.
     fn spawn(dir: tempfile::TempDir, args: &[String], ready: usize) -> RouterProcess {
         let port = free_port();
         let log = std::fs::File::create(dir.path().join("router.log")).unwrap();
+        let state = dir.path().join("router-state.json");
         let child = Command::new(env!("CARGO_BIN_EXE_modelpod"))
             .args(["route", "--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--admin-key", ADMIN_KEY, "--state-file"])
+            .arg(&state)
             .args(args)
             .stdout(Stdio::null())
             .stderr(log)
@@ -74,7 +89,7 @@ impl RouterProcess {
     fn status(&self) -> Option<Value> {
         let response = client().get(self.url("/modelpod/services")).send().ok()?;
         let body: Value = response.json().ok()?;
-        Some(body["services"][0].clone())
+        Some(body["services"][0]["versions"][0].clone())
     }
 
     fn log(&self) -> String {
@@ -392,8 +407,8 @@ fn one_router_fronts_several_services_each_at_its_own_uri() {
         format!(
             // The fixtures include a broken model: ready means "start-up loading done" there.
             "[[service]]\nname = \"fixtures\"\nmodel_repository = {:?}\n\
-             serve_args = [\"--strict-readiness\", \"false\"]\n\n\
-             [[service]]\nname = \"slow\"\nmodel_repository = {:?}\n",
+             serve_args = [\"--strict-readiness\", \"false\"]\nauth = \"none\"\n\n\
+             [[service]]\nname = \"slow\"\nmodel_repository = {:?}\nauth = \"none\"\n",
             models.display().to_string(),
             slow_repository().display().to_string()
         ),
@@ -414,7 +429,7 @@ fn one_router_fronts_several_services_each_at_its_own_uri() {
             .as_array()
             .unwrap()
             .iter()
-            .all(|s| s["ready_replicas"] == 1)
+            .all(|s| s["versions"][0]["ready_replicas"] == 1)
     };
     while !all_ready() {
         assert!(
@@ -453,10 +468,14 @@ fn one_router_fronts_several_services_each_at_its_own_uri() {
         .text()
         .unwrap();
     assert!(
-        metrics.contains("modelpod_router_requests_total{service=\"fixtures\",code=\"200\"}"),
+        metrics.contains(
+            "modelpod_router_requests_total{service=\"fixtures\",version=\"default\",code=\"200\"}"
+        ),
         "{metrics}"
     );
-    assert!(metrics.contains("modelpod_router_ready_replicas{service=\"slow\"} 1"));
+    assert!(
+        metrics.contains("modelpod_router_ready_replicas{service=\"slow\",version=\"default\"} 1")
+    );
 }
 
 #[test]
@@ -502,7 +521,7 @@ fn scored_requests_are_collected_and_flushed_when_the_router_stops() {
             .unwrap();
         assert!(
             metrics.contains(
-                "modelpod_data_collection_records{service=\"svc\",outcome=\"dropped_queue_full\"} 0"
+                "modelpod_data_collection_records{service=\"svc\",version=\"default\",outcome=\"dropped_queue_full\"} 0"
             ),
             "{metrics}"
         );

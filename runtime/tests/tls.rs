@@ -100,6 +100,8 @@ fn https_with_tls_1_2_and_1_3_only_and_a_redirecting_http_port() {
             .args(["--port", &port.to_string()])
             .args(["--http-redirect-port", &redirect_port.to_string()])
             .args(["--tls-cert", &cert, "--tls-key", &key])
+            .args(["--auth", "none", "--state-file"])
+            .arg(dir.path().join("router-state.json"))
             .arg("--model-repository")
             .arg(&models)
             .stdout(Stdio::null())
@@ -188,6 +190,8 @@ fn a_bad_certificate_is_a_clear_error_at_start() {
         .arg(&bogus)
         .arg("--tls-key")
         .arg(&bogus)
+        .arg("--state-file")
+        .arg(dir.path().join("router-state.json"))
         .output()
         .unwrap();
     assert!(!output.status.success());

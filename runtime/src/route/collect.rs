@@ -28,13 +28,15 @@ pub struct Record {
     pub service: String,
     pub model: String,
     pub version: String,
-    /// `default`, `control` or `treatment`.
+    /// `default` (a service), or `control` or `treatment` (an endpoint's version).
     pub designation: String,
+    /// The endpoint version that answered (`default` for a service).
+    pub endpoint_version: String,
     pub inputs: serde_json::Value,
     pub outputs: serde_json::Value,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     #[default]
@@ -148,7 +150,8 @@ impl Drop for Collector {
     }
 }
 
-const CSV_HEADER: &str = "time,request_id,service,model,version,designation,inputs,outputs\n";
+const CSV_HEADER: &str =
+    "time,request_id,service,model,version,designation,endpoint_version,inputs,outputs\n";
 
 /// One CSV row: the record's fields, inputs and outputs as JSON text, quoted as RFC 4180 asks.
 fn csv_line(record: &Record) -> Vec<u8> {
@@ -160,6 +163,7 @@ fn csv_line(record: &Record) -> Vec<u8> {
         record.model.clone(),
         record.version.clone(),
         record.designation.clone(),
+        record.endpoint_version.clone(),
         record.inputs.to_string(),
         record.outputs.to_string(),
     ];
@@ -282,6 +286,7 @@ mod tests {
             model: model.into(),
             version: "1".into(),
             designation: "default".into(),
+            endpoint_version: "default".into(),
             inputs: json!({"data": [[i, 2.5]]}),
             outputs: json!(["setosa"]),
         }

@@ -1,12 +1,19 @@
-//! `modelpod route`: the front end that Azure calls azureml-fe. It serves a service at Azure's
+//! `modelpod route`: the front end that Azure calls azureml-fe. It serves services at Azure's
 //! scoring URI (`/api/v1/service/{service}/score`, `/swagger.json`, and the v2 routes under
-//! the same prefix), sends each request to the least-busy ready replica from the busy state
-//! the replicas report, and scales the replicas towards the target utilization through a
-//! [`Scaler`] (local processes or a Kubernetes Deployment). It can terminate TLS and collect
-//! each scored request's inputs and outputs.
+//! the same prefix) and endpoints with up to six versions at `/api/v1/endpoint/{endpoint}/...`,
+//! splitting their traffic by percentile. It authenticates callers (keys or tokens), sends
+//! each request to the least-busy ready replica from the busy state the replicas report, and
+//! scales the replicas towards the target utilization through a [`Scaler`] (local processes
+//! or a Kubernetes Deployment). A management API changes what it serves and a state file
+//! keeps it; it can terminate TLS and collect each scored request's inputs and outputs.
 
+pub mod access;
+pub mod admin;
 pub mod autoscale;
+pub mod catalog;
 pub mod collect;
+pub mod control;
+pub mod deployment;
 pub mod kube;
 pub mod local;
 pub mod manifests;
@@ -14,16 +21,12 @@ mod proxy;
 pub mod replicas;
 pub mod store;
 
-use crate::azure_config::{DeploymentConfig, defaults};
-use crate::serve::busy::BusyReport;
-use autoscale::{AutoscalePolicy, Sample, decide, prune};
+use catalog::{AuthMode, DeploymentSpec, Kind, Version};
 use futures_util::future::BoxFuture;
-use replicas::{Replica, ReplicaSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::watch;
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -42,23 +45,7 @@ pub trait Scaler: Send + Sync {
     fn shutdown(&self) -> BoxFuture<'_, ()>;
 }
 
-/// One service: its replicas, its limits and its autoscaling policy.
-pub struct Service {
-    pub name: String,
-    pub replicas: Arc<ReplicaSet>,
-    pub policy: AutoscalePolicy,
-    pub max_queue_wait: Duration,
-    pub scoring_timeout: Duration,
-    pub max_request_bytes: usize,
-    /// The replica count last asked of the scaler.
-    pub target_replicas: AtomicU32,
-    /// Where scored requests' inputs and outputs are written, when enabled.
-    pub collector: Option<collect::Collector>,
-    /// The most recent requests, newest last, for `GET /modelpod/services/{name}/logs`.
-    pub recent: parking_lot::Mutex<std::collections::VecDeque<RequestLog>>,
-}
-
-/// How many requests each service keeps in its recent log.
+/// How many requests each webservice keeps in its recent log.
 pub const RECENT_REQUESTS: usize = 1000;
 
 /// One routed request, as logged and as the recent-log route returns it.
@@ -66,7 +53,10 @@ pub const RECENT_REQUESTS: usize = 1000;
 pub struct RequestLog {
     pub time: jiff::Timestamp,
     pub request_id: String,
+    /// The service or endpoint.
     pub service: String,
+    /// The endpoint version that answered (`default` for a service).
+    pub version: String,
     pub method: String,
     pub path: String,
     pub status: u16,
@@ -79,177 +69,6 @@ pub struct RequestLog {
     pub total_us: u64,
 }
 
-impl Service {
-    /// Logs a routed request and keeps it in the service's recent log.
-    pub fn log_request(&self, entry: RequestLog) {
-        tracing::info!(
-            target: "modelpod::access",
-            service = %entry.service,
-            request_id = %entry.request_id,
-            method = %entry.method,
-            path = %entry.path,
-            status = entry.status,
-            replica = entry.replica.as_deref().unwrap_or("-"),
-            queue_us = entry.queue_us,
-            upstream_us = entry.upstream_us,
-            total_us = entry.total_us,
-            "request"
-        );
-        let mut recent = self.recent.lock();
-        if recent.len() == RECENT_REQUESTS {
-            recent.pop_front();
-        }
-        recent.push_back(entry);
-    }
-
-    pub fn from_deployment(
-        name: String,
-        config: &DeploymentConfig,
-        dev_test_cluster: bool,
-        scale_down_window: Duration,
-    ) -> Result<Service, String> {
-        let mut policy = AutoscalePolicy::from_deployment(config, dev_test_cluster)?;
-        policy.scale_down_window = scale_down_window;
-        Ok(Service {
-            name,
-            replicas: Arc::new(ReplicaSet::default()),
-            max_queue_wait: Duration::from_millis(
-                config
-                    .max_queue_wait_ms
-                    .unwrap_or(defaults::MAX_QUEUE_WAIT_MS),
-            ),
-            scoring_timeout: Duration::from_millis(
-                config
-                    .scoring_timeout_ms
-                    .unwrap_or(defaults::SCORING_TIMEOUT_MS),
-            ),
-            max_request_bytes: crate::config::DEFAULT_MAX_REQUEST_BYTES,
-            target_replicas: AtomicU32::new(0),
-            collector: None,
-            recent: Default::default(),
-            policy,
-        })
-    }
-}
-
-/// Keeps the replica set equal to what the scaler reports and polls each replica's busy state
-/// until it is removed.
-pub async fn track_endpoints(
-    service: Arc<Service>,
-    client: reqwest::Client,
-    scaler: Arc<dyn Scaler>,
-) {
-    let mut endpoints = scaler.endpoints();
-    loop {
-        let wanted = endpoints.borrow_and_update().clone();
-        let known = service.replicas.urls();
-        for url in known.iter().filter(|u| !wanted.contains(u)) {
-            tracing::info!(service = %service.name, replica = %url, "replica removed");
-            service.replicas.remove(url);
-        }
-        for url in wanted.iter().filter(|u| !known.contains(u)) {
-            tracing::info!(service = %service.name, replica = %url, "replica added");
-            let replica = service.replicas.add(url.clone());
-            tokio::spawn(poll_busy(
-                service.replicas.clone(),
-                replica,
-                client.clone(),
-                service.policy.refresh_period,
-            ));
-        }
-        if endpoints.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
-/// Polls one replica's busy state until it is removed. A replica that refuses, resets or does
-/// not answer within its period (plus a grace) is unreachable until it answers again.
-async fn poll_busy(
-    set: Arc<ReplicaSet>,
-    replica: Arc<Replica>,
-    client: reqwest::Client,
-    period: Duration,
-) {
-    // Bursts of changes are coalesced into at most one poll per this interval.
-    const MIN_INTERVAL: Duration = Duration::from_millis(5);
-    let mut after = u64::MAX;
-    let mut backoff = Duration::from_millis(50);
-    while !replica.removed() {
-        let started = Instant::now();
-        let url = format!(
-            "{}/modelpod/busy?after={after}&wait_ms={}",
-            replica.base_url,
-            period.as_millis()
-        );
-        let answer = async {
-            client
-                .get(&url)
-                .send()
-                .await?
-                .error_for_status()?
-                .json::<BusyReport>()
-                .await
-        };
-        match tokio::time::timeout(period + Duration::from_secs(2), answer).await {
-            Ok(Ok(report)) => {
-                after = report.seq;
-                backoff = Duration::from_millis(50);
-                set.report(&replica, report);
-                let elapsed = started.elapsed();
-                if elapsed < MIN_INTERVAL {
-                    tokio::time::sleep(MIN_INTERVAL - elapsed).await;
-                }
-            }
-            outcome => {
-                let why = match outcome {
-                    Ok(Err(e)) => e.to_string(),
-                    _ => "no answer within the refresh period".into(),
-                };
-                tracing::debug!(replica = %replica.base_url, %why, "busy poll failed");
-                set.unreachable(&replica);
-                after = u64::MAX;
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-            }
-        }
-    }
-}
-
-/// Observes the service every refresh period and asks the scaler for what
-/// [`autoscale::decide`] says.
-pub async fn autoscale(service: Arc<Service>, scaler: Arc<dyn Scaler>) {
-    let started = Instant::now();
-    let mut samples: Vec<Sample> = Vec::new();
-    let mut ticker =
-        tokio::time::interval(service.policy.refresh_period.min(Duration::from_secs(1)));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticker.tick().await;
-        let now = started.elapsed();
-        samples.push(Sample {
-            at: now,
-            busy: service.replicas.busy_replicas(),
-        });
-        prune(&mut samples, &service.policy, now);
-        let current = service.target_replicas.load(Ordering::Acquire);
-        let target = decide(&service.policy, &samples, current);
-        if target != current {
-            tracing::info!(
-                service = %service.name,
-                from = current,
-                to = target,
-                busy = samples.last().map_or(0.0, |s| s.busy),
-                "scaling"
-            );
-            match scaler.scale(target).await {
-                Ok(()) => service.target_replicas.store(target, Ordering::Release),
-                Err(e) => tracing::error!(service = %service.name, %e, "scaling failed"),
-            }
-        }
-    }
-}
-
 /// `modelpod route`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RouteArgs {
@@ -257,20 +76,34 @@ pub struct RouteArgs {
     /// single-service flags below.
     #[arg(long, env = "MODELPOD_ROUTER_CONFIG", conflicts_with_all = ["model_repository", "deployment_config"])]
     pub config: Option<PathBuf>,
+    /// Where the router keeps what it serves (services, endpoints, versions, keys) across
+    /// restarts [default: modelpod-router-state.json].
+    #[arg(long, env = "MODELPOD_ROUTER_STATE")]
+    pub state_file: Option<PathBuf>,
+    /// The management API's credential (`Authorization: Bearer <key>` on /modelpod/...);
+    /// generated and kept in the state file when not given.
+    #[arg(long, env = "MODELPOD_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<String>,
+    /// How long a token from the management API is valid, in seconds; clients should refresh
+    /// it after half of that [default: 3600].
+    #[arg(long)]
+    pub token_lifetime_s: Option<u64>,
     /// The service's name, as in its scoring URI /api/v1/service/{name}/score.
     #[arg(long, env = "MODELPOD_SERVICE", default_value = "default")]
     pub service: String,
-    /// The service's model repository (passed to each replica).
-    #[arg(
-        long,
-        env = "MODELPOD_MODEL_REPOSITORY",
-        required_unless_present_any = ["config", "kube_deployment"]
-    )]
+    /// The service's model repository (passed to each replica). Without it (and without
+    /// --config or --kube-deployment) the router serves what its state file and management
+    /// API give it.
+    #[arg(long, env = "MODELPOD_MODEL_REPOSITORY")]
     pub model_repository: Option<PathBuf>,
     /// Azure deploymentconfig.json: autoScaler, numReplicas, maxConcurrentRequestsPerContainer,
-    /// maxQueueWaitMs, scoringTimeoutMs.
+    /// maxQueueWaitMs, scoringTimeoutMs, authEnabled, tokenAuthEnabled, keys.
     #[arg(long, env = "MODELPOD_DEPLOYMENT_CONFIG")]
     pub deployment_config: Option<PathBuf>,
+    /// How callers of the service authenticate [default: from deploymentconfig.json, else
+    /// key].
+    #[arg(long, value_enum)]
+    pub auth: Option<AuthMode>,
     #[arg(long, env = "MODELPOD_HOST")]
     pub host: Option<String>,
     /// Port the router listens on; 0 picks a free one [default: 8080].
@@ -315,7 +148,9 @@ pub struct RouteArgs {
     pub kube_port: u16,
 }
 
-/// One service the router fronts.
+pub const DEFAULT_STATE_FILE: &str = "modelpod-router-state.json";
+
+/// One service the router's configuration declares.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceSpec {
@@ -330,10 +165,42 @@ pub struct ServiceSpec {
     pub kubernetes: Option<kube::KubeTarget>,
     /// Model data collection for this service.
     pub data_collection: Option<DataCollection>,
+    /// How callers authenticate; unset keeps what the state file has (or, for a new service,
+    /// what deploymentconfig.json says, else key).
+    pub auth: Option<AuthMode>,
 }
 
-/// Model data collection settings of a service.
-#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+impl ServiceSpec {
+    fn declared(&self) -> (String, control::NewWebservice) {
+        let deployment = DeploymentSpec {
+            model_repository: self.model_repository.clone(),
+            deployment_config: self.deployment_config.clone(),
+            serve_args: self.serve_args.clone(),
+            kubernetes: self.kubernetes.clone(),
+            data_collection: self.data_collection.clone(),
+        };
+        let version = Version {
+            name: catalog::SERVICE_VERSION.into(),
+            deployment,
+            traffic_percentile: 100.0,
+            is_default: true,
+            is_control_version: false,
+            description: String::new(),
+            tags: Default::default(),
+        };
+        let new = control::NewWebservice {
+            kind: Kind::Service,
+            auth: self.auth,
+            description: String::new(),
+            tags: Default::default(),
+            versions: vec![version],
+        };
+        (self.name.clone(), new)
+    }
+}
+
+/// Model data collection settings of a deployment.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataCollection {
     /// Files go under `<root>/<service>/<model>/<version>/<designation>/<yyyy>/<mm>/<dd>/`.
@@ -356,7 +223,13 @@ pub struct RouterConfig {
     pub dev_test: bool,
     #[serde(default)]
     pub tls: Option<TlsSettings>,
-    #[serde(rename = "service")]
+    pub state_file: Option<PathBuf>,
+    #[serde(default = "default_token_lifetime")]
+    pub token_lifetime_s: u64,
+    /// Only from the flag or the environment, never from the file.
+    #[serde(skip)]
+    pub admin_key: Option<String>,
+    #[serde(rename = "service", default)]
     pub services: Vec<ServiceSpec>,
 }
 
@@ -382,6 +255,10 @@ fn default_window() -> u64 {
     autoscale::DEFAULT_SCALE_DOWN_WINDOW.as_secs()
 }
 
+fn default_token_lifetime() -> u64 {
+    access::DEFAULT_TOKEN_LIFETIME.as_secs()
+}
+
 impl RouterConfig {
     /// From the file, or from the single-service flags; flags override the file's settings.
     pub fn resolve(args: RouteArgs) -> anyhow::Result<RouterConfig> {
@@ -398,26 +275,32 @@ impl RouterConfig {
                 scale_down_window_s: default_window(),
                 dev_test: false,
                 tls: None,
-                services: vec![ServiceSpec {
-                    name: args.service.clone(),
-                    model_repository: args.model_repository.clone(),
-                    deployment_config: args.deployment_config.clone(),
-                    serve_args: args.serve_args.clone(),
-                    data_collection: args.data_collection.clone().map(|root| DataCollection {
-                        root,
-                        format: collect::Format::Jsonl,
-                    }),
-                    kubernetes: args
-                        .kube_deployment
-                        .clone()
-                        .map(|deployment| kube::KubeTarget {
-                            namespace: args.kube_namespace.clone(),
-                            deployment,
-                            port: args.kube_port,
-                        }),
-                }],
+                state_file: None,
+                token_lifetime_s: default_token_lifetime(),
+                admin_key: None,
+                services: Vec::new(),
             },
         };
+        if args.config.is_none()
+            && (args.model_repository.is_some() || args.kube_deployment.is_some())
+        {
+            config.services.push(ServiceSpec {
+                name: args.service.clone(),
+                model_repository: args.model_repository.clone(),
+                deployment_config: args.deployment_config.clone(),
+                serve_args: args.serve_args.clone(),
+                data_collection: args.data_collection.clone().map(DataCollection::jsonl),
+                kubernetes: args
+                    .kube_deployment
+                    .clone()
+                    .map(|deployment| kube::KubeTarget {
+                        namespace: args.kube_namespace.clone(),
+                        deployment,
+                        port: args.kube_port,
+                    }),
+                auth: args.auth,
+            });
+        }
         if let Some(host) = args.host {
             config.host = host;
         }
@@ -427,6 +310,16 @@ impl RouterConfig {
         if let Some(window) = args.scale_down_window_s {
             config.scale_down_window_s = window;
         }
+        if let Some(lifetime) = args.token_lifetime_s {
+            config.token_lifetime_s = lifetime;
+        }
+        if config.token_lifetime_s < 2 {
+            anyhow::bail!("a token lifetime must be at least 2 seconds");
+        }
+        if args.state_file.is_some() {
+            config.state_file = args.state_file;
+        }
+        config.admin_key = args.admin_key;
         config.dev_test |= args.dev_test;
         if let (Some(certificate), Some(key)) = (args.tls_cert, args.tls_key) {
             config.tls = Some(TlsSettings {
@@ -435,48 +328,36 @@ impl RouterConfig {
                 http_redirect_port: args.http_redirect_port,
             });
         }
-        if config.services.is_empty() {
-            anyhow::bail!("the router configuration names no [[service]]");
-        }
         let mut names: Vec<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
         names.sort_unstable();
         if let Some(pair) = names.windows(2).find(|w| w[0] == w[1]) {
             anyhow::bail!("service '{}' is defined twice", pair[0]);
         }
-        if let Some(bad) = config
-            .services
-            .iter()
-            .find(|s| s.name.is_empty() || s.name.contains(['/', '?', '#']))
-        {
-            anyhow::bail!("service name '{}' cannot appear in a URL path", bad.name);
-        }
-        if let Some(bad) = config
-            .services
-            .iter()
-            .find(|s| s.kubernetes.is_none() && s.model_repository.is_none())
-        {
-            anyhow::bail!(
-                "service '{}' runs local replicas and needs a model_repository",
-                bad.name
-            );
+        for service in &config.services {
+            catalog::check_name("service", &service.name)?;
+            if service.kubernetes.is_none() && service.model_repository.is_none() {
+                anyhow::bail!(
+                    "service '{}' runs local replicas and needs a model_repository",
+                    service.name
+                );
+            }
         }
         Ok(config)
     }
 }
 
-/// A running router: its address, its services, and how to stop it.
+/// A running router: its address, what it serves, and how to stop it.
 pub struct Router {
     pub address: SocketAddr,
-    pub services: Vec<Arc<Service>>,
-    scalers: Vec<Arc<dyn Scaler>>,
+    pub control: Arc<control::Control>,
     server: actix_web::dev::Server,
     /// The plain-HTTP listener that redirects to HTTPS, when there is one.
     redirect: Option<actix_web::dev::Server>,
 }
 
 impl Router {
-    /// Starts each service's scaler and autoscaler and the HTTP front end. Must run inside an
-    /// actix system (which runs on tokio).
+    /// Restores the state file, starts every deployment, and starts the HTTP front end. Must
+    /// run inside an actix system (which runs on tokio).
     pub async fn start(config: RouterConfig) -> anyhow::Result<Router> {
         // Before anything records: metric handles taken earlier would count nowhere.
         let metrics = crate::metrics::install();
@@ -485,54 +366,34 @@ impl Router {
             Some(tls) => Some(crate::tls::server_config(&tls.certificate, &tls.key)?),
             None => None,
         };
-        let client = http_client();
-        let window = Duration::from_secs(config.scale_down_window_s);
-        let mut services = Vec::new();
-        let mut scalers: Vec<Arc<dyn Scaler>> = Vec::new();
-        for spec in &config.services {
-            let deployment = match &spec.deployment_config {
-                Some(path) => DeploymentConfig::read(path)?,
-                None => DeploymentConfig::default(),
-            };
-            let mut service =
-                Service::from_deployment(spec.name.clone(), &deployment, config.dev_test, window)
-                    .map_err(|e| anyhow::anyhow!("service {}: {e}", spec.name))?;
-            service.collector = spec.data_collection.as_ref().map(|settings| {
-                let mut collector = collect::CollectorConfig::new(settings.root.clone());
-                collector.format = settings.format;
-                collect::Collector::start(collector)
-            });
-            let service = Arc::new(service);
-            let scaler: Arc<dyn Scaler> = match &spec.kubernetes {
-                Some(target) => Arc::new(
-                    kube::KubeScaler::connect(target.clone(), service.policy.refresh_period)
-                        .await
-                        .map_err(|e| anyhow::anyhow!("service {}: {e}", spec.name))?,
-                ),
-                None => {
-                    let repository = spec.model_repository.as_ref().expect("checked by resolve");
-                    let mut serve_args = vec![
-                        "--model-repository".to_string(),
-                        repository.display().to_string(),
-                    ];
-                    if let Some(path) = &spec.deployment_config {
-                        serve_args
-                            .extend(["--deployment-config".into(), path.display().to_string()]);
-                    }
-                    serve_args.extend(spec.serve_args.iter().cloned());
-                    local::LocalScaler::new(local::LocalReplicaSpec {
-                        program: std::env::current_exe()?,
-                        serve_args,
-                        stop_grace: service.scoring_timeout.min(Duration::from_secs(30)),
-                    })
-                }
-            };
-            tracing::info!(service = %spec.name, scaler = scaler.name(), "service");
-            services.push(service);
-            scalers.push(scaler);
-        }
+        let state_file = config
+            .state_file
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_FILE));
+        let host = config.host.clone();
+        // Bind before any replica starts: a router that cannot listen starts none.
+        let listener = std::net::TcpListener::bind((host.as_str(), config.port))?;
+        let redirect_listener = match config.tls.as_ref().and_then(|t| t.http_redirect_port) {
+            Some(port) => Some(std::net::TcpListener::bind((host.as_str(), port))?),
+            None => None,
+        };
+        let settings = deployment::DeploymentSettings {
+            dev_test_cluster: config.dev_test,
+            scale_down_window: Duration::from_secs(config.scale_down_window_s),
+            client: http_client(),
+            program: std::env::current_exe()?,
+        };
+        let declared = config.services.iter().map(ServiceSpec::declared).collect();
+        let control = control::Control::open(
+            store::StateFile::new(state_file),
+            config.admin_key.clone(),
+            Duration::from_secs(config.token_lifetime_s),
+            settings,
+            declared,
+        )
+        .await?;
         let state = actix_web::web::Data::new(proxy::RouterState {
-            services: services.clone(),
+            control: control.clone(),
             metrics,
         });
         let server = actix_web::HttpServer::new(move || {
@@ -542,11 +403,12 @@ impl Router {
             actix_web::App::new()
                 .app_data(state.clone())
                 .app_data(forwarder)
+                .configure(admin::configure)
                 .configure(proxy::configure)
         });
         let server = match tls {
-            Some(tls) => server.bind_rustls_0_23((config.host.as_str(), config.port), tls)?,
-            None => server.bind((config.host.as_str(), config.port))?,
+            Some(tls) => server.listen_rustls_0_23(listener, tls)?,
+            None => server.listen(listener)?,
         };
         let address = *server.addrs().first().expect("bound");
         let server = server.shutdown_timeout(30).run();
@@ -555,12 +417,13 @@ impl Router {
         } else {
             "http"
         };
+        let table = control.table();
         tracing::info!(
-            services = %services.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(","),
+            webservices = %table.keys().cloned().collect::<Vec<_>>().join(","),
             "router listening on {scheme}://{address}"
         );
-        let redirect = match config.tls.as_ref().and_then(|t| t.http_redirect_port) {
-            Some(port) => {
+        let redirect = match redirect_listener {
+            Some(listener) => {
                 let https_port = actix_web::web::Data::new(address.port());
                 let redirect = actix_web::HttpServer::new(move || {
                     actix_web::App::new()
@@ -568,7 +431,7 @@ impl Router {
                         .default_service(actix_web::web::to(crate::tls::redirect_to_https))
                 })
                 .workers(1)
-                .bind((config.host.as_str(), port))?;
+                .listen(listener)?;
                 tracing::info!(
                     "redirecting http://{} to HTTPS",
                     redirect.addrs().first().expect("bound")
@@ -577,15 +440,9 @@ impl Router {
             }
             None => None,
         };
-        // Replicas start only once every listener is bound: a router that cannot listen
-        // starts none.
-        for (service, scaler) in services.iter().zip(&scalers) {
-            run_service(service.clone(), scaler.clone(), client.clone());
-        }
         Ok(Router {
             address,
-            services,
-            scalers,
+            control,
             server,
             redirect,
         })
@@ -595,7 +452,8 @@ impl Router {
         self.server.handle()
     }
 
-    /// Serves until stopped (SIGTERM, SIGINT or the handle), then stops the replicas.
+    /// Serves until stopped (SIGTERM, SIGINT or the handle), then stops the replicas and
+    /// writes out what was collected: every request has been answered by then.
     pub async fn run(self) -> std::io::Result<()> {
         let redirect = self.redirect.map(|redirect| {
             let handle = redirect.handle();
@@ -606,11 +464,7 @@ impl Router {
         if let Some(redirect) = redirect {
             redirect.stop(true).await;
         }
-        futures_util::future::join_all(self.scalers.iter().map(|s| s.shutdown())).await;
-        // Every request has been answered: what was collected is written out now.
-        for collector in self.services.iter().filter_map(|s| s.collector.as_ref()) {
-            collector.shutdown();
-        }
+        self.control.shutdown().await;
         result
     }
 }
@@ -621,19 +475,6 @@ fn http_client() -> reqwest::Client {
         .tcp_nodelay(true)
         .build()
         .expect("a plain HTTP client builds")
-}
-
-/// Starts a service's replicas, follows them, and autoscales them.
-pub fn run_service(service: Arc<Service>, scaler: Arc<dyn Scaler>, client: reqwest::Client) {
-    tokio::spawn(track_endpoints(service.clone(), client, scaler.clone()));
-    let initial = service.policy.initial_replicas();
-    service.target_replicas.store(initial, Ordering::Release);
-    tokio::spawn(async move {
-        if let Err(e) = scaler.scale(initial).await {
-            tracing::error!(service = %service.name, %e, "starting replicas failed");
-        }
-        autoscale(service, scaler).await;
-    });
 }
 
 #[cfg(test)]
@@ -673,9 +514,20 @@ mod tests {
         // --config and the single-service flags exclude each other.
         assert!(resolve(&["--config", path, "--model-repository", "m"]).is_err());
         assert!(
-            resolve(&[]).is_err(),
-            "a model repository or a file is required"
+            resolve(&[]).unwrap().services.is_empty(),
+            "without a service the router serves what its state file and management API give it"
         );
+        let config = resolve(&[
+            "--model-repository",
+            "m",
+            "--auth",
+            "token",
+            "--admin-key",
+            "a",
+        ])
+        .unwrap();
+        assert_eq!(config.services[0].auth, Some(AuthMode::Token));
+        assert_eq!(config.admin_key.as_deref(), Some("a"));
     }
 
     #[test]
@@ -693,13 +545,13 @@ mod tests {
         );
         check(
             "[[service]]\nname = \"a/b\"\nmodel_repository = \"m\"\n",
-            "URL path",
+            "service name 'a/b'",
         );
         check(
             "[[service]]\nname = \"a\"\nmodel_repo = \"m\"\n",
             "unknown field",
         );
-        check("service = []\n", "no [[service]]");
+        check("token_lifetime_s = 1\n", "at least 2 seconds");
         check("[[service]]\nname = \"a\"\n", "needs a model_repository");
     }
 }

@@ -1,145 +1,86 @@
-//! The router's HTTP front end: Azure's scoring URI per service, forwarded to a replica.
+//! The router's scoring path: Azure's scoring URI per service or endpoint, authenticated,
+//! split across an endpoint's versions, and forwarded to the least-busy replica.
 
+use super::catalog::Kind;
+use super::collect;
+use super::control::{Control, LiveWebservice};
+use super::deployment::Deployment;
 use super::replicas::NoReplica;
-use super::{Service, collect};
 use crate::http_error::ApiError;
 use crate::serve::routes::{azure_health, not_found, read_body};
 use actix_web::http::StatusCode;
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use modelpod_scoring::ScoringError;
 use std::sync::Arc;
 use std::time::Instant;
 
 pub struct RouterState {
-    pub services: Vec<Arc<Service>>,
+    pub control: Arc<Control>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
-}
-
-impl RouterState {
-    /// The service a request's `{service}` path segment names.
-    fn service(&self, request: &HttpRequest) -> Result<&Arc<Service>, ApiError> {
-        let name = request.match_info().get("service").unwrap_or_default();
-        self.services
-            .iter()
-            .find(|s| s.name == name)
-            .ok_or_else(|| ApiError::NotFound(format!("service '{name}' not found")))
-    }
 }
 
 /// The HTTP client that forwards requests, one per worker.
 pub struct Forwarder(pub reqwest::Client);
 
+/// The response header that names the version which answered.
+pub const VERSION_HEADER: &str = "x-modelpod-version";
+
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.app_data(crate::http_error::query_config())
         .route("/", web::get().to(azure_health))
-        .route("/modelpod/services", web::get().to(services))
-        .route(
-            "/modelpod/services/{service}/logs",
-            web::get().to(recent_logs),
-        )
-        .route("/metrics", web::get().to(render_metrics))
-        .route(
-            "/api/v1/service/{service}/score",
-            web::post().to(|r, p, s, f| forward(r, p, s, f, "/score".into())),
+        .route("/metrics", web::get().to(render_metrics));
+    for kind in [Kind::Service, Kind::Endpoint] {
+        let prefix = format!("/api/v1/{}/{{service}}", kind.singular());
+        cfg.route(
+            &format!("{prefix}/score"),
+            web::post().to(move |r, p, s, f| forward(r, p, s, f, kind, "/score".into())),
         )
         .route(
-            "/api/v1/service/{service}/swagger.json",
-            web::get().to(|r, p, s, f| forward(r, p, s, f, "/swagger.json".into())),
+            &format!("{prefix}/swagger.json"),
+            web::get().to(move |r, p, s, f| forward(r, p, s, f, kind, "/swagger.json".into())),
         )
         .route(
-            "/api/v1/service/{service}/v2{tail:.*}",
-            web::route().to(forward_v2),
-        )
-        .default_service(web::to(not_found));
-}
-
-/// What the router knows of each service: the replicas asked of the scaler and each replica's
-/// last busy report.
-async fn services(state: web::Data<RouterState>) -> HttpResponse {
-    let services: Vec<serde_json::Value> = state
-        .services
-        .iter()
-        .map(|service| {
-            serde_json::json!({
-                "name": service.name,
-                "target_replicas": service.target_replicas.load(std::sync::atomic::Ordering::Acquire),
-                "ready_replicas": service.replicas.ready(),
-                "busy_replicas": service.replicas.busy_replicas(),
-                "autoscale": {
-                    "enabled": service.policy.enabled,
-                    "min_replicas": service.policy.min_replicas,
-                    "max_replicas": service.policy.max_replicas,
-                    "target_utilization": service.policy.target_utilization,
-                    "refresh_period_s": service.policy.refresh_period.as_secs_f64(),
-                    "scale_down_window_s": service.policy.scale_down_window.as_secs_f64(),
-                },
-                "replicas": service.replicas.snapshot(),
-            })
-        })
-        .collect();
-    HttpResponse::Ok().json(serde_json::json!({ "services": services }))
-}
-
-/// Prometheus text: per service, requests by status code and latency through the router, and
-/// replicas asked for, ready and busy.
-async fn render_metrics(state: web::Data<RouterState>) -> HttpResponse {
-    for service in &state.services {
-        let name = service.name.clone();
-        metrics::gauge!("modelpod_router_target_replicas", "service" => name.clone()).set(
-            service
-                .target_replicas
-                .load(std::sync::atomic::Ordering::Acquire) as f64,
+            &format!("{prefix}/v2{{tail:.*}}"),
+            web::route().to(move |r: HttpRequest, p, s, f| {
+                let tail = r.match_info().get("tail").unwrap_or("").to_string();
+                forward(r, p, s, f, kind, format!("/v2{tail}"))
+            }),
         );
-        metrics::gauge!("modelpod_router_ready_replicas", "service" => name.clone())
-            .set(service.replicas.ready() as f64);
-        metrics::gauge!("modelpod_router_busy_replicas", "service" => name.clone())
-            .set(service.replicas.busy_replicas());
-        if let Some(collector) = &service.collector {
-            let stats = &collector.stats;
-            for (outcome, count) in [
-                ("written", &stats.written),
-                ("dropped_queue_full", &stats.dropped_full),
-                ("dropped_write_failed", &stats.dropped_write),
-            ] {
-                metrics::gauge!("modelpod_data_collection_records", "service" => name.clone(), "outcome" => outcome)
-                    .set(count.load(std::sync::atomic::Ordering::Relaxed) as f64);
+    }
+    cfg.default_service(web::to(not_found));
+}
+
+/// Prometheus text: per webservice and version, requests by status code and latency through
+/// the router, and replicas asked for, ready and busy.
+async fn render_metrics(state: web::Data<RouterState>) -> HttpResponse {
+    for live in state.control.table().values() {
+        for (version, deployment) in live.record.versions.iter().zip(&live.deployments) {
+            let (service, name) = (live.name.clone(), version.name.clone());
+            metrics::gauge!("modelpod_router_target_replicas", "service" => service.clone(), "version" => name.clone()).set(
+                deployment
+                    .target_replicas
+                    .load(std::sync::atomic::Ordering::Acquire) as f64,
+            );
+            metrics::gauge!("modelpod_router_ready_replicas", "service" => service.clone(), "version" => name.clone())
+                .set(deployment.replicas.ready() as f64);
+            metrics::gauge!("modelpod_router_busy_replicas", "service" => service.clone(), "version" => name.clone())
+                .set(deployment.replicas.busy_replicas());
+            if let Some(collector) = &deployment.collector {
+                let stats = &collector.stats;
+                for (outcome, count) in [
+                    ("written", &stats.written),
+                    ("dropped_queue_full", &stats.dropped_full),
+                    ("dropped_write_failed", &stats.dropped_write),
+                ] {
+                    metrics::gauge!("modelpod_data_collection_records", "service" => live.name.clone(), "version" => version.name.clone(), "outcome" => outcome)
+                        .set(count.load(std::sync::atomic::Ordering::Relaxed) as f64);
+                }
             }
         }
     }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(state.metrics.render())
-}
-
-#[derive(serde::Deserialize)]
-struct LogsQuery {
-    limit: Option<usize>,
-}
-
-/// A service's most recent requests, newest last (Azure's `get_logs`, for the router's part).
-async fn recent_logs(
-    request: HttpRequest,
-    state: web::Data<RouterState>,
-    query: web::Query<LogsQuery>,
-) -> Result<HttpResponse, ApiError> {
-    let service = state.service(&request)?;
-    let recent = service.recent.lock();
-    let limit = query.limit.unwrap_or(100).min(recent.len());
-    let entries: Vec<&super::RequestLog> = recent.iter().skip(recent.len() - limit).collect();
-    Ok(
-        HttpResponse::Ok()
-            .json(serde_json::json!({ "service": service.name, "requests": entries })),
-    )
-}
-
-async fn forward_v2(
-    request: HttpRequest,
-    payload: web::Payload,
-    state: web::Data<RouterState>,
-    forwarder: web::Data<Forwarder>,
-) -> Result<HttpResponse, ApiError> {
-    let tail = request.match_info().get("tail").unwrap_or("").to_string();
-    forward(request, payload, state, forwarder, format!("/v2{tail}")).await
 }
 
 /// Azure's messages for a request no replica could take: 503 either way.
@@ -159,54 +100,86 @@ const FORWARDED_HEADERS: [&str; 5] = [
     "inference-header-content-length",
 ];
 
-/// Sends the request to the least-busy ready replica. One that refuses the connection (the
-/// request was never sent) is taken out and the next one tried; one that fails after the
-/// request was sent is a 502, and no answer within scoringTimeoutMs is a 504.
+/// Authenticates the request for the webservice its path names, picks the version by the
+/// traffic split, and sends it to that version's least-busy ready replica. Every answer,
+/// error or not, says which version it came from.
 async fn forward(
     request: HttpRequest,
     payload: web::Payload,
     state: web::Data<RouterState>,
     forwarder: web::Data<Forwarder>,
+    kind: Kind,
     replica_path: String,
-) -> Result<HttpResponse, ApiError> {
+) -> HttpResponse {
     let arrival = Instant::now();
-    let service = state.service(&request)?;
-    let name = service.name.clone();
+    let name = request.match_info().get("service").unwrap_or_default();
+    let table = state.control.table();
+    let Some(live) = table.get(name).filter(|l| l.record.kind == kind) else {
+        return ApiError::NotFound(format!("{} '{name}' not found", kind.singular()))
+            .error_response();
+    };
     let mut timing = Timing {
         arrival,
         replica: None,
         queue_us: 0,
         upstream_us: 0,
     };
-    let outcome = send(
-        &request,
-        payload,
-        service,
-        &forwarder.0,
-        &replica_path,
-        &mut timing,
-    )
-    .await;
-    let code = match &outcome {
-        Ok(response) => response.status().as_u16(),
-        Err(e) => actix_web::ResponseError::status_code(e).as_u16(),
+    // Azure's swagger.json is public; everything else under the webservice needs its
+    // credential.
+    let authorized = if replica_path == "/swagger.json" {
+        Ok(())
+    } else {
+        super::access::authorize(&request, name, &live.record, &state.control.tokens)
     };
-    metrics::counter!("modelpod_router_requests_total", "service" => name.clone(), "code" => code.to_string())
+    let chosen = live.record.pick(rand::random::<f64>() * 100.0);
+    let outcome = match (authorized, chosen) {
+        (Err(e), _) => Err(e),
+        (Ok(()), None) => Err(ScoringError::ModelUnavailable(format!(
+            "{} {name} has no versions",
+            kind.singular()
+        ))
+        .into()),
+        (Ok(()), Some(index)) => {
+            send(
+                &request,
+                payload,
+                live,
+                index,
+                &forwarder.0,
+                &replica_path,
+                &mut timing,
+            )
+            .await
+        }
+    };
+    let version = chosen.map(|i| live.record.versions[i].name.clone());
+    let mut response = outcome.unwrap_or_else(|e| e.error_response());
+    if let Some(version) = &version
+        && let Ok(value) = actix_web::http::header::HeaderValue::from_str(version)
+    {
+        response.headers_mut().insert(
+            actix_web::http::header::HeaderName::from_static(VERSION_HEADER),
+            value,
+        );
+    }
+    let code = response.status().as_u16();
+    let version = version.unwrap_or_default();
+    metrics::counter!("modelpod_router_requests_total", "service" => name.to_string(), "version" => version.clone(), "code" => code.to_string())
         .increment(1);
-    metrics::histogram!("modelpod_router_request_duration_seconds", "service" => name.clone())
+    metrics::histogram!("modelpod_router_request_duration_seconds", "service" => name.to_string(), "version" => version.clone())
         .record(arrival.elapsed().as_secs_f64());
-    let request_id = outcome
-        .as_ref()
-        .ok()
-        .and_then(|r| r.headers().get("x-ms-request-id"))
+    let request_id = response
+        .headers()
+        .get("x-ms-request-id")
         .or_else(|| request.headers().get("x-ms-request-id"))
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_string();
-    service.log_request(super::RequestLog {
+    live.log_request(super::RequestLog {
         time: jiff::Timestamp::now(),
         request_id,
-        service: name,
+        service: name.to_string(),
+        version,
         method: request.method().to_string(),
         path: request.path().to_string(),
         status: code,
@@ -215,7 +188,7 @@ async fn forward(
         upstream_us: timing.upstream_us,
         total_us: arrival.elapsed().as_micros() as u64,
     });
-    outcome
+    response
 }
 
 /// Where a request's time went, for its log line.
@@ -229,11 +202,14 @@ struct Timing {
 async fn send(
     request: &HttpRequest,
     payload: web::Payload,
-    service: &Service,
+    live: &LiveWebservice,
+    version: usize,
     client: &reqwest::Client,
     replica_path: &str,
     timing: &mut Timing,
 ) -> Result<HttpResponse, ApiError> {
+    let service: &Deployment = &live.deployments[version];
+    let designation = live.record.versions[version].designation(live.record.kind);
     let deadline = timing.arrival + service.scoring_timeout;
     let body = read_body(request, payload, service.max_request_bytes).await?;
     let method = reqwest::Method::from_bytes(request.method().as_str().as_bytes())
@@ -244,7 +220,7 @@ async fn send(
         let waiting = Instant::now();
         let lease = service.replicas.lease(service.max_queue_wait).await;
         timing.queue_us += waiting.elapsed().as_micros() as u64;
-        let lease = lease.map_err(|why| no_replica(why, &service.name))?;
+        let lease = lease.map_err(|why| no_replica(why, &live.name))?;
         timing.replica = Some(lease.replica.base_url.clone());
         let upstream = Instant::now();
         let mut url = format!("{}{replica_path}", lease.replica.base_url);
@@ -265,14 +241,14 @@ async fn send(
         let replica_failed = |lease: &super::replicas::Lease, e: reqwest::Error| {
             service.replicas.unreachable(&lease.replica);
             ApiError::BadGateway(format!(
-                "a replica of service {} failed while handling the request: {e}",
-                service.name
+                "a replica of {} failed while handling the request: {e}",
+                service.id
             ))
         };
         let timed_out = || {
             ApiError::from(ScoringError::DeadlineExceeded(format!(
-                "service {} did not answer within scoringTimeoutMs = {} ms",
-                service.name,
+                "{} did not answer within scoringTimeoutMs = {} ms",
+                service.id,
                 service.scoring_timeout.as_millis()
             )))
         };
@@ -310,7 +286,8 @@ async fn send(
             && status.is_success()
         {
             collector.record(collected(
-                &service.name,
+                &service.id,
+                designation,
                 replica_path,
                 query,
                 &headers,
@@ -330,7 +307,8 @@ async fn send(
 /// (`/v2/models/{m}[/versions/{v}]/infer`) or Azure's `?model=`; bodies are kept as JSON when
 /// they are JSON, else base64.
 fn collected(
-    service: &str,
+    deployment: &super::deployment::DeploymentId,
+    designation: &str,
     replica_path: &str,
     query: &str,
     headers: &[(String, Vec<u8>)],
@@ -362,12 +340,13 @@ fn collected(
     collect::Record {
         time: jiff::Timestamp::now(),
         request_id,
-        service: service.to_string(),
+        service: deployment.webservice.clone(),
         model: after("models")
             .or(from_query)
             .unwrap_or_else(|| "default".into()),
         version: after("versions").unwrap_or_else(|| "latest".into()),
-        designation: "default".into(),
+        designation: designation.into(),
+        endpoint_version: deployment.version.clone(),
         inputs: body(request),
         outputs: body(response),
     }

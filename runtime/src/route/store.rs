@@ -6,6 +6,7 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -67,7 +68,13 @@ impl StateFile {
             .path
             .with_extension(format!("tmp.{}", std::process::id()));
         let written = (|| {
-            let mut file = std::fs::File::create(&temporary)?;
+            // It holds keys and the token secret: readable by the router's user only.
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&temporary)?;
             file.write_all(&bytes)?;
             file.sync_all()?;
             std::fs::rename(&temporary, &self.path)?;
@@ -105,6 +112,13 @@ mod tests {
             file.save(&state).unwrap();
             assert_eq!(file.load::<State>().unwrap(), Some(state));
         }
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(file.path()).unwrap().permissions().mode();
+        assert_eq!(
+            mode & 0o777,
+            0o600,
+            "keys are readable by the router's user only"
+        );
         // A save cut short leaves a temporary file, which changes nothing.
         std::fs::write(dir.path().join("nested/state.tmp.1"), b"{\"generation\": 9").unwrap();
         assert_eq!(file.load::<State>().unwrap().unwrap().generation, 2);

@@ -2,6 +2,8 @@
 # Router overhead: `modelpod bench --compare` alternates between a scoring server reached
 # directly and the same server configuration behind `modelpod route` (one replica, autoscaler
 # off), at the same concurrency, and reports router / direct ratios of throughput and latency.
+# The routed service keeps Azure's default key auth, so its cost is in the figure; the direct
+# server has none and ignores the key.
 #
 #   bash benches/router_overhead.sh            (MODELS, CONCURRENCY, SECONDS_PER_POINT, ROUNDS)
 #
@@ -34,7 +36,7 @@ router_port=$(free_port)
 ./target/release/modelpod serve --model-repository examples/models --deployment-config "$config" \
   --host 127.0.0.1 --port "$direct_port" --log-format text > "$OUT/router-direct.log" 2>&1 &
 direct=$!
-./target/release/modelpod route --service bench --auth none --model-repository examples/models \
+./target/release/modelpod route --service bench --auth key --model-repository examples/models \
   --admin-key bench-admin --state-file "$OUT/router-state.json" \
   --deployment-config "$config" --host 127.0.0.1 --port "$router_port" > "$OUT/router.log" 2>&1 &
 router=$!
@@ -45,12 +47,15 @@ for _ in $(seq 1 600); do
   sleep 0.1
 done
 
+key=$(curl -sf -H "Authorization: Bearer bench-admin" "http://127.0.0.1:$router_port/modelpod/services/bench/keys" \
+  | python3 -c 'import json, sys; print(json.load(sys.stdin)["primaryKey"])')
 : > "$OUT/router_overhead.md"
 for model in $MODELS; do
   echo "router overhead: $model" >&2
   ./target/release/modelpod bench "http://127.0.0.1:$direct_port" --model "$model" \
     --compare "http://127.0.0.1:$router_port/api/v1/service/bench" --rounds "$ROUNDS" \
     --concurrency "$CONCURRENCY" --duration "${SECONDS_PER_POINT}s" --warmup 1s --no-progress \
+    --api-key "$key" \
     --json "$OUT/router-$model.json" --markdown "$OUT/router-$model.md" > /dev/null
   { echo "### $model"; echo; cat "$OUT/router-$model.md"; echo; } >> "$OUT/router_overhead.md"
 done

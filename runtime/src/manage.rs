@@ -1,7 +1,9 @@
 //! `modelpod service ...` and `modelpod endpoint ...`: the command-line client of the router's
-//! management API. Each command is one request; the answer is printed as JSON. It speaks plain
-//! HTTP: reqwest's TLS here would need a process-wide rustls provider in every client of the
-//! workspace, so HTTPS routers are managed with curl.
+//! management API. Each command is one request; the answer is printed as JSON.
+//!
+//! It uses ureq rather than the workspace's reqwest: reqwest's rustls backend without aws-lc
+//! needs a process-wide crypto provider installed before any reqwest client is built, in every
+//! crate of the workspace (feature unification), while ureq takes ring directly.
 
 use crate::route::admin::{EndpointCreate, RegenerateKey, ServiceCreate, VersionCreate};
 use crate::route::catalog::DeploymentSpec;
@@ -10,6 +12,7 @@ use crate::route::{DEFAULT_STATE_FILE, DataCollection, collect};
 use anyhow::Context;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// How to reach the router's management API.
 #[derive(Debug, Clone, clap::Args)]
@@ -33,6 +36,10 @@ pub struct Connection {
     /// The router's state file, to read the admin key from when none is given.
     #[arg(long, env = "MODELPOD_ROUTER_STATE", global = true)]
     pub state_file: Option<PathBuf>,
+    /// Trust the CA certificates in this PEM file for an HTTPS router (a self-signed
+    /// certificate, say) [default: the Web PKI roots].
+    #[arg(long, global = true)]
+    pub ca_cert: Option<PathBuf>,
 }
 
 /// Where a deployment's replicas come from.
@@ -238,7 +245,7 @@ pub struct EndpointCommand {
 
 /// One management request, ready to send.
 struct Call {
-    method: reqwest::Method,
+    method: ureq::http::Method,
     path: String,
     body: Option<serde_json::Value>,
 }
@@ -246,13 +253,13 @@ struct Call {
 impl Call {
     fn get(path: String) -> Call {
         Call {
-            method: reqwest::Method::GET,
+            method: ureq::http::Method::GET,
             path,
             body: None,
         }
     }
 
-    fn with(method: reqwest::Method, path: String, body: impl serde::Serialize) -> Call {
+    fn with(method: ureq::http::Method, path: String, body: impl serde::Serialize) -> Call {
         Call {
             method,
             path,
@@ -262,7 +269,7 @@ impl Call {
 }
 
 fn common_call(plural: &str, action: &Common) -> Call {
-    use reqwest::Method;
+    use ureq::http::Method;
     match action {
         Common::List => Call::get(format!("/modelpod/{plural}")),
         Common::Show { name } => Call::get(format!("/modelpod/{plural}/{name}")),
@@ -311,7 +318,7 @@ pub fn run_service(command: ServiceCommand) -> anyhow::Result<()> {
             auth,
             labels,
         } => Call::with(
-            reqwest::Method::PUT,
+            ureq::http::Method::PUT,
             format!("/modelpod/services/{name}"),
             ServiceCreate {
                 deployment: deployment.spec()?,
@@ -326,7 +333,7 @@ pub fn run_service(command: ServiceCommand) -> anyhow::Result<()> {
 }
 
 pub fn run_endpoint(command: EndpointCommand) -> anyhow::Result<()> {
-    use reqwest::Method;
+    use ureq::http::Method;
     let call = match &command.action {
         EndpointAction::Create { name, auth, labels } => Call::with(
             Method::PUT,
@@ -408,26 +415,36 @@ fn admin_key(connection: &Connection) -> anyhow::Result<String> {
 
 fn send(connection: &Connection, call: Call) -> anyhow::Result<()> {
     let key = admin_key(connection)?;
-    if connection.router.starts_with("https://") {
-        anyhow::bail!(
-            "this client speaks plain HTTP only; against an HTTPS router, send the same requests \
-             with curl --cacert (see the README's management routes)"
+    let mut config = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(120)));
+    if let Some(ca) = &connection.ca_cert {
+        config = config.tls_config(
+            ureq::tls::TlsConfig::builder()
+                .root_certs(ureq::tls::RootCerts::Specific(Arc::new(certificates(ca)?)))
+                .build(),
         );
     }
-    let client = reqwest::blocking::Client::builder()
-        .timeout(std::time::Duration::from_secs(120))
-        .build()?;
+    let agent: ureq::Agent = config.build().into();
     let url = format!("{}{}", connection.router.trim_end_matches('/'), call.path);
-    let mut request = client.request(call.method, &url).bearer_auth(key);
-    if let Some(body) = &call.body {
-        request = request.json(body);
+    let body = match &call.body {
+        Some(body) => serde_json::to_vec(body)?,
+        None => Vec::new(),
+    };
+    let mut request = ureq::http::Request::builder()
+        .method(call.method)
+        .uri(&url)
+        .header("Authorization", format!("Bearer {key}"));
+    if call.body.is_some() {
+        request = request.header("Content-Type", "application/json");
     }
-    let response = request
-        .send()
+    let response = agent
+        .run(request.body(body)?)
         .with_context(|| format!("cannot reach the router at {}", connection.router))?;
     let status = response.status();
     let body: serde_json::Value = response
-        .json()
+        .into_body()
+        .read_json()
         .with_context(|| format!("the router's answer ({status}) is not JSON"))?;
     if status.is_success() {
         println!("{}", serde_json::to_string_pretty(&body)?);
@@ -438,4 +455,23 @@ fn send(connection: &Connection, call: Call) -> anyhow::Result<()> {
             body["error"].as_str().unwrap_or(&body.to_string())
         )
     }
+}
+
+/// Every certificate in a PEM file.
+fn certificates(path: &Path) -> anyhow::Result<Vec<ureq::tls::Certificate<'static>>> {
+    let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let certificates: Vec<_> = ureq::tls::parse_pem(&pem)
+        .filter_map(|item| match item {
+            Ok(ureq::tls::PemItem::Certificate(certificate)) => Some(Ok(certificate)),
+            Ok(_) => None,
+            Err(e) => Some(Err(e)),
+        })
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("{}", path.display()))?;
+    anyhow::ensure!(
+        !certificates.is_empty(),
+        "{}: no certificate in the file",
+        path.display()
+    );
+    Ok(certificates)
 }

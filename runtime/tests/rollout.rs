@@ -346,8 +346,9 @@ fn an_endpoint_splits_traffic_refuses_bad_changes_and_survives_a_restart() {
     assert_eq!(logs["requests"][4]["version"], "green");
 }
 
-/// Every route, every kind of credential: only the right one opens a route, and every
-/// refusal is the same 401 body.
+/// Every route, every kind of credential (a service's keys do not open another's routes, nor
+/// the admin key a scoring route): only the right one opens a route, and every refusal is the
+/// same 401 body.
 #[test]
 fn auth_matrix_over_every_route() {
     let dir = tempfile::tempdir().unwrap();
@@ -372,9 +373,22 @@ fn auth_matrix_over_every_route() {
             "600",
         ],
     );
+    use reqwest::Method;
+    let (status, answer) = router.admin(
+        Method::PUT,
+        "/modelpod/endpoints/ep",
+        Some(json!({"versions": [{"name": "v1", "model_repository": repository}]})),
+    );
+    assert_eq!(status, 201, "{answer}");
     router.wait_ready("services", "keyed");
     router.wait_ready("services", "tokened");
-    use reqwest::Method;
+    router.wait_ready("endpoints", "ep");
+    let endpoint_key = router
+        .admin(Method::GET, "/modelpod/endpoints/ep/keys", None)
+        .1["secondaryKey"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let keys = router
         .admin(Method::GET, "/modelpod/services/keyed/keys", None)
         .1;
@@ -417,6 +431,7 @@ fn auth_matrix_over_every_route() {
         ("token for keyed", Some(other_service)),
         ("forged token", Some(forged)),
         ("admin", Some(ADMIN_KEY.into())),
+        ("endpoint key", Some(endpoint_key)),
     ];
     // Each route and the credentials that open it; every other credential gets 401.
     let (header_length, body) = slow_infer_body(1);
@@ -430,6 +445,7 @@ fn auth_matrix_over_every_route() {
         "token for keyed",
         "forged token",
         "admin",
+        "endpoint key",
     ];
     let routes: Vec<(Method, String, &[&str])> = vec![
         (Method::GET, "/".into(), public),
@@ -474,6 +490,26 @@ fn auth_matrix_over_every_route() {
             "/api/v1/service/tokened/v2/health/ready".into(),
             &["tokened token"],
         ),
+        (
+            Method::POST,
+            "/api/v1/endpoint/ep/score".into(),
+            &["endpoint key"],
+        ),
+        (
+            Method::POST,
+            "/api/v1/endpoint/ep/v2/models/slow/infer".into(),
+            &["endpoint key"],
+        ),
+        (
+            Method::GET,
+            "/api/v1/endpoint/ep/v2/health/live".into(),
+            &["endpoint key"],
+        ),
+        (
+            Method::GET,
+            "/api/v1/endpoint/ep/swagger.json".into(),
+            public,
+        ),
         (Method::GET, "/modelpod/services".into(), &["admin"]),
         (Method::GET, "/modelpod/endpoints".into(), &["admin"]),
         (Method::GET, "/modelpod/services/keyed".into(), &["admin"]),
@@ -513,6 +549,17 @@ fn auth_matrix_over_every_route() {
         (
             Method::DELETE,
             "/modelpod/endpoints/nope/versions/v".into(),
+            &["admin"],
+        ),
+        (
+            Method::GET,
+            "/modelpod/endpoints/ep/keys".into(),
+            &["admin"],
+        ),
+        (Method::PATCH, "/modelpod/endpoints/ep".into(), &["admin"]),
+        (
+            Method::GET,
+            "/modelpod/endpoints/ep/logs".into(),
             &["admin"],
         ),
         (Method::GET, "/modelpod/anything-else".into(), &["admin"]),
@@ -579,4 +626,72 @@ fn auth_matrix_over_every_route() {
     let (ok, out) = router.cli(&["service", "update", "keyed", "--auth", "none"]);
     assert!(ok, "{out}");
     assert_eq!(infer(&router, health, None).0, 200);
+}
+
+/// Whether a process is gone (or a zombie waiting for its parent).
+fn exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+/// The pid of the `modelpod serve` listening on `url`'s port.
+fn serve_pid(url: &str) -> u32 {
+    let port = url.rsplit(':').next().unwrap();
+    let needle = format!("--port\0{port}\0");
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline"))
+            && String::from_utf8_lossy(&cmdline).contains(&needle)
+            && String::from_utf8_lossy(&cmdline).contains("serve")
+        {
+            return pid;
+        }
+    }
+    panic!("no modelpod serve at {url}");
+}
+
+#[test]
+fn a_router_killed_outright_takes_its_replicas_along_and_restarts_with_its_last_change() {
+    use reqwest::Method;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut router = Router::start(dir.path(), port, &[]);
+    let repository = slow_repository();
+    let (status, answer) = router.admin(
+        Method::PUT,
+        "/modelpod/endpoints/ep",
+        Some(json!({"auth": "none", "versions": [{"name": "a", "model_repository": repository}]})),
+    );
+    assert_eq!(status, 201, "{answer}");
+    let ready = router.wait_ready("endpoints", "ep");
+    let replica = serve_pid(ready["versions"][0]["replicas"][0]["url"].as_str().unwrap());
+    let (status, _) = router.admin(
+        Method::PATCH,
+        "/modelpod/endpoints/ep",
+        Some(json!({"description": "the last change"})),
+    );
+    assert_eq!(status, 200);
+    // Killed with no chance to clean up: its replica is sent SIGTERM by the kernel.
+    router.child.kill().unwrap();
+    router.child.wait().unwrap();
+    let started = Instant::now();
+    while !exited(replica) {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "replica {replica} outlived its router"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(router);
+    let router = Router::start(dir.path(), port, &[]);
+    let restored = router.wait_ready("endpoints", "ep");
+    assert_eq!(restored["description"], "the last change");
+    let (status, version) = infer(&router, "/api/v1/endpoint/ep/v2/models/slow/infer", None);
+    assert_eq!((status, version.as_deref()), (200, Some("a")));
 }

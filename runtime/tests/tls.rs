@@ -23,6 +23,8 @@ fn certificate(dir: &Path) -> (String, String) {
         ])
         .args(["-nodes", "-days", "1", "-subj", "/CN=modelpod-test"])
         .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
+        // A server certificate, not a CA: WebPKI clients (rustls) refuse a CA as a leaf.
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
         .arg("-keyout")
         .arg(&key)
         .arg("-out")
@@ -100,7 +102,7 @@ fn https_with_tls_1_2_and_1_3_only_and_a_redirecting_http_port() {
             .args(["--port", &port.to_string()])
             .args(["--http-redirect-port", &redirect_port.to_string()])
             .args(["--tls-cert", &cert, "--tls-key", &key])
-            .args(["--auth", "none", "--state-file"])
+            .args(["--auth", "none", "--admin-key", "tls-admin", "--state-file"])
             .arg(dir.path().join("router-state.json"))
             .arg("--model-repository")
             .arg(&models)
@@ -150,6 +152,34 @@ fn https_with_tls_1_2_and_1_3_only_and_a_redirecting_http_port() {
         text.contains("alert protocol version") || text.contains("alert handshake failure"),
         "{text}"
     );
+    // The management client over HTTPS: it trusts the self-signed certificate only when told.
+    let manage = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_modelpod"))
+            .args([
+                "service",
+                "list",
+                "--admin-key",
+                "tls-admin",
+                "--router",
+                &url,
+            ])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let listed = manage(&["--ca-cert", &cert]);
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("\"svc\""));
+    let untrusted = manage(&[]);
+    assert!(
+        !untrusted.status.success(),
+        "a self-signed certificate was trusted"
+    );
+
     // Plain HTTP on the TLS port is not answered as HTTP.
     assert!(!curl(&[&format!("http://127.0.0.1:{port}/")]).0);
 

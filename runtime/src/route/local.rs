@@ -57,19 +57,31 @@ impl LocalScaler {
     }
 
     fn spawn(&self, port: u16) -> Result<LocalReplica, ScaleError> {
-        let child = Command::new(&self.spec.program)
+        let mut command = Command::new(&self.spec.program);
+        command
             .arg("serve")
             .args(&self.spec.serve_args)
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| {
-                ScaleError(format!(
-                    "starting {} serve: {e}",
-                    self.spec.program.display()
-                ))
-            })?;
+            .kill_on_drop(true);
+        // A router killed outright (SIGKILL, the OOM killer) runs no destructor; the kernel
+        // then sends its replicas SIGTERM so none outlives it holding a port and memory. The
+        // signal follows the thread that spawned the child: replicas are spawned from the
+        // router's main runtime, whose thread lives as long as the process.
+        // SAFETY: the closure runs between fork and exec, where only async-signal-safe calls
+        // are allowed; it makes one prctl system call and allocates nothing.
+        unsafe {
+            command.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let child = command.spawn().map_err(|e| {
+            ScaleError(format!(
+                "starting {} serve: {e}",
+                self.spec.program.display()
+            ))
+        })?;
         tracing::info!(port, pid = child.id(), "replica started");
         Ok(LocalReplica { port, child })
     }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{free_port, slow_infer_body};
+use common::{collected_records, free_port, slow_infer_body};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -176,6 +176,7 @@ fn an_endpoint_splits_traffic_refuses_bad_changes_and_survives_a_restart() {
     let repository = slow_repository();
     let repository = repository.to_str().unwrap();
 
+    let collected = dir.path().join("collected");
     let (ok, out) = router.cli(&["endpoint", "create", "ep", "--description", "rollout"]);
     assert!(ok, "{out}");
     let (ok, out) = router.cli(&[
@@ -198,6 +199,8 @@ fn an_endpoint_splits_traffic_refuses_bad_changes_and_survives_a_restart() {
         "20",
         "--tag",
         "stage=canary",
+        "--data-collection",
+        collected.to_str().unwrap(),
     ]);
     assert!(ok, "{out}");
     let endpoint = router.wait_ready("endpoints", "ep");
@@ -314,6 +317,17 @@ fn an_endpoint_splits_traffic_refuses_bad_changes_and_survives_a_restart() {
 
     // A restart keeps the endpoint, its versions, roles and keys.
     router.stop();
+    // Green collected every request it answered, as a treatment, flushed at the stop.
+    let partition = collected.join("ep/slow/latest/treatment");
+    let records = collected_records(&partition);
+    assert_eq!(
+        records.len(),
+        green,
+        "one record per request green answered"
+    );
+    assert!(records.iter().all(|r| r["endpoint_version"] == "green"
+        && r["designation"] == "treatment"
+        && r["service"] == "ep"));
     let router = Router::start(dir.path(), port, &[]);
     let restored = router.wait_ready("endpoints", "ep");
     assert_eq!(strip(restored.clone()), strip(after));

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{free_port, post_json, slow_infer_body};
+use common::{collected_records, free_port, post_json, slow_infer_body};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -556,31 +556,12 @@ fn scored_requests_are_collected_and_flushed_when_the_router_stops() {
         assert_eq!(access_lines, 21, "{}", router.log());
         // Dropping the router stops it with SIGTERM; it writes out what it collected.
     }
-    let day_dirs: Vec<_> = walk(&collected.path().join("svc/mlp/latest/default"));
-    assert_eq!(day_dirs.len(), 1, "{day_dirs:?}");
-    let lines: Vec<Value> = std::fs::read_to_string(&day_dirs[0])
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = collected_records(&collected.path().join("svc/mlp/latest/default"));
     assert_eq!(lines.len(), 20);
     assert_eq!(lines[3]["inputs"]["inputs"][0]["data"][0], 3.0);
     assert_eq!(lines[3]["outputs"]["model_name"], "mlp");
     assert_eq!(lines[3]["service"], "svc");
     assert!(!lines[3]["request_id"].as_str().unwrap().is_empty());
-}
-
-/// Every file under `dir`.
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if entry.path().is_dir() {
-            files.extend(walk(&entry.path()));
-        } else {
-            files.push(entry.path());
-        }
-    }
-    files
 }
 
 #[test]

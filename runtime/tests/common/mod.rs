@@ -37,3 +37,34 @@ pub fn post_json(
     let status = response.status().as_u16();
     (status, response.json().unwrap_or(serde_json::Value::Null))
 }
+
+/// Every record model data collection wrote under `partition` (a directory of date-partitioned
+/// `data.jsonl` files), in file order.
+pub fn collected_records(partition: &std::path::Path) -> Vec<serde_json::Value> {
+    let mut records = Vec::new();
+    for file in files_under(partition) {
+        for line in std::fs::read_to_string(&file).unwrap().lines() {
+            records.push(serde_json::from_str(line).unwrap());
+        }
+    }
+    records
+}
+
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path())
+        .collect();
+    entries.sort();
+    for path in entries {
+        if path.is_dir() {
+            files.extend(files_under(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}

@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod azure_config;
 pub mod bench;
+pub mod cli_output;
 pub mod config;
 pub mod http_error;
 pub mod manage;

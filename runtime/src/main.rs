@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use modelpod::bench::BenchArgs;
-use modelpod::{ScoringServer, ServeArgs, ServeConfig, telemetry};
+use modelpod::{ScoringServer, ServeArgs, ServeConfig, cli_output, telemetry};
 
 /// modelpod: a model-serving runtime for Azure ML (SDK v1) scoring contracts and the Open
 /// Inference Protocol v2, with dynamic batching.
@@ -79,7 +79,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Endpoint(command) => modelpod::manage::run_endpoint(command),
         Command::Manifests(args) => {
             let list = modelpod::route::manifests::render(&args)?;
-            println!("{}", serde_json::to_string_pretty(&list)?);
+            cli_output::print_line(&serde_json::to_string_pretty(&list)?)?;
             Ok(())
         }
         Command::Bench(args) => {
@@ -92,9 +92,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sku(args) => {
             let report = modelpod::node::NodeReport::gather(&args.node, args.require_accelerator);
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                cli_output::print_line(&serde_json::to_string_pretty(&report)?)?;
             } else {
-                print!("{}", report.text());
+                cli_output::print(&report.text())?;
             }
             Ok(())
         }

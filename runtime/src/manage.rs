@@ -447,7 +447,7 @@ fn send(connection: &Connection, call: Call) -> anyhow::Result<()> {
         .read_json()
         .with_context(|| format!("the router's answer ({status}) is not JSON"))?;
     if status.is_success() {
-        println!("{}", serde_json::to_string_pretty(&body)?);
+        crate::cli_output::print_line(&serde_json::to_string_pretty(&body)?)?;
         Ok(())
     } else {
         anyhow::bail!(

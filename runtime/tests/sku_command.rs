@@ -86,3 +86,18 @@ fn a_gpu_size_without_a_gpu_refuses_to_start_when_an_accelerator_is_required() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_reader_that_went_away_is_not_a_crash() {
+    // `modelpod sku --json | head -0`: the pipe's read end is closed before anything is written.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let output = modelpod()
+        .args(["sku", "--json", "--node-sku", "Standard_NP20s"])
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -213,10 +213,11 @@ pub async fn run(args: BenchArgs) -> Result<Vec<PointResult>, BenchError> {
             }
             pairs.push(report::Comparison::new(mode, first, second));
         }
-        println!(
-            "{}",
-            report::comparison_table(&workload.infer_url, &other.infer_url, &pairs)
-        );
+        crate::cli_output::print_line(&report::comparison_table(
+            &workload.infer_url,
+            &other.infer_url,
+            &pairs,
+        ))?;
         if let Some(path) = &args.markdown {
             std::fs::write(path, report::comparison_markdown(&pairs))?;
         }
@@ -240,7 +241,7 @@ pub async fn run(args: BenchArgs) -> Result<Vec<PointResult>, BenchError> {
 }
 
 fn finish(args: &BenchArgs, target: &str, results: &[PointResult]) -> Result<(), BenchError> {
-    println!("{}", report::table(results));
+    crate::cli_output::print_line(&report::table(results))?;
     if let Some(path) = &args.json {
         std::fs::write(path, report::json(args, target, results))?;
     }

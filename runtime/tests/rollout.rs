@@ -364,6 +364,62 @@ fn an_endpoint_splits_traffic_refuses_bad_changes_and_survives_a_restart() {
 /// the admin key a scoring route): only the right one opens a route, and every refusal is the
 /// same 401 body.
 #[test]
+fn an_endpoint_takes_six_versions_and_refuses_a_seventh_without_a_trace() {
+    use reqwest::Method;
+    let dir = tempfile::tempdir().unwrap();
+    let router = Router::start(dir.path(), free_port(), &["--auth", "none"]);
+    let repository = slow_repository();
+    let (status, answer) = router.admin(Method::PUT, "/modelpod/endpoints/six", Some(json!({})));
+    assert_eq!(status, 201, "{answer}");
+    let versions = "/modelpod/endpoints/six/versions";
+    for i in 1..=6 {
+        let (status, answer) = router.admin(
+            Method::POST,
+            versions,
+            Some(json!({"name": format!("v{i}"), "model_repository": repository})),
+        );
+        assert_eq!(status, 201, "version {i}: {answer}");
+    }
+    let six = router.wait_ready("endpoints", "six");
+    let saved = std::fs::read(dir.path().join("state.json")).unwrap();
+
+    let (status, answer) = router.admin(
+        Method::POST,
+        versions,
+        Some(json!({"name": "v7", "model_repository": repository})),
+    );
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("6 versions already"),
+        "{answer}"
+    );
+    let (_, after) = router.admin(Method::GET, "/modelpod/endpoints/six", None);
+    assert_eq!(after["versions"].as_array().unwrap().len(), 6);
+    assert_eq!(
+        after["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| &v["name"])
+            .collect::<Vec<_>>(),
+        six["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| &v["name"])
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("state.json")).unwrap(),
+        saved,
+        "a refused change is not saved"
+    );
+}
+
+#[test]
 fn auth_matrix_over_every_route() {
     let dir = tempfile::tempdir().unwrap();
     let repository = slow_repository();

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{collected_records, free_port, post_json, slow_infer_body};
+use common::{collected_records, files_under, free_port, post_json, slow_infer_body};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -556,7 +556,11 @@ fn scored_requests_are_collected_and_flushed_when_the_router_stops() {
         assert_eq!(access_lines, 21, "{}", router.log());
         // Dropping the router stops it with SIGTERM; it writes out what it collected.
     }
-    let lines = collected_records(&collected.path().join("svc/mlp/latest/default"));
+    let partition = collected.path().join("svc/mlp/latest/default");
+    // One day, so one file: `<yyyy>/<mm>/<dd>/data.jsonl`.
+    let files = files_under(&partition);
+    assert_eq!(files.len(), 1, "{files:?}");
+    let lines = collected_records(&partition);
     assert_eq!(lines.len(), 20);
     assert_eq!(lines[3]["inputs"]["inputs"][0]["data"][0], 3.0);
     assert_eq!(lines[3]["outputs"]["model_name"], "mlp");

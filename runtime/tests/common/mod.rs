@@ -50,7 +50,8 @@ pub fn collected_records(partition: &std::path::Path) -> Vec<serde_json::Value> 
     records
 }
 
-fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+/// Every file under `dir`, depth first, in name order.
+pub fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut files = Vec::new();
     let mut entries: Vec<_> = std::fs::read_dir(dir)
         .into_iter()

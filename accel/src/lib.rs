@@ -4,10 +4,12 @@
 //! [`LoadedModel`] that hands sessions out, and the engines behind them: tract (pure Rust,
 //! always available, and on CUDA through tract-cuda) and ONNX Runtime (loaded dynamically, on
 //! the CPU or through its TensorRT, CUDA and Vitis AI execution providers), and the engine plan
-//! that picks among them from what the node really has. No HTTP and no async here.
+//! that picks among them from what the node really has, from the node's VM size ([`node`]).
+//! No async here; the only network call is the optional instance metadata query.
 
 mod backend;
 mod device;
+pub mod node;
 pub mod ort_engine;
 pub mod plan;
 pub mod probe;

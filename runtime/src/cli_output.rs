@@ -15,6 +15,25 @@ pub fn print(text: &str) -> std::io::Result<()> {
     }
 }
 
+/// Standard output as a writer, with [`print`]'s handling of a reader that has gone away.
+pub struct Stdout;
+
+impl Write for Stdout {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match std::io::stdout().lock().write_all(buf) {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e),
+            _ => Ok(buf.len()),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match std::io::stdout().lock().flush() {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// [`print`] followed by a newline.
 pub fn print_line(text: &str) -> std::io::Result<()> {
     print(&format!("{text}\n"))

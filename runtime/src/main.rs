@@ -1,8 +1,12 @@
-//! The `modelpod` binary.
+//! The `modelpod` binary: parses the command line and runs one role.
+
+mod cli_output;
+mod manage;
 
 use clap::{Parser, Subcommand};
-use modelpod::bench::BenchArgs;
-use modelpod::{ScoringServer, ServeArgs, ServeConfig, cli_output, telemetry};
+use modelpod_bench::BenchArgs;
+use modelpod_http::telemetry;
+use modelpod_serve::{ScoringServer, ServeArgs, ServeConfig};
 
 /// modelpod: a model-serving runtime for Azure ML (SDK v1) scoring contracts and the Open
 /// Inference Protocol v2, with dynamic batching.
@@ -19,14 +23,14 @@ enum Command {
     Serve(ServeArgs),
     /// Front a service's replicas: route each request to the least-busy one and scale them
     /// towards the target utilization.
-    Route(modelpod::route::RouteArgs),
+    Route(modelpod_router::RouteArgs),
     /// Manage a router's services: create, update, delete, keys, tokens, logs.
-    Service(modelpod::manage::ServiceCommand),
+    Service(manage::ServiceCommand),
     /// Manage a router's endpoints and their versions (traffic split, default, control).
-    Endpoint(modelpod::manage::EndpointCommand),
+    Endpoint(manage::EndpointCommand),
     /// Print a service's Kubernetes objects (Deployment, Service, the router's ServiceAccount
     /// and Role) from its deploymentconfig.json, as JSON for `kubectl apply -f -`.
-    Manifests(modelpod::route::manifests::ManifestArgs),
+    Manifests(modelpod_router::manifests::ManifestArgs),
     /// Measure a serving endpoint: throughput and latency percentiles under load.
     Bench(BenchArgs),
     /// Show this node's VM size, what it promises, what the device probes find and the engine
@@ -37,7 +41,7 @@ enum Command {
 #[derive(clap::Args)]
 struct SkuArgs {
     #[command(flatten)]
-    node: modelpod::node::NodeArgs,
+    node: modelpod_accel::node::NodeArgs,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -69,16 +73,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Route(args) => {
             telemetry::init(args.log_format);
             actix_web::rt::System::new().block_on(async move {
-                let config = modelpod::route::RouterConfig::resolve(args)?;
-                let router = modelpod::route::Router::start(config).await?;
+                let config = modelpod_router::RouterConfig::resolve(args)?;
+                let router = modelpod_router::Router::start(config).await?;
                 router.run().await?;
                 anyhow::Ok(())
             })
         }
-        Command::Service(command) => modelpod::manage::run_service(command),
-        Command::Endpoint(command) => modelpod::manage::run_endpoint(command),
+        Command::Service(command) => manage::run_service(command),
+        Command::Endpoint(command) => manage::run_endpoint(command),
         Command::Manifests(args) => {
-            let list = modelpod::route::manifests::render(&args)?;
+            let list = modelpod_router::manifests::render(&args)?;
             cli_output::print_line(&serde_json::to_string_pretty(&list)?)?;
             Ok(())
         }
@@ -86,11 +90,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(modelpod::bench::run(args))?;
+            runtime.block_on(modelpod_bench::run(args, &mut cli_output::Stdout))?;
             Ok(())
         }
         Command::Sku(args) => {
-            let report = modelpod::node::NodeReport::gather(&args.node, args.require_accelerator);
+            let report =
+                modelpod_accel::node::NodeReport::gather(&args.node, args.require_accelerator);
             if args.json {
                 cli_output::print_line(&serde_json::to_string_pretty(&report)?)?;
             } else {

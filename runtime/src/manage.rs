@@ -5,11 +5,11 @@
 //! needs a process-wide crypto provider installed before any reqwest client is built, in every
 //! crate of the workspace (feature unification), while ureq takes ring directly.
 
-use crate::route::admin::{EndpointCreate, RegenerateKey, ServiceCreate, VersionCreate};
-use crate::route::catalog::DeploymentSpec;
-use crate::route::catalog::{AuthMode, Catalog, KeyName, VersionUpdate, WebserviceUpdate};
-use crate::route::{DEFAULT_STATE_FILE, DataCollection, collect};
 use anyhow::Context;
+use modelpod_router::admin::{EndpointCreate, RegenerateKey, ServiceCreate, VersionCreate};
+use modelpod_router::catalog::DeploymentSpec;
+use modelpod_router::catalog::{AuthMode, Catalog, KeyName, VersionUpdate, WebserviceUpdate};
+use modelpod_router::{DEFAULT_STATE_FILE, DataCollection, collect};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -402,7 +402,7 @@ fn admin_key(connection: &Connection) -> anyhow::Result<String> {
         .state_file
         .clone()
         .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_FILE));
-    let catalog: Catalog = crate::route::store::StateFile::new(path.clone())
+    let catalog: Catalog = modelpod_router::store::StateFile::new(path.clone())
         .load()?
         .with_context(|| {
             format!(

@@ -1,8 +1,12 @@
-//! Everything between a request and an engine, with no HTTP: the model repository and its
-//! manifests, the registry of model versions and their states, the Azure `/score` pipeline
-//! (pre- and post-processing), the Open Inference Protocol v2 codecs, and the dynamic batcher.
+//! Everything between a decoded request and an engine, with no transport: the model
+//! repository and its manifests, the registry of model versions and their states, the Azure
+//! `/score` pipeline (pre- and post-processing), the Open Inference Protocol v2 codecs, the
+//! dynamic batcher, and the scoring API every front end calls ([`Scorer`]: admission, queue
+//! wait, on-demand loading, the deadline and the busy state).
 
 pub mod batcher;
+pub mod busy;
+pub mod deployment;
 pub mod error;
 pub mod json;
 pub mod manifest;
@@ -10,8 +14,11 @@ pub mod memory;
 pub mod pipeline;
 pub mod registry;
 pub mod repository;
+pub mod scorer;
 pub mod v2;
 
+pub use deployment::{DeploymentConfig, ScoringLimits};
 pub use error::ScoringError;
 pub use memory::{AllocationMeter, DeviceMemoryMeter, Footprint, MemoryBudget};
 pub use registry::{IndexEntry, ModelState, Registry, RegistryConfig, ServedModel};
+pub use scorer::Scorer;

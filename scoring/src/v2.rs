@@ -8,6 +8,9 @@ use modelpod_accel::{DataType, Signature, Tensor, TensorData};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+/// The binary tensor data extension's header: the length of the JSON part of a body.
+pub const INFERENCE_HEADER_CONTENT_LENGTH: &str = "inference-header-content-length";
+
 /// A decoded inference request.
 #[derive(Debug)]
 pub struct InferRequest {
@@ -55,79 +58,10 @@ struct RawOutput {
 /// Decodes a request body. `json_len` is the `Inference-Header-Content-Length` header: the
 /// length of the JSON part when binary tensor data follows it.
 pub fn decode_request(body: &[u8], json_len: Option<usize>) -> Result<InferRequest, ScoringError> {
-    let json_len = json_len.unwrap_or(body.len());
-    if json_len > body.len() {
-        return Err(ScoringError::BadRequest(format!(
-            "Inference-Header-Content-Length is {json_len} but the body has only {} bytes",
-            body.len()
-        )));
-    }
-    let (header, mut binary) = body.split_at(json_len);
-    if header.iter().all(u8::is_ascii_whitespace) {
-        return Err(ScoringError::BadRequest("the request body is empty".into()));
-    }
+    let (header, binary) = split_body(body, json_len)?;
     let raw: RawRequest = serde_json::from_slice(header)
         .map_err(|e| ScoringError::BadRequest(format!("malformed inference request: {e}")))?;
-    let mut inputs = Vec::with_capacity(raw.inputs.len());
-    for input in raw.inputs {
-        let dtype: DataType = input.datatype.parse().map_err(|_| {
-            ScoringError::InvalidInput(format!(
-                "input '{}': unsupported datatype '{}'",
-                input.name, input.datatype
-            ))
-        })?;
-        let count: usize = input.shape.iter().product();
-        let data = match input.parameters.get("binary_data_size") {
-            Some(size) => {
-                let size = size.as_u64().ok_or_else(|| {
-                    ScoringError::BadRequest(format!(
-                        "input '{}': binary_data_size must be an integer",
-                        input.name
-                    ))
-                })? as usize;
-                if size > binary.len() {
-                    return Err(ScoringError::BadRequest(format!(
-                        "input '{}' declares {size} bytes of binary data but only {} remain",
-                        input.name,
-                        binary.len()
-                    )));
-                }
-                let (bytes, rest) = binary.split_at(size);
-                binary = rest;
-                TensorData::from_le_bytes(dtype, bytes).map_err(|e| {
-                    ScoringError::InvalidInput(format!("input '{}': {e}", input.name))
-                })?
-            }
-            None => {
-                let value = input.data.as_ref().ok_or_else(|| {
-                    ScoringError::BadRequest(format!(
-                        "input '{}' has neither data nor binary_data_size",
-                        input.name
-                    ))
-                })?;
-                json::flatten(value, dtype)
-                    .map_err(|e| {
-                        ScoringError::InvalidInput(format!("input '{}': {e}", input.name))
-                    })?
-                    .1
-            }
-        };
-        if data.len() != count {
-            return Err(ScoringError::InvalidInput(format!(
-                "input '{}' has shape {:?} ({count} elements) but {} elements of data",
-                input.name,
-                input.shape,
-                data.len()
-            )));
-        }
-        inputs.push((input.name, Tensor::new(input.shape, data)?));
-    }
-    if !binary.is_empty() {
-        return Err(ScoringError::BadRequest(format!(
-            "{} bytes of binary data follow the inputs that no input claims",
-            binary.len()
-        )));
-    }
+    let inputs = decode_tensors(raw.inputs, binary, "input")?;
     let flag = |params: &Map<String, Value>, key: &str| params.get(key).and_then(Value::as_bool);
     Ok(InferRequest {
         id: raw.id,
@@ -142,6 +76,92 @@ pub fn decode_request(body: &[u8], json_len: Option<usize>) -> Result<InferReque
             .collect(),
         inputs,
     })
+}
+
+/// A body's JSON header and the binary data after it.
+fn split_body(body: &[u8], json_len: Option<usize>) -> Result<(&[u8], &[u8]), ScoringError> {
+    let json_len = json_len.unwrap_or(body.len());
+    if json_len > body.len() {
+        return Err(ScoringError::BadRequest(format!(
+            "Inference-Header-Content-Length is {json_len} but the body has only {} bytes",
+            body.len()
+        )));
+    }
+    let (header, binary) = body.split_at(json_len);
+    if header.iter().all(u8::is_ascii_whitespace) {
+        return Err(ScoringError::BadRequest("the request body is empty".into()));
+    }
+    Ok((header, binary))
+}
+
+/// Tensors described in a header, their data inline or taken in order from `binary`, which
+/// they must use up exactly. `role` ("input", "output") names them in errors.
+fn decode_tensors(
+    described: Vec<RawInput>,
+    mut binary: &[u8],
+    role: &str,
+) -> Result<Vec<(String, Tensor)>, ScoringError> {
+    let mut inputs = Vec::with_capacity(described.len());
+    for input in described {
+        let dtype: DataType = input.datatype.parse().map_err(|_| {
+            ScoringError::InvalidInput(format!(
+                "{role} '{}': unsupported datatype '{}'",
+                input.name, input.datatype
+            ))
+        })?;
+        let count: usize = input.shape.iter().product();
+        let data = match input.parameters.get("binary_data_size") {
+            Some(size) => {
+                let size = size.as_u64().ok_or_else(|| {
+                    ScoringError::BadRequest(format!(
+                        "{role} '{}': binary_data_size must be an integer",
+                        input.name
+                    ))
+                })? as usize;
+                if size > binary.len() {
+                    return Err(ScoringError::BadRequest(format!(
+                        "{role} '{}' declares {size} bytes of binary data but only {} remain",
+                        input.name,
+                        binary.len()
+                    )));
+                }
+                let (bytes, rest) = binary.split_at(size);
+                binary = rest;
+                TensorData::from_le_bytes(dtype, bytes).map_err(|e| {
+                    ScoringError::InvalidInput(format!("{role} '{}': {e}", input.name))
+                })?
+            }
+            None => {
+                let value = input.data.as_ref().ok_or_else(|| {
+                    ScoringError::BadRequest(format!(
+                        "{role} '{}' has neither data nor binary_data_size",
+                        input.name
+                    ))
+                })?;
+                json::flatten(value, dtype)
+                    .map_err(|e| {
+                        ScoringError::InvalidInput(format!("{role} '{}': {e}", input.name))
+                    })?
+                    .1
+            }
+        };
+        if data.len() != count {
+            return Err(ScoringError::InvalidInput(format!(
+                "{role} '{}' has shape {:?} ({count} elements) but {} elements of data",
+                input.name,
+                input.shape,
+                data.len()
+            )));
+        }
+        inputs.push((input.name, Tensor::new(input.shape, data)?));
+    }
+    if !binary.is_empty() {
+        return Err(ScoringError::BadRequest(format!(
+            "{} bytes of binary data follow the {role}s that no {role} claims",
+            binary.len()
+        )));
+    }
+    Ok(inputs)
 }
 
 impl InferRequest {
@@ -175,8 +195,8 @@ impl InferRequest {
     }
 }
 
-/// An encoded response body, and the JSON header's length when binary data follows it.
-pub struct EncodedResponse {
+/// An encoded body, and the JSON header's length when binary data follows it.
+pub struct EncodedBody {
     pub body: Vec<u8>,
     pub json_len: Option<usize>,
 }
@@ -189,7 +209,7 @@ pub fn encode_response(
     signature: &Signature,
     outputs: &[Tensor],
     selected: &[(usize, bool)],
-) -> EncodedResponse {
+) -> EncodedBody {
     let mut binary = Vec::new();
     let encoded: Vec<Value> = selected
         .iter()
@@ -220,16 +240,81 @@ pub fn encode_response(
     }
     let mut body = serde_json::to_vec(&header).expect("a JSON value serialises");
     if binary.is_empty() {
-        return EncodedResponse {
+        return EncodedBody {
             body,
             json_len: None,
         };
     }
     let json_len = body.len();
     body.extend_from_slice(&binary);
-    EncodedResponse {
+    EncodedBody {
         body,
         json_len: Some(json_len),
+    }
+}
+
+/// The client's side of the protocol, for modelpod's load generator and tests: the request a
+/// v2 client sends and the outputs it reads back.
+pub mod client {
+    use super::{EncodedBody, RawInput, decode_tensors, split_body};
+    use crate::{ScoringError, json};
+    use modelpod_accel::Tensor;
+    use serde::Deserialize;
+    use serde_json::{Value, json};
+
+    /// An infer request body: tensor data inline as JSON, or (`binary`) each input's
+    /// little-endian bytes after the JSON header, with binary outputs asked for too.
+    /// `json_len` is the `Inference-Header-Content-Length` to send with it.
+    pub fn encode_request(inputs: &[(String, Tensor)], binary: bool) -> EncodedBody {
+        let mut raw = Vec::new();
+        let described: Vec<Value> = inputs
+            .iter()
+            .map(|(name, t)| {
+                let mut input =
+                    json!({ "name": name, "shape": t.shape(), "datatype": t.dtype().as_str() });
+                if binary {
+                    let bytes = t.data().to_le_bytes();
+                    input["parameters"] = json!({ "binary_data_size": bytes.len() });
+                    raw.extend_from_slice(&bytes);
+                } else {
+                    input["data"] = json::to_flat_json(t.data());
+                }
+                input
+            })
+            .collect();
+        let mut header = json!({ "inputs": described });
+        if binary {
+            header["parameters"] = json!({ "binary_data_output": true });
+        }
+        let mut body = serde_json::to_vec(&header).expect("a JSON value serialises");
+        if !binary {
+            return EncodedBody {
+                body,
+                json_len: None,
+            };
+        }
+        let json_len = body.len();
+        body.extend_from_slice(&raw);
+        EncodedBody {
+            body,
+            json_len: Some(json_len),
+        }
+    }
+
+    #[derive(Deserialize)]
+    struct RawResponse {
+        outputs: Vec<RawInput>,
+    }
+
+    /// The outputs of an infer response, JSON or binary, by name in the order they came.
+    pub fn decode_response(
+        body: &[u8],
+        json_len: Option<usize>,
+    ) -> Result<Vec<(String, Tensor)>, ScoringError> {
+        let (header, binary) = split_body(body, json_len)?;
+        let raw: RawResponse = serde_json::from_slice(header)
+            .map_err(|e| ScoringError::BadRequest(format!("malformed inference response: {e}")))?;
+        decode_tensors(raw.outputs, binary, "output")
     }
 }
 
@@ -247,6 +332,23 @@ mod tests {
         Signature {
             inputs: vec![spec("x")],
             outputs: vec![spec("y"), spec("z")],
+        }
+    }
+
+    #[test]
+    fn the_client_codec_round_trips_through_the_server_codec() {
+        let x = Tensor::new(vec![2, 2], vec![1.0f32, -2.0, 3.5, 0.25]).unwrap();
+        for binary in [false, true] {
+            let sent = client::encode_request(&[("x".into(), x.clone())], binary);
+            let request = decode_request(&sent.body, sent.json_len).unwrap();
+            assert_eq!(request.inputs, vec![("x".to_string(), x.clone())]);
+            assert_eq!(request.binary_output, binary);
+            let selected = request.selected_outputs(&signature()).unwrap();
+            let outputs = [x.clone(), x.clone()];
+            let answer = encode_response("m", "1", None, &signature(), &outputs, &selected);
+            let decoded = client::decode_response(&answer.body, answer.json_len).unwrap();
+            assert_eq!(decoded.len(), 2);
+            assert_eq!(decoded[0].1, x, "binary {binary}");
         }
     }
 

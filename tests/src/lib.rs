@@ -1,8 +1,8 @@
 //! Helpers shared by modelpod's integration tests: paths, reference cases, servers on port 0
 //! and output comparison with a stated tolerance.
 
-use modelpod::{RunningServer, ServeArgs, ServeConfig};
 use modelpod_accel::{DataType, Tensor, TensorData};
+use modelpod_serve::{RunningServer, ServeArgs, ServeConfig};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! `modelpod bench` against a real server: closed and open loop, every protocol, error
 //! accounting, and the server-side figures it reads from `/metrics`.
 
-use modelpod::bench::{BenchArgs, PointResult, Protocol, run};
+use modelpod_bench::{BenchArgs, PointResult, Protocol, run};
 use modelpod_tests::{fixtures, serve_args, start};
 use std::time::Duration;
 
@@ -40,7 +40,7 @@ fn bench(args: BenchArgs) -> Vec<PointResult> {
         .enable_all()
         .build()
         .unwrap()
-        .block_on(run(args))
+        .block_on(run(args, &mut std::io::sink()))
         .unwrap()
 }
 

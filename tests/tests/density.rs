@@ -1,7 +1,7 @@
 //! Many models in one server under a tight memory budget: lazy loading, LRU eviction and
 //! reloading, with every answer checked against the model that should have given it.
 
-use modelpod::config::LoadPolicy;
+use modelpod_serve::config::LoadPolicy;
 use modelpod_tests::linear_models::{INPUTS, LinearModel, write_repository};
 use modelpod_tests::{client, metric_sum, metrics_text, serve_args, start};
 use serde_json::{Value, json};

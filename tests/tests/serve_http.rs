@@ -298,7 +298,7 @@ fn concurrent_requests_are_batched_and_each_gets_its_own_rows() {
     assert!(runs <= 48.0, "48 requests took {runs} engine runs");
 }
 
-fn scrape_sum(server: &modelpod::RunningServer, metric: &str, model: &str) -> f64 {
+fn scrape_sum(server: &modelpod_serve::RunningServer, metric: &str, model: &str) -> f64 {
     metric_sum(&metrics_text(server), metric, &format!("model=\"{model}\"")).unwrap_or(0.0)
 }
 

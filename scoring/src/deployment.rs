@@ -1,0 +1,189 @@
+//! Azure Machine Learning's `deploymentconfig.json` (AKS web service), read field for field
+//! with Azure's defaults, and the scoring limits a container runs under. Fields modelpod does
+//! not act on yet are accepted and kept, so a file that deploys on Azure is never refused here.
+
+use serde::Deserialize;
+use std::path::Path;
+use std::time::Duration;
+
+/// Azure's defaults for an AKS web service.
+pub mod defaults {
+    pub const SCORING_TIMEOUT_MS: u64 = 60_000;
+    pub const MAX_CONCURRENT_REQUESTS_PER_CONTAINER: usize = 1;
+    pub const MAX_QUEUE_WAIT_MS: u64 = 500;
+    pub const AUTOSCALE_MIN_REPLICAS: u32 = 1;
+    pub const AUTOSCALE_MAX_REPLICAS: u32 = 10;
+    pub const AUTOSCALE_REFRESH_SECONDS: u32 = 1;
+    pub const AUTOSCALE_TARGET_UTILIZATION: u32 = 70;
+    /// Azure's inference server port.
+    pub const SCORING_SERVER_PORT: u16 = 5001;
+    /// Azure's request body limit (100 MB).
+    pub const MAX_REQUEST_BYTES: usize = 100 * 1024 * 1024;
+}
+
+/// What one scoring container admits: the limits a scoring server enforces and its router
+/// forwards by. Replicas report theirs in every busy-state answer, so a router never holds a
+/// request to limits other than the replica's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ScoringLimits {
+    /// maxConcurrentRequestsPerContainer.
+    pub max_concurrent_requests: usize,
+    /// maxQueueWaitMs: how long a request may wait for a scoring slot.
+    #[serde(with = "millis")]
+    pub max_queue_wait: Duration,
+    /// scoringTimeoutMs: from arrival to answer.
+    #[serde(with = "millis")]
+    pub scoring_timeout: Duration,
+    /// The largest request body.
+    pub max_request_bytes: usize,
+}
+
+impl Default for ScoringLimits {
+    fn default() -> ScoringLimits {
+        ScoringLimits {
+            max_concurrent_requests: defaults::MAX_CONCURRENT_REQUESTS_PER_CONTAINER,
+            max_queue_wait: Duration::from_millis(defaults::MAX_QUEUE_WAIT_MS),
+            scoring_timeout: Duration::from_millis(defaults::SCORING_TIMEOUT_MS),
+            max_request_bytes: defaults::MAX_REQUEST_BYTES,
+        }
+    }
+}
+
+/// Durations as whole milliseconds, the unit of Azure's fields.
+mod millis {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u64(value.as_millis() as u64)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        u64::deserialize(deserializer).map(Duration::from_millis)
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentConfig {
+    pub compute_type: Option<String>,
+    pub scoring_timeout_ms: Option<u64>,
+    pub max_concurrent_requests_per_container: Option<usize>,
+    pub max_queue_wait_ms: Option<u64>,
+    pub auth_enabled: Option<bool>,
+    pub token_auth_enabled: Option<bool>,
+    pub keys: Option<Keys>,
+    pub num_replicas: Option<u32>,
+    pub auto_scaler: Option<AutoScaler>,
+    pub container_resource_requirements: Option<serde_json::Value>,
+    pub liveness_probe_requirements: Option<serde_json::Value>,
+    pub data_collection: Option<serde_json::Value>,
+    pub app_insights_enabled: Option<bool>,
+    pub namespace: Option<String>,
+    pub description: Option<String>,
+    pub tags: Option<serde_json::Value>,
+    pub properties: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Keys {
+    pub primary_key: Option<String>,
+    pub secondary_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoScaler {
+    pub autoscale_enabled: Option<bool>,
+    pub min_replicas: Option<u32>,
+    pub max_replicas: Option<u32>,
+    pub refresh_period_in_seconds: Option<u32>,
+    pub target_utilization: Option<u32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AzureConfigError {
+    #[error("cannot read {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("{path}: {reason}")]
+    Invalid { path: String, reason: String },
+}
+
+impl DeploymentConfig {
+    pub fn read(path: &Path) -> Result<DeploymentConfig, AzureConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| AzureConfigError::Read {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let config: DeploymentConfig =
+            serde_json::from_str(&text).map_err(|e| AzureConfigError::Invalid {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        if let Some(kind) = &config.compute_type
+            && !kind.eq_ignore_ascii_case("aks")
+            && !kind.eq_ignore_ascii_case("local")
+        {
+            tracing::warn!(compute_type = %kind, "deploymentconfig.json is not for AKS; reading the fields it shares");
+        }
+        Ok(config)
+    }
+
+    /// The limits this file sets over Azure's defaults.
+    pub fn limits(&self) -> ScoringLimits {
+        let default = ScoringLimits::default();
+        ScoringLimits {
+            max_concurrent_requests: self
+                .max_concurrent_requests_per_container
+                .unwrap_or(default.max_concurrent_requests),
+            max_queue_wait: self
+                .max_queue_wait_ms
+                .map_or(default.max_queue_wait, Duration::from_millis),
+            scoring_timeout: self
+                .scoring_timeout_ms
+                .map_or(default.scoring_timeout, Duration::from_millis),
+            max_request_bytes: default.max_request_bytes,
+        }
+    }
+
+    /// The keys the file sets, primary first.
+    pub fn key_list(&self) -> Vec<String> {
+        let Some(keys) = &self.keys else {
+            return Vec::new();
+        };
+        [&keys.primary_key, &keys.secondary_key]
+            .into_iter()
+            .flatten()
+            .filter(|k| !k.is_empty())
+            .cloned()
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_an_azure_file_with_fields_we_do_not_use() {
+        let config: DeploymentConfig = serde_json::from_str(
+            r#"{
+              "computeType": "aks",
+              "autoScaler": {"autoscaleEnabled": true, "minReplicas": 1, "maxReplicas": 4, "targetUtilization": 70},
+              "containerResourceRequirements": {"cpu": 0.5, "memoryInGB": 1.0},
+              "scoringTimeoutMs": 5000,
+              "maxConcurrentRequestsPerContainer": 8,
+              "maxQueueWaitMs": 250,
+              "keys": {"primaryKey": "p", "secondaryKey": "s"},
+              "livenessProbeRequirements": {"periodSeconds": 10},
+              "somethingNew": 1
+            }"#,
+        )
+        .unwrap();
+        assert_eq!(config.scoring_timeout_ms, Some(5000));
+        assert_eq!(config.max_concurrent_requests_per_container, Some(8));
+        assert_eq!(config.auto_scaler.as_ref().unwrap().max_replicas, Some(4));
+        assert_eq!(config.key_list(), vec!["p", "s"]);
+    }
+}

@@ -1,0 +1,461 @@
+//! `modelpod serve` configuration: one validated struct built from the command line, then
+//! environment variables (clap reads both), then files (`--deployment-config`, `--config`),
+//! then defaults (Azure's where Azure has one).
+
+use clap::{Args, ValueEnum};
+use modelpod_accel::EngineChoice;
+use modelpod_scoring::MemoryBudget;
+use modelpod_scoring::deployment::{DeploymentConfig, ScoringLimits};
+use modelpod_scoring::memory::parse_bytes;
+use serde::Deserialize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use modelpod_http::telemetry::LogFormat;
+pub use modelpod_scoring::deployment::defaults::SCORING_SERVER_PORT as DEFAULT_PORT;
+
+/// `modelpod serve`: the scoring server.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// Model repository: <dir>/<model>/<version>/model.onnx. Azure's AZUREML_MODEL_DIR is used
+    /// when this is not set.
+    #[arg(long, env = "MODELPOD_MODEL_REPOSITORY")]
+    pub model_repository: Option<PathBuf>,
+    /// Address to listen on [default: 0.0.0.0].
+    #[arg(long, env = "MODELPOD_HOST")]
+    pub host: Option<String>,
+    /// Port to listen on; 0 picks a free one [default: 5001].
+    #[arg(long, env = "MODELPOD_PORT")]
+    pub port: Option<u16>,
+    /// Engine: auto (the node's plan, best first: see `modelpod sku`), ort or tract (the best
+    /// of that library), or exactly one of ort-tensorrt, ort-cuda, ort-vitisai, ort-cpu,
+    /// tract-cuda, tract-cpu [default: auto]. A model's manifest may choose its own.
+    #[arg(long, env = "MODELPOD_BACKEND")]
+    pub backend: Option<EngineChoice>,
+    /// Directory where ONNX Runtime's TensorRT engine keeps the engines it builds, so that a
+    /// restart does not rebuild them [default: no cache].
+    #[arg(long, env = "MODELPOD_TENSORRT_CACHE")]
+    pub tensorrt_cache: Option<PathBuf>,
+    /// Path of libonnxruntime.so (else ORT_DYLIB_PATH, then default locations).
+    #[arg(long, env = "MODELPOD_ORT_LIBRARY")]
+    pub ort_library: Option<PathBuf>,
+    /// ONNX Runtime intra-op threads per model instance [default: 1].
+    #[arg(long, env = "MODELPOD_INTRA_OP_THREADS")]
+    pub intra_op_threads: Option<usize>,
+    /// Azure deploymentconfig.json (scoringTimeoutMs, maxConcurrentRequestsPerContainer,
+    /// maxQueueWaitMs, keys...).
+    #[arg(long, env = "MODELPOD_DEPLOYMENT_CONFIG")]
+    pub deployment_config: Option<PathBuf>,
+    /// Native TOML configuration file with the same keys as these flags (snake_case).
+    #[arg(long, env = "MODELPOD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Requests scored at once; more wait up to max-queue-wait-ms [default: 1, Azure's].
+    #[arg(long, env = "MODELPOD_MAX_CONCURRENT_REQUESTS")]
+    pub max_concurrent_requests: Option<usize>,
+    /// How long a request may wait for a free slot before 503 [default: 500].
+    #[arg(long, env = "MODELPOD_MAX_QUEUE_WAIT_MS")]
+    pub max_queue_wait_ms: Option<u64>,
+    /// Time from arrival to answer before 504 [default: 60000]. Azure's SCORING_TIMEOUT_MS is
+    /// honoured too.
+    #[arg(long, env = "MODELPOD_SCORING_TIMEOUT_MS")]
+    pub scoring_timeout_ms: Option<u64>,
+    /// Largest request body accepted before 413 [default: 104857600, Azure's 100 MB].
+    #[arg(long, env = "MODELPOD_MAX_REQUEST_BYTES")]
+    pub max_request_bytes: Option<usize>,
+    /// Bearer keys accepted on scoring routes (comma-separated); no keys means no auth.
+    #[arg(
+        long = "api-key",
+        env = "MODELPOD_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_keys: Vec<String>,
+    /// Scoring routes take no key, whatever deploymentconfig.json says: for replicas behind
+    /// `modelpod route`, which authenticates callers itself.
+    #[arg(long, conflicts_with = "api_keys")]
+    pub no_auth: bool,
+    /// Model `POST /score` uses when no ?model= is given [default: the only model].
+    #[arg(long, env = "MODELPOD_DEFAULT_MODEL")]
+    pub default_model: Option<String>,
+    /// Models loaded in parallel at start-up [default: 2].
+    #[arg(long, env = "MODELPOD_LOAD_PARALLELISM")]
+    pub load_parallelism: Option<usize>,
+    /// HTTP worker threads [default: number of cores].
+    #[arg(long, env = "MODELPOD_HTTP_WORKERS")]
+    pub http_workers: Option<usize>,
+    /// Readiness also requires that no model failed to load [default: true]. Models not loaded
+    /// yet (lazy policy, memory budget) do not count.
+    #[arg(long, env = "MODELPOD_STRICT_READINESS")]
+    pub strict_readiness: Option<bool>,
+    /// Log format [default: text].
+    #[arg(long, env = "MODELPOD_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// When models load: eager (every model at start, as many as the memory budget holds) or
+    /// lazy (on first request). Either way a model not loaded is loaded when a request needs it
+    /// [default: eager].
+    #[arg(long, env = "MODELPOD_LOAD_POLICY")]
+    pub load_policy: Option<LoadPolicy>,
+    /// Host memory loaded models may hold (e.g. 6GiB, 512MiB); least recently used idle models
+    /// are evicted to stay under it; "none" for no limit [default: 80 % of the container's
+    /// cgroup memory limit, or none without one].
+    #[arg(long, env = "MODELPOD_MEMORY_BUDGET")]
+    pub memory_budget: Option<String>,
+    /// Accelerator memory budgets for device engines, as DEVICE=SIZE (e.g. cuda:0=20GiB),
+    /// comma-separated [default: 90 % of each CUDA device's memory, as its driver reports it].
+    #[arg(
+        long = "device-memory-budget",
+        env = "MODELPOD_DEVICE_MEMORY_BUDGETS",
+        value_delimiter = ','
+    )]
+    pub device_memory_budgets: Vec<String>,
+    /// Rescan the repository every this many seconds, registering added models and unloading
+    /// removed ones [default: off; load and unload through the repository API].
+    #[arg(long, env = "MODELPOD_REPOSITORY_POLL_SECONDS")]
+    pub repository_poll: Option<u64>,
+    #[command(flatten)]
+    pub node: modelpod_accel::node::NodeArgs,
+    /// Refuse to start when the node's VM size promises an accelerator the probes do not find
+    /// (otherwise this is logged as a warning and models are served on the CPU).
+    #[arg(long, env = "MODELPOD_REQUIRE_ACCELERATOR")]
+    pub require_accelerator: bool,
+}
+
+/// When models are loaded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LoadPolicy {
+    /// All at start-up, in parallel, serving each as it becomes ready (Azure's behaviour).
+    #[default]
+    Eager,
+    /// On first request; concurrent first requests wait for one load.
+    Lazy,
+}
+
+/// Share of the cgroup memory limit that models may hold by default; the rest is for requests
+/// in flight, batches and the server itself.
+pub const DEFAULT_BUDGET_SHARE_OF_CGROUP_LIMIT: f64 = 0.8;
+
+/// The native configuration file: the flags' names in snake_case.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    model_repository: Option<PathBuf>,
+    host: Option<String>,
+    port: Option<u16>,
+    backend: Option<EngineChoice>,
+    tensorrt_cache: Option<PathBuf>,
+    ort_library: Option<PathBuf>,
+    intra_op_threads: Option<usize>,
+    max_concurrent_requests: Option<usize>,
+    max_queue_wait_ms: Option<u64>,
+    scoring_timeout_ms: Option<u64>,
+    max_request_bytes: Option<usize>,
+    #[serde(default)]
+    api_keys: Vec<String>,
+    default_model: Option<String>,
+    load_parallelism: Option<usize>,
+    http_workers: Option<usize>,
+    strict_readiness: Option<bool>,
+    log_format: Option<LogFormat>,
+    load_policy: Option<LoadPolicy>,
+    memory_budget: Option<String>,
+    #[serde(default)]
+    device_memory_budgets: Vec<String>,
+    repository_poll: Option<u64>,
+}
+
+/// The validated configuration of a scoring server.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub model_repository: PathBuf,
+    pub host: String,
+    pub port: u16,
+    pub backend: EngineChoice,
+    pub tensorrt_cache: Option<PathBuf>,
+    pub ort_library: Option<PathBuf>,
+    pub intra_op_threads: usize,
+    pub limits: ScoringLimits,
+    pub api_keys: Vec<String>,
+    pub default_model: Option<String>,
+    pub load_parallelism: usize,
+    pub http_workers: usize,
+    pub strict_readiness: bool,
+    pub log_format: LogFormat,
+    pub load_policy: LoadPolicy,
+    pub memory_budget: MemoryBudget,
+    pub repository_poll: Option<Duration>,
+    pub node: modelpod_accel::node::NodeArgs,
+    pub require_accelerator: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "no model repository: pass --model-repository, or set MODELPOD_MODEL_REPOSITORY or AZUREML_MODEL_DIR"
+    )]
+    NoRepository,
+    #[error("{0}")]
+    File(String),
+    #[error("{name} must be {rule} (got {value})")]
+    OutOfRange {
+        name: &'static str,
+        rule: &'static str,
+        value: String,
+    },
+}
+
+/// The host budget (given, or a share of the cgroup limit) and any device budgets.
+fn memory_budget(host: Option<&str>, devices: &[String]) -> Result<MemoryBudget, ConfigError> {
+    let invalid = |text: &str| ConfigError::OutOfRange {
+        name: "memory-budget",
+        rule: "a size such as 6GiB, or none",
+        value: text.to_string(),
+    };
+    let mut budget = MemoryBudget::unlimited();
+    let host = match host.map(str::trim) {
+        Some(text) if text.eq_ignore_ascii_case("none") => None,
+        Some(text) => Some(parse_bytes(text).map_err(|_| invalid(text))?),
+        None => crate::memory::cgroup_memory_limit()
+            .map(|limit| (limit as f64 * DEFAULT_BUDGET_SHARE_OF_CGROUP_LIMIT) as u64),
+    };
+    if let Some(bytes) = host {
+        budget = budget.with_limit(modelpod_scoring::memory::HOST, bytes);
+    }
+    for device in devices {
+        let (name, size) = device
+            .split_once('=')
+            .ok_or_else(|| ConfigError::OutOfRange {
+                name: "device-memory-budget",
+                rule: "DEVICE=SIZE, e.g. cuda:0=20GiB",
+                value: device.clone(),
+            })?;
+        budget = budget.with_limit(name.trim(), parse_bytes(size).map_err(|_| invalid(device))?);
+    }
+    Ok(budget)
+}
+
+impl ServeConfig {
+    /// Resolves flags and environment (already merged by clap) over files over defaults.
+    pub fn resolve(args: ServeArgs) -> Result<ServeConfig, ConfigError> {
+        let file: ConfigFile = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError::File(format!("cannot read {}: {e}", path.display()))
+                })?;
+                toml::from_str(&text)
+                    .map_err(|e| ConfigError::File(format!("{}: {e}", path.display())))?
+            }
+            None => ConfigFile::default(),
+        };
+        let azure = match &args.deployment_config {
+            Some(path) => {
+                DeploymentConfig::read(path).map_err(|e| ConfigError::File(e.to_string()))?
+            }
+            None => DeploymentConfig::default(),
+        };
+        let azure_limits = azure.limits();
+        let env_u64 = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
+        let model_repository = args
+            .model_repository
+            .or(file.model_repository)
+            .or_else(|| std::env::var_os("AZUREML_MODEL_DIR").map(PathBuf::from))
+            .ok_or(ConfigError::NoRepository)?;
+        let mut api_keys = if !args.api_keys.is_empty() {
+            args.api_keys
+        } else {
+            file.api_keys
+        };
+        if api_keys.is_empty() && azure.auth_enabled != Some(false) {
+            api_keys = azure.key_list();
+        }
+        api_keys.retain(|k| !k.trim().is_empty());
+        if args.no_auth {
+            api_keys.clear();
+        }
+        let config = ServeConfig {
+            model_repository,
+            host: args.host.or(file.host).unwrap_or_else(|| "0.0.0.0".into()),
+            port: args.port.or(file.port).unwrap_or(DEFAULT_PORT),
+            backend: args.backend.or(file.backend).unwrap_or_default(),
+            tensorrt_cache: args.tensorrt_cache.or(file.tensorrt_cache),
+            ort_library: args.ort_library.or(file.ort_library),
+            intra_op_threads: args.intra_op_threads.or(file.intra_op_threads).unwrap_or(1),
+            limits: ScoringLimits {
+                max_concurrent_requests: args
+                    .max_concurrent_requests
+                    .or(file.max_concurrent_requests)
+                    .unwrap_or(azure_limits.max_concurrent_requests),
+                max_queue_wait: args
+                    .max_queue_wait_ms
+                    .or(file.max_queue_wait_ms)
+                    .map_or(azure_limits.max_queue_wait, Duration::from_millis),
+                scoring_timeout: args
+                    .scoring_timeout_ms
+                    .or(file.scoring_timeout_ms)
+                    .or(azure.scoring_timeout_ms)
+                    .or_else(|| env_u64("SCORING_TIMEOUT_MS"))
+                    .map_or(azure_limits.scoring_timeout, Duration::from_millis),
+                max_request_bytes: args
+                    .max_request_bytes
+                    .or(file.max_request_bytes)
+                    .unwrap_or(azure_limits.max_request_bytes),
+            },
+            api_keys,
+            default_model: args.default_model.or(file.default_model),
+            load_parallelism: args.load_parallelism.or(file.load_parallelism).unwrap_or(2),
+            http_workers: args
+                .http_workers
+                .or(file.http_workers)
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+            strict_readiness: args
+                .strict_readiness
+                .or(file.strict_readiness)
+                .unwrap_or(true),
+            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+            load_policy: args.load_policy.or(file.load_policy).unwrap_or_default(),
+            memory_budget: memory_budget(
+                args.memory_budget.or(file.memory_budget).as_deref(),
+                if args.device_memory_budgets.is_empty() {
+                    &file.device_memory_budgets
+                } else {
+                    &args.device_memory_budgets
+                },
+            )?,
+            repository_poll: args
+                .repository_poll
+                .or(file.repository_poll)
+                .map(Duration::from_secs),
+            node: args.node,
+            require_accelerator: args.require_accelerator,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let range = |name, ok: bool, rule, value: String| {
+            if ok {
+                Ok(())
+            } else {
+                Err(ConfigError::OutOfRange { name, rule, value })
+            }
+        };
+        range(
+            "max-concurrent-requests",
+            self.limits.max_concurrent_requests >= 1,
+            "at least 1",
+            self.limits.max_concurrent_requests.to_string(),
+        )?;
+        range(
+            "scoring-timeout-ms",
+            !self.limits.scoring_timeout.is_zero(),
+            "at least 1",
+            "0".into(),
+        )?;
+        range(
+            "intra-op-threads",
+            self.intra_op_threads >= 1,
+            "at least 1",
+            self.intra_op_threads.to_string(),
+        )?;
+        range(
+            "http-workers",
+            self.http_workers >= 1,
+            "at least 1",
+            self.http_workers.to_string(),
+        )?;
+        range(
+            "repository-poll",
+            self.repository_poll.is_none_or(|p| !p.is_zero()),
+            "at least 1 second",
+            "0".into(),
+        )?;
+        range(
+            "max-request-bytes",
+            self.limits.max_request_bytes >= 1024,
+            "at least 1024",
+            self.limits.max_request_bytes.to_string(),
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    #[test]
+    fn flags_beat_files_and_files_beat_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let azure = dir.path().join("deploymentconfig.json");
+        std::fs::write(&azure, r#"{"computeType":"aks","scoringTimeoutMs":1234,"maxConcurrentRequestsPerContainer":7,"keys":{"primaryKey":"k1"}}"#).unwrap();
+        let native = dir.path().join("modelpod.toml");
+        std::fs::write(&native, "max_concurrent_requests = 9\nport = 6000\n").unwrap();
+        let cli = Cli::parse_from([
+            "x",
+            "--model-repository",
+            "/models",
+            "--deployment-config",
+            azure.to_str().unwrap(),
+            "--config",
+            native.to_str().unwrap(),
+            "--port",
+            "7000",
+        ]);
+        let config = ServeConfig::resolve(cli.serve).unwrap();
+        assert_eq!(config.port, 7000, "flag over native file");
+        assert_eq!(
+            config.limits.max_concurrent_requests, 9,
+            "native file over Azure file"
+        );
+        assert_eq!(
+            config.limits.scoring_timeout,
+            Duration::from_millis(1234),
+            "Azure file over default"
+        );
+        assert_eq!(
+            config.limits.max_queue_wait,
+            Duration::from_millis(500),
+            "Azure's default"
+        );
+        assert_eq!(config.api_keys, vec!["k1"]);
+        assert_eq!(config.limits.max_request_bytes, 100 * 1024 * 1024);
+    }
+
+    #[test]
+    fn invalid_values_are_refused() {
+        let cli = Cli::parse_from([
+            "x",
+            "--model-repository",
+            "/m",
+            "--max-concurrent-requests",
+            "0",
+        ]);
+        assert!(matches!(
+            ServeConfig::resolve(cli.serve),
+            Err(ConfigError::OutOfRange { .. })
+        ));
+        assert!(Cli::try_parse_from(["x", "--backend", "gpu"]).is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let native = dir.path().join("bad.toml");
+        std::fs::write(&native, "prot = 1").unwrap();
+        let cli = Cli::parse_from([
+            "x",
+            "--model-repository",
+            "/m",
+            "--config",
+            native.to_str().unwrap(),
+        ]);
+        assert!(matches!(
+            ServeConfig::resolve(cli.serve),
+            Err(ConfigError::File(_))
+        ));
+    }
+}

@@ -1,0 +1,51 @@
+//! The scoring server's `/metrics`. Model state gauges are refreshed from the registry at scrape
+//! time, so they cannot drift from it.
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use modelpod_scoring::{ModelState, Registry};
+
+/// Renders the text format after refreshing the gauges read from the registry: per-model state
+/// and footprint, models per state, memory used against the budget, and the process's RSS.
+pub fn render(handle: &PrometheusHandle, registry: &Registry) -> String {
+    let mut per_state = [0usize; ModelState::ALL.len()];
+    let mut ledgers: std::collections::BTreeSet<String> = registry
+        .budget()
+        .limits()
+        .map(|(device, _)| device.to_string())
+        .collect();
+    for entry in registry.index() {
+        for (i, state) in ModelState::ALL.into_iter().enumerate() {
+            let value = if entry.state == state {
+                per_state[i] += 1;
+                1.0
+            } else {
+                0.0
+            };
+            metrics::gauge!("modelpod_model_state", "model" => entry.name.clone(), "version" => entry.version.clone(), "state" => state.name())
+                .set(value);
+        }
+        let host = modelpod_scoring::memory::HOST.to_string();
+        let footprint = entry.footprint.unwrap_or_else(|| [(host, 0)].into());
+        for (device, bytes) in footprint {
+            ledgers.insert(device.clone());
+            metrics::gauge!("modelpod_model_footprint_bytes", "model" => entry.name.clone(), "version" => entry.version.clone(), "device" => device)
+                .set(bytes as f64);
+        }
+    }
+    for (state, count) in ModelState::ALL.into_iter().zip(per_state) {
+        metrics::gauge!("modelpod_models", "state" => state.name()).set(count as f64);
+    }
+    ledgers.insert(modelpod_scoring::memory::HOST.to_string());
+    for device in ledgers {
+        let used = registry.memory_used(&device);
+        metrics::gauge!("modelpod_memory_used_bytes", "device" => device).set(used as f64);
+    }
+    for (device, limit) in registry.budget().limits() {
+        metrics::gauge!("modelpod_memory_budget_bytes", "device" => device.to_string())
+            .set(limit as f64);
+    }
+    if let Some(rss) = crate::memory::resident_bytes() {
+        metrics::gauge!("modelpod_process_resident_bytes").set(rss as f64);
+    }
+    handle.render()
+}

@@ -1,0 +1,439 @@
+//! The scoring server's HTTP routes: Azure ML v1, Open Inference Protocol v2 (with Triton's
+//! model-configuration extension), the v2 repository extension, health and metrics.
+
+use super::AppState;
+use actix_web::{HttpRequest, HttpResponse, web};
+use bytes::Bytes;
+use modelpod_http::ApiError;
+use modelpod_http::body::read_body;
+use modelpod_http::health::{azure_health, not_found};
+use modelpod_scoring::batcher::JobOutput;
+use modelpod_scoring::v2::INFERENCE_HEADER_CONTENT_LENGTH;
+use modelpod_scoring::{Registry, ScoringError, ServedModel, v2};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(modelpod_http::error::query_config())
+        .route("/", web::get().to(azure_health))
+        .route("/score", web::post().to(score))
+        .route("/swagger.json", web::get().to(super::swagger::swagger))
+        .route("/metrics", web::get().to(metrics))
+        .route("/v2", web::get().to(server_metadata))
+        .route("/v2/health/live", web::get().to(live))
+        .route("/v2/health/ready", web::get().to(ready))
+        .route("/v2/models/{name}", web::get().to(model_metadata))
+        .route(
+            "/v2/models/{name}/versions/{version}",
+            web::get().to(model_metadata),
+        )
+        .route("/v2/models/{name}/ready", web::get().to(model_ready))
+        .route(
+            "/v2/models/{name}/versions/{version}/ready",
+            web::get().to(model_ready),
+        )
+        .route("/v2/models/{name}/config", web::get().to(model_config))
+        .route(
+            "/v2/models/{name}/versions/{version}/config",
+            web::get().to(model_config),
+        )
+        .route("/v2/models/{name}/infer", web::post().to(infer))
+        .route(
+            "/v2/models/{name}/versions/{version}/infer",
+            web::post().to(infer),
+        )
+        .route("/modelpod/busy", web::get().to(busy))
+        .route("/v2/repository/index", web::post().to(repository_index))
+        .route(
+            "/v2/repository/models/{name}/load",
+            web::post().to(repository_load),
+        )
+        .route(
+            "/v2/repository/models/{name}/unload",
+            web::post().to(repository_unload),
+        )
+        .default_service(web::to(not_found));
+}
+
+async fn live() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "live": true }))
+}
+
+async fn ready(state: web::Data<AppState>) -> HttpResponse {
+    if state.scorer.ready() {
+        HttpResponse::Ok().json(json!({ "ready": true }))
+    } else {
+        HttpResponse::ServiceUnavailable().json(json!({ "ready": false }))
+    }
+}
+
+async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(crate::metrics::render(&state.metrics, state.registry()))
+}
+
+async fn server_metadata() -> HttpResponse {
+    HttpResponse::Ok().json(json!({
+        "name": "modelpod",
+        "version": env!("CARGO_PKG_VERSION"),
+        "extensions": ["binary_tensor_data", "model_repository", "model_configuration"],
+    }))
+}
+
+fn path_model(request: &HttpRequest) -> Result<(String, Option<u64>), ApiError> {
+    let name = request
+        .match_info()
+        .get("name")
+        .unwrap_or_default()
+        .to_string();
+    let version = parse_version(request.match_info().get("version"))?;
+    Ok((name, version))
+}
+
+fn parse_version(version: Option<&str>) -> Result<Option<u64>, ApiError> {
+    match version.filter(|v| !v.is_empty()) {
+        None => Ok(None),
+        Some(v) => v.parse::<u64>().map(Some).map_err(|_| {
+            ScoringError::BadRequest(format!("model version '{v}' is not a positive integer"))
+                .into()
+        }),
+    }
+}
+
+/// Triton's instance group: `count` instances on each device, GPUs listed by ordinal.
+fn instance_group(model: &ServedModel) -> serde_json::Value {
+    let kind = model.engine.device_kind();
+    let mut group = json!({
+        "name": format!("{}_0", model.name),
+        "kind": kind.triton_kind(),
+        "count": model.instances,
+    });
+    let gpus: Vec<u32> = model
+        .devices
+        .iter()
+        .filter_map(|d| match d {
+            modelpod_accel::Device::Cuda(n) => Some(*n),
+            _ => None,
+        })
+        .collect();
+    if !gpus.is_empty() {
+        group["gpus"] = json!(gpus);
+    }
+    group
+}
+
+async fn model_metadata(
+    request: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let (name, version) = path_model(&request)?;
+    let model = state.scorer.model(&name, version, Instant::now()).await?;
+    let tensors = |specs: &[modelpod_accel::TensorSpec]| -> Vec<Value> {
+        specs
+            .iter()
+            .map(|s| json!({ "name": s.name, "datatype": s.dtype.as_str(), "shape": s.dims_i64() }))
+            .collect()
+    };
+    let versions: Vec<String> = state
+        .registry()
+        .index()
+        .into_iter()
+        .filter(|e| e.name == name)
+        .map(|e| e.version)
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({
+        "name": model.name,
+        "versions": versions,
+        "platform": model.engine.triton_platform(),
+        "inputs": tensors(&model.signature.inputs),
+        "outputs": tensors(&model.signature.outputs),
+    })))
+}
+
+async fn model_ready(
+    request: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let (name, version) = path_model(&request)?;
+    match state.registry().get(&name, version) {
+        Ok(_) => Ok(HttpResponse::Ok().json(json!({ "name": name, "ready": true }))),
+        Err(ScoringError::ModelUnavailable(reason)) => Ok(HttpResponse::ServiceUnavailable()
+            .json(json!({ "name": name, "ready": false, "error": reason, "message": reason, "error_type": "ModelUnavailable" }))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Triton's model configuration, which perf_analyzer and tritonclient read.
+async fn model_config(
+    request: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let (name, version) = path_model(&request)?;
+    let model = state.scorer.model(&name, version, Instant::now()).await?;
+    let batched = model.policy.batches();
+    let tensors = |specs: &[modelpod_accel::TensorSpec]| -> Vec<Value> {
+        specs
+            .iter()
+            .map(|s| {
+                let dims = s.dims_i64();
+                let dims = if batched && !dims.is_empty() { dims[1..].to_vec() } else { dims };
+                json!({ "name": s.name, "data_type": format!("TYPE_{}", s.dtype.as_str()), "dims": dims })
+            })
+            .collect()
+    };
+    let mut config = json!({
+        "name": model.name,
+        "platform": model.engine.triton_platform(),
+        "backend": model.engine.as_str(),
+        "max_batch_size": model.policy.max_batch_size,
+        "input": tensors(&model.signature.inputs),
+        "output": tensors(&model.signature.outputs),
+        "instance_group": [instance_group(&model)],
+    });
+    if batched {
+        config["dynamic_batching"] = json!({
+            "preferred_batch_size": model.policy.preferred_batch_sizes,
+            "max_queue_delay_microseconds": model.policy.max_queue_delay.as_micros() as u64,
+        });
+    }
+    Ok(HttpResponse::Ok().json(config))
+}
+
+#[derive(Deserialize, Default)]
+struct IndexRequest {
+    ready: Option<bool>,
+}
+
+async fn repository_index(
+    state: web::Data<AppState>,
+    body: Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let filter: IndexRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        IndexRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ScoringError::BadRequest(format!("malformed index request: {e}")))?
+    };
+    let entries: Vec<_> = state
+        .registry()
+        .index()
+        .into_iter()
+        .filter(|e| filter.ready != Some(true) || e.state == modelpod_scoring::ModelState::Ready)
+        .map(|e| {
+            let mut v = json!({ "name": e.name, "version": e.version, "state": e.state.as_str() });
+            if let Some(reason) = e.reason {
+                v["reason"] = Value::String(reason);
+            }
+            v
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(entries))
+}
+
+async fn repository_load(
+    request: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    on_repository(&request, &state, Registry::load).await
+}
+
+async fn repository_unload(
+    request: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    on_repository(&request, &state, Registry::unload).await
+}
+
+/// The v2 repository extension's load and unload: authenticated, run off the async workers
+/// (loading compiles a model), answered with an empty JSON object.
+async fn on_repository(
+    request: &HttpRequest,
+    state: &AppState,
+    action: fn(&Registry, &str) -> Result<(), ScoringError>,
+) -> Result<HttpResponse, ApiError> {
+    state.auth.check(request)?;
+    let (name, _) = path_model(request)?;
+    let registry = state.registry().clone();
+    web::block(move || action(&registry, &name))
+        .await
+        .map_err(|e| ScoringError::Engine(format!("repository {}: {e}", request.path())))??;
+    Ok(HttpResponse::Ok().json(json!({})))
+}
+
+#[derive(serde::Deserialize)]
+struct BusyPoll {
+    #[serde(default)]
+    after: u64,
+    #[serde(default)]
+    wait_ms: u64,
+}
+
+/// The longest a busy-state poll is held open.
+const MAX_BUSY_WAIT: Duration = Duration::from_secs(30);
+
+/// `GET /modelpod/busy?after=SEQ&wait_ms=MS`: the router's long poll (see [`super::busy`]).
+async fn busy(state: web::Data<AppState>, poll: web::Query<BusyPoll>) -> HttpResponse {
+    let wait = Duration::from_millis(poll.wait_ms).min(MAX_BUSY_WAIT);
+    state.scorer.busy().changed_after(poll.after, wait).await;
+    HttpResponse::Ok().json(state.scorer.busy_report())
+}
+
+/// Records one finished inference request.
+fn record(
+    protocol: &'static str,
+    model: &str,
+    arrival: Instant,
+    outcome: Result<&JobOutput, &ApiError>,
+) {
+    let model = model.to_string();
+    let status = match outcome {
+        Ok(_) => "200".to_string(),
+        Err(e) => actix_web::ResponseError::status_code(e)
+            .as_u16()
+            .to_string(),
+    };
+    metrics::counter!("modelpod_requests_total", "model" => model.clone(), "protocol" => protocol, "code" => status)
+        .increment(1);
+    metrics::histogram!("modelpod_request_duration_seconds", "model" => model.clone(), "protocol" => protocol)
+        .record(arrival.elapsed().as_secs_f64());
+    match outcome {
+        Ok(out) => {
+            metrics::histogram!("modelpod_queue_duration_seconds", "model" => model.clone())
+                .record(out.queue_time.as_secs_f64());
+            metrics::histogram!("modelpod_compute_duration_seconds", "model" => model)
+                .record(out.compute_time.as_secs_f64());
+        }
+        Err(e) => {
+            metrics::counter!("modelpod_request_failures_total", "model" => model, "protocol" => protocol, "error_type" => e.kind())
+                .increment(1);
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ScoreQuery {
+    model: Option<String>,
+    version: Option<String>,
+}
+
+/// Azure's `POST /score`: `{"data": ...}` through the model's declared pipeline.
+async fn score(
+    request: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let arrival = Instant::now();
+    state.auth.check(&request)?;
+    let query = web::Query::<ScoreQuery>::from_query(request.query_string())
+        .map_err(|e| ScoringError::BadRequest(format!("invalid query string: {e}")))?
+        .into_inner();
+    let name = match query
+        .model
+        .filter(|m| !m.is_empty())
+        .or_else(|| state.config.default_model.clone())
+    {
+        Some(name) => name,
+        None => {
+            let names = state.registry().model_names();
+            match names.as_slice() {
+                [only] => only.clone(),
+                [] => {
+                    return Err(
+                        ScoringError::ModelNotFound("no models are served here".into()).into(),
+                    );
+                }
+                several => {
+                    return Err(ScoringError::BadRequest(format!(
+                        "several models are served ({}); name one with ?model=",
+                        several.join(", ")
+                    ))
+                    .into());
+                }
+            }
+        }
+    };
+    let model = state
+        .scorer
+        .model(&name, parse_version(query.version.as_deref())?, arrival)
+        .await?;
+    let result = async {
+        let body = read_body(&request, payload, state.config.limits.max_request_bytes).await?;
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Err(ScoringError::BadRequest("the request body is empty".into()).into());
+        }
+        let value: Value = serde_json::from_slice(&body).map_err(|e| {
+            ScoringError::BadRequest(format!("the request body is not valid JSON: {e}"))
+        })?;
+        let inputs = model.pipeline.decode(&value)?;
+        Ok(state.scorer.infer(&model, inputs, arrival).await?)
+    }
+    .await;
+    record("azure", &model.name, arrival, result.as_ref());
+    let output = result?;
+    let reply = model.pipeline.encode(&output.outputs)?;
+    Ok(HttpResponse::Ok()
+        .insert_header((
+            "x-ms-run-fn-exec-ms",
+            format!("{:.3}", arrival.elapsed().as_secs_f64() * 1000.0),
+        ))
+        .json(reply))
+}
+
+/// Open Inference Protocol v2 `infer`, JSON or binary tensors.
+async fn infer(
+    request: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let arrival = Instant::now();
+    state.auth.check(&request)?;
+    let (name, version) = path_model(&request)?;
+    let model = state.scorer.model(&name, version, arrival).await?;
+    let json_len = match request.headers().get(INFERENCE_HEADER_CONTENT_LENGTH) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .ok_or_else(|| {
+                    ScoringError::BadRequest(
+                        "Inference-Header-Content-Length is not a number".into(),
+                    )
+                })?,
+        ),
+    };
+    let mut parsed = None;
+    let result = async {
+        let body = read_body(&request, payload, state.config.limits.max_request_bytes).await?;
+        let decoded = v2::decode_request(&body, json_len)?;
+        let selected = decoded.selected_outputs(&model.signature)?;
+        let inputs = model.order_inputs(decoded.inputs)?;
+        parsed = Some((decoded.id, selected));
+        Ok(state.scorer.infer(&model, inputs, arrival).await?)
+    }
+    .await;
+    record("v2", &model.name, arrival, result.as_ref());
+    let output = result?;
+    let (id, selected) = parsed.expect("set before execute");
+    let encoded = v2::encode_response(
+        &model.name,
+        &model.version.to_string(),
+        id.as_deref(),
+        &model.signature,
+        &output.outputs,
+        &selected,
+    );
+    let mut response = HttpResponse::Ok();
+    match encoded.json_len {
+        Some(len) => {
+            response.insert_header((INFERENCE_HEADER_CONTENT_LENGTH, len.to_string()));
+            response.content_type("application/octet-stream");
+        }
+        None => {
+            response.content_type("application/json");
+        }
+    }
+    Ok(response.body(encoded.body))
+}

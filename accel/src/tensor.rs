@@ -345,6 +345,16 @@ pub enum TensorError {
     Incompatible(String),
     #[error("a tensor with a batch dimension needs at least one dimension")]
     NoBatchDimension,
+    #[error("shape {0:?} holds more elements than this machine can address")]
+    TooLarge(Vec<usize>),
+}
+
+/// The number of elements of `shape`, or `None` where it overflows: shapes come from clients,
+/// and a wrapped product (`[8, 2^61 + 1]` wraps to 8) would let a lie through.
+pub fn element_count(shape: &[usize]) -> Option<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |count, &d| count.checked_mul(d))
 }
 
 /// A dense host tensor.
@@ -357,7 +367,9 @@ pub struct Tensor {
 impl Tensor {
     pub fn new(shape: Vec<usize>, data: impl Into<TensorData>) -> Result<Tensor, TensorError> {
         let data = data.into();
-        let expected = shape.iter().product::<usize>();
+        let Some(expected) = element_count(&shape) else {
+            return Err(TensorError::TooLarge(shape));
+        };
         if expected != data.len() {
             return Err(TensorError::ElementCount {
                 shape,
@@ -481,6 +493,13 @@ mod tests {
                 expected: 6,
                 actual: 5
             }
+        );
+        // 8 × (2^61 + 1) wraps to 8 in unchecked arithmetic.
+        let lie = vec![8, (1usize << 61) + 1];
+        assert_eq!(element_count(&lie), None);
+        assert_eq!(
+            Tensor::new(lie.clone(), vec![0f32; 8]).unwrap_err(),
+            TensorError::TooLarge(lie)
         );
     }
 

@@ -37,8 +37,9 @@ impl TractModel {
             path: path.to_path_buf(),
             reason: format!("tract: {e:#}"),
         };
-        let proto = read_onnx_proto(path)?;
+        let mut proto = read_onnx_proto(path)?;
         let signature = Signature::from_onnx_proto(&proto, path)?;
+        name_unnamed_dimensions(&mut proto);
         let model = tract_onnx::onnx()
             .model_for_proto_model(&proto)
             .map_err(load_error)?;
@@ -78,6 +79,38 @@ impl TractModel {
             device,
             signature,
         })
+    }
+}
+
+/// Gives every dynamic input dimension without a name a symbol, which tract needs to type the
+/// graph ("Source node without a determined fact" otherwise): skl2onnx's default export and
+/// Triton's `-1` dimensions come this way. Dimensions at the same position share a symbol, as
+/// the batch dimension of several inputs must.
+fn name_unnamed_dimensions(proto: &mut tract_onnx::pb::ModelProto) {
+    use tract_onnx::pb::tensor_shape_proto::dimension::Value;
+    use tract_onnx::pb::type_proto;
+    let Some(graph) = proto.graph.as_mut() else {
+        return;
+    };
+    for input in &mut graph.input {
+        let Some(type_proto::Value::TensorType(tensor)) =
+            input.r#type.as_mut().and_then(|t| t.value.as_mut())
+        else {
+            continue;
+        };
+        let Some(shape) = tensor.shape.as_mut() else {
+            continue;
+        };
+        for (axis, dim) in shape.dim.iter_mut().enumerate() {
+            let unnamed = match &dim.value {
+                None => true,
+                Some(Value::DimParam(name)) => name.is_empty(),
+                Some(Value::DimValue(size)) => *size < 0,
+            };
+            if unnamed {
+                dim.value = Some(Value::DimParam(format!("modelpod_dim{axis}")));
+            }
+        }
     }
 }
 
@@ -226,6 +259,36 @@ fn from_tract(value: &TValue) -> tract_onnx::prelude::TractResult<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn inputs_with_unnamed_dynamic_dimensions_load_and_run_at_any_batch() {
+        use prost::Message;
+        use tract_onnx::pb::type_proto;
+        let fixture =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models/mlp/1/model.onnx");
+        let mut proto = read_onnx_proto(&fixture).unwrap();
+        // As skl2onnx writes them: `[None, 4]`, the batch dimension with no name.
+        let graph = proto.graph.as_mut().unwrap();
+        for value in graph.input.iter_mut().chain(graph.output.iter_mut()) {
+            let Some(type_proto::Value::TensorType(tensor)) =
+                value.r#type.as_mut().and_then(|t| t.value.as_mut())
+            else {
+                panic!("a tensor input")
+            };
+            tensor.shape.as_mut().unwrap().dim[0].value = None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("model.onnx");
+        std::fs::write(&file, proto.encode_to_vec()).unwrap();
+        let model = TractModel::load(&file, EngineKind::TractCpu, Device::Cpu).unwrap();
+        assert_eq!(model.signature().inputs[0].dims, vec![None, Some(4)]);
+        let mut backend = model.instantiate().unwrap();
+        for rows in [1, 3] {
+            let input = Tensor::new(vec![rows, 4], vec![0.5f32; rows * 4]).unwrap();
+            let output = backend.run(vec![input]).unwrap();
+            assert_eq!(output[0].shape(), &[rows, 3]);
+        }
+    }
 
     #[test]
     fn tract_cuda_without_a_gpu_is_unavailable_not_a_panic() {

@@ -280,29 +280,23 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_request_still_running_at_its_deadline_times_out_and_frees_its_slot() {
-        // With the clock paused, time jumps to the next timer as soon as the runtime idles:
-        // the worker thread's answer, in real time, always comes after the deadline.
-        let scorer = scorer("models", limits(1, 100, 5_000));
+        // With the clock paused, time jumps to the next timer as soon as the runtime idles,
+        // microseconds after the submission; the slow model's run takes real milliseconds.
+        let scorer = scorer("slow-models", limits(1, 100, 5_000));
         let model = tokio::task::spawn_blocking({
             let registry = scorer.registry().clone();
-            move || registry.acquire("mlp", None, None)
+            move || registry.acquire("slow", None, None)
         })
         .await
         .unwrap()
         .unwrap();
-        let arrival = Instant::now();
-        let error = scorer
-            .infer(&model, mlp_rows(1), arrival)
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(error, ScoringError::DeadlineExceeded(_)),
-            "{error}"
-        );
-        assert!(
-            error.to_string().contains("scoringTimeoutMs = 5000 ms"),
-            "{error}"
-        );
+        let rows = 512;
+        let slow = vec![Tensor::new(vec![rows, 256], vec![0.5f32; rows * 256]).unwrap()];
+        let started = tokio::time::Instant::now();
+        let error = scorer.infer(&model, slow, Instant::now()).await.unwrap_err();
+        assert!(matches!(error, ScoringError::DeadlineExceeded(_)), "{error}");
+        assert!(error.to_string().contains("scoringTimeoutMs = 5000 ms"), "{error}");
+        assert!(started.elapsed() >= Duration::from_secs(5));
         assert_eq!(scorer.busy_report().in_flight, 0);
         assert!(scorer.admit().await.is_ok(), "the slot was released");
     }

@@ -109,7 +109,12 @@ fn decode_tensors(
                 input.name, input.datatype
             ))
         })?;
-        let count: usize = input.shape.iter().product();
+        let count = modelpod_accel::element_count(&input.shape).ok_or_else(|| {
+            ScoringError::BadRequest(format!(
+                "{role} '{}': shape {:?} holds more elements than can be addressed",
+                input.name, input.shape
+            ))
+        })?;
         let data = match input.parameters.get("binary_data_size") {
             Some(size) => {
                 let size = size.as_u64().ok_or_else(|| {
@@ -350,6 +355,19 @@ mod tests {
             assert_eq!(decoded.len(), 2);
             assert_eq!(decoded[0].1, x, "binary {binary}");
         }
+    }
+
+    #[test]
+    fn a_shape_whose_element_count_overflows_is_a_bad_request() {
+        let body = br#"{"inputs":[{"name":"x","shape":[8,2305843009213693953],"datatype":"FP32","data":[1,2,3,4,5,6,7,8]}]}"#;
+        let error = decode_request(body, None).err().unwrap();
+        assert!(matches!(error, ScoringError::BadRequest(_)), "{error:?}");
+        assert!(
+            error
+                .to_string()
+                .contains("more elements than can be addressed"),
+            "{error}"
+        );
     }
 
     #[test]

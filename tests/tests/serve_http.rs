@@ -322,6 +322,18 @@ fn hostile_inputs_get_clear_4xx_and_the_server_stays_up() {
         400,
         "malformed",
     );
+    // 8 × (2^61 + 1) elements wrap to 8 in unchecked arithmetic, matching the 8 values sent.
+    expect_error(
+        http.post(&infer)
+            .json(
+                &json!({"inputs": [{"name": "input", "shape": [8, 2305843009213693953u64],
+                "datatype": "FP32", "data": [1, 2, 3, 4, 5, 6, 7, 8]}]}),
+            )
+            .send()
+            .unwrap(),
+        400,
+        "more elements than can be addressed",
+    );
     expect_error(
         http.post(&score)
             .json(&json!({"rows": [[1, 2, 3, 4]]}))

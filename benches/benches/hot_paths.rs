@@ -18,20 +18,12 @@ fn image(rows: usize) -> Tensor {
     Tensor::new(vec![rows, 3, 224, 224], values).unwrap()
 }
 
-fn binary_request(tensor: &Tensor) -> (Vec<u8>, usize) {
-    let bytes = tensor.data().to_le_bytes();
-    let header = json!({"inputs": [{"name": "x", "shape": tensor.shape(), "datatype": "FP32",
-        "parameters": {"binary_data_size": bytes.len()}}]})
-    .to_string();
-    let mut body = header.clone().into_bytes();
-    body.extend_from_slice(&bytes);
-    (body, header.len())
-}
-
 fn codecs(c: &mut Criterion) {
     let mut group = c.benchmark_group("v2 decode");
     let tensor = image(1);
-    let (binary, header_len) = binary_request(&tensor);
+    let request =
+        modelpod_scoring::v2::client::encode_request(&[("x".into(), tensor.clone())], true);
+    let (binary, header_len) = (request.body, request.json_len.expect("a binary body"));
     group.throughput(Throughput::Bytes(binary.len() as u64));
     group.bench_function("binary 3x224x224 FP32", |b| {
         b.iter(|| v2::decode_request(black_box(&binary), Some(header_len)).unwrap())

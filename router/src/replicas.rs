@@ -275,6 +275,28 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_limits_replicas_report_are_the_ones_requests_are_held_to() {
+        let set = ReplicaSet::default();
+        let a = set.add("http://a".into());
+        assert_eq!(set.reported_limits(), None, "nothing reported yet");
+        let allowed = ScoringLimits {
+            max_request_bytes: 200 << 20,
+            ..ScoringLimits::default()
+        };
+        set.report(
+            &a,
+            BusyReport {
+                limits: Some(allowed),
+                ..report(0, 1, true)
+            },
+        );
+        assert_eq!(set.reported_limits(), Some(allowed));
+        // A replica that predates the field does not erase what another reported.
+        set.report(&a, report(0, 1, true));
+        assert_eq!(set.reported_limits(), Some(allowed));
+    }
+
     #[tokio::test]
     async fn requests_go_to_the_least_busy_ready_replica() {
         let set = Arc::new(ReplicaSet::default());

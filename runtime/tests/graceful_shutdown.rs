@@ -1,16 +1,9 @@
 //! The real `modelpod` binary: it reports its bound address, and on SIGTERM stops accepting
 //! while finishing the request it already accepted, then exits cleanly.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use modelpod_tests::process::ServeBuilder;
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn workspace_root() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 fn slow_request(address: &str, rows: usize, sent: impl FnOnce()) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
@@ -36,49 +29,13 @@ fn slow_request(address: &str, rows: usize, sent: impl FnOnce()) -> std::io::Res
 
 #[test]
 fn sigterm_finishes_accepted_requests_then_exits() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_modelpod"))
-        .args([
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--max-concurrent-requests",
-            "4",
-            "--model-repository",
-        ])
-        .arg(workspace_root().join("tests/fixtures/slow-models"))
-        .current_dir(workspace_root())
-        .env("MODELPOD_LOG_FORMAT", "text")
-        .env("NO_COLOR", "1")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("modelpod starts");
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in stderr.lines().map_while(Result::ok) {
-            let _ = lines_tx.send(line);
-        }
-    });
-    let mut address = None;
-    let mut ready = false;
-    let until = Instant::now() + Duration::from_secs(60);
-    while (address.is_none() || !ready) && Instant::now() < until {
-        let Ok(line) = lines_rx.recv_timeout(Duration::from_millis(100)) else {
-            continue;
-        };
-        if let Some(rest) = line.split("listening on http://").nth(1) {
-            address = rest.split_whitespace().next().map(|a| {
-                a.trim_end_matches(|c: char| !c.is_ascii_digit())
-                    .to_string()
-            });
-        }
-        ready |= line.contains("start-up loading finished");
-    }
-    let address = address.expect("the server logs its bound address");
-    assert!(ready, "models did not load");
+    let mut server = ServeBuilder::new(
+        env!("CARGO_BIN_EXE_modelpod"),
+        &modelpod_tests::slow_fixtures(),
+    )
+    .args(["--max-concurrent-requests", "4"])
+    .start();
+    let address = server.address.clone();
 
     // Find a request size that keeps the worker busy for a while on this machine.
     let mut rows = 64;
@@ -103,7 +60,7 @@ fn sigterm_finishes_accepted_requests_then_exits() {
     };
     std::thread::sleep(Duration::from_millis(100));
     let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &server.child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
@@ -115,7 +72,7 @@ fn sigterm_finishes_accepted_requests_then_exits() {
     assert_eq!(code, 200, "{}", &text[..text.len().min(300)]);
     let until = Instant::now() + Duration::from_secs(30);
     let exit = loop {
-        if let Some(exit) = child.try_wait().unwrap() {
+        if let Some(exit) = server.child.try_wait().unwrap() {
             break exit;
         }
         assert!(

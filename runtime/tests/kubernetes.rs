@@ -12,9 +12,9 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Pod, Secret};
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
-mod common;
 
-use common::{free_port, slow_infer_body};
+use modelpod_tests::process::{RouterBuilder, free_port};
+use modelpod_tests::slow_infer_body;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -318,27 +318,23 @@ async fn the_router_scales_a_deployment_through_its_scale_subresource_with_least
     let subnet = (std::process::id() % 200 + 20) as u8;
     let kubelet = tokio::spawn(kubelet(admin.clone(), subnet, stop.clone()));
     let router_config = router_kubeconfig(&cluster, admin.clone()).await;
-    let route = |port: u16| {
-        let mut command = modelpod();
-        command
-            .env("KUBECONFIG", &router_config)
-            .args(["route", "--service", SERVICE, "--kube-deployment", SERVICE])
-            .args(["--kube-namespace", NAMESPACE, "--kube-port", "5001"])
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--scale-down-window-s", "3"])
-            .args([
-                "--auth",
-                "none",
-                "--admin-key",
-                "test-admin-key",
-                "--state-file",
-            ])
-            .arg(dir.path().join("router-state.json"))
-            .arg("--deployment-config")
-            .arg(&deployment_config)
-            .stdout(Stdio::null());
-        command
-    };
+    let deployment_config_arg = deployment_config.display().to_string();
+    let router_args = [
+        "--service",
+        SERVICE,
+        "--kube-deployment",
+        SERVICE,
+        "--kube-namespace",
+        NAMESPACE,
+        "--kube-port",
+        "5001",
+        "--scale-down-window-s",
+        "3",
+        "--auth",
+        "none",
+        "--deployment-config",
+        &deployment_config_arg,
+    ];
 
     // An HPA on the Deployment: the router refuses to fight it.
     let hpa = cluster.kubectl(&["autoscale", "deployment", SERVICE, "--min=1", "--max=2"]);
@@ -347,7 +343,22 @@ async fn the_router_scales_a_deployment_through_its_scale_subresource_with_least
         "{}",
         String::from_utf8_lossy(&hpa.stderr)
     );
-    let refused = route(free_port()).stderr(Stdio::piped()).output().unwrap();
+    let refused = modelpod()
+        .env("KUBECONFIG", &router_config)
+        .args([
+            "route",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &free_port().to_string(),
+        ])
+        .args(["--admin-key", "test-admin-key", "--state-file"])
+        .arg(dir.path().join("router-state.json"))
+        .args(router_args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
     assert!(!refused.status.success());
     let message = String::from_utf8_lossy(&refused.stderr);
     assert!(message.contains("HorizontalPodAutoscaler"), "{message}");
@@ -358,10 +369,12 @@ async fn the_router_scales_a_deployment_through_its_scale_subresource_with_least
             .success()
     );
 
-    let port = free_port();
-    let log = std::fs::File::create(dir.path().join("router.log")).unwrap();
-    let mut router = route(port).stderr(log).spawn().unwrap();
-    let base = format!("http://127.0.0.1:{port}");
+    let router = RouterBuilder::new(env!("CARGO_BIN_EXE_modelpod"))
+        .dir(dir.path())
+        .env("KUBECONFIG", &router_config.display().to_string())
+        .args(router_args)
+        .start();
+    let base = router.url("");
     let status = |base: String| async move {
         reqwest::Client::new()
             .get(format!("{base}/modelpod/services"))
@@ -392,7 +405,7 @@ async fn the_router_scales_a_deployment_through_its_scale_subresource_with_least
         assert!(
             started.elapsed() < Duration::from_secs(60),
             "the pod never became a ready replica: {}",
-            std::fs::read_to_string(dir.path().join("router.log")).unwrap_or_default()
+            router.log()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -453,10 +466,7 @@ async fn the_router_scales_a_deployment_through_its_scale_subresource_with_least
     }
     assert!(idle.elapsed() >= Duration::from_secs(2));
 
-    let _ = Command::new("kill")
-        .args(["-TERM", &router.id().to_string()])
-        .status();
-    let _ = router.wait();
+    router.stop();
     stop.store(true, Ordering::Relaxed);
     kubelet.await.unwrap();
 }

@@ -2,13 +2,13 @@
 //! versions and a traffic split, created with `modelpod endpoint ...`, refused changes, a
 //! restart that keeps everything, and an auth matrix over every route.
 
-mod common;
-
-use common::{collected_records, free_port, slow_infer_body};
+use modelpod_scoring::v2::INFERENCE_HEADER_CONTENT_LENGTH;
+use modelpod_tests::process::{RouterBuilder, RouterProcess, free_port, http};
+use modelpod_tests::records::collected_records;
+use modelpod_tests::slow_infer_body;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const ADMIN_KEY: &str = "rollout-admin-key";
@@ -17,145 +17,40 @@ fn slow_repository() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/slow-models")
 }
 
-fn http() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
+/// `modelpod route` keeping its state and log in `dir`, with `args`.
+fn start_router(dir: &Path, port: u16, args: &[&str]) -> RouterProcess {
+    RouterBuilder::new(env!("CARGO_BIN_EXE_modelpod"))
+        .dir(dir)
+        .port(port)
+        .admin_key(ADMIN_KEY)
+        .args(args)
+        .start()
 }
 
-struct Router {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
-}
-
-impl Router {
-    /// `modelpod route` with this state file and admin key, plus `args`.
-    fn start(dir: &Path, port: u16, args: &[&str]) -> Router {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("router.log"))
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_modelpod"))
-            .args(["route", "--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--admin-key", ADMIN_KEY, "--state-file"])
-            .arg(dir.join("state.json"))
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let router = Router {
-            child,
-            port,
-            dir: dir.to_path_buf(),
-        };
-        let started = Instant::now();
-        while http().get(router.url("/")).send().is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "{}",
-                router.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        router
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("router.log")).unwrap_or_default()
-    }
-
-    /// `modelpod ARGS --router URL --admin-key KEY`: its exit status and output.
-    fn cli(&self, args: &[&str]) -> (bool, String) {
-        let output = Command::new(env!("CARGO_BIN_EXE_modelpod"))
-            .args(args)
-            .args(["--router", &self.url(""), "--admin-key", ADMIN_KEY])
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        (output.status.success(), text)
-    }
-
-    /// A management request with the admin key: status and JSON answer.
-    fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut request = http()
-            .request(method, self.url(path))
-            .bearer_auth(ADMIN_KEY);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().unwrap_or(Value::Null))
-    }
-
-    /// Waits until every version of `kind`/`name` has a ready replica.
-    fn wait_ready(&self, kind: &str, name: &str) -> Value {
-        let started = Instant::now();
-        loop {
-            let (status, body) = self.admin(
-                reqwest::Method::GET,
-                &format!("/modelpod/{kind}/{name}"),
-                None,
-            );
-            if status == 200
-                && body["versions"]
-                    .as_array()
-                    .is_some_and(|v| !v.is_empty() && v.iter().all(|v| v["ready_replicas"] == 1))
-            {
-                return body;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "{kind} {name} never became ready: {body}\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn stop(mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(20) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-    }
-}
-
-impl Drop for Router {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
+/// Waits until every version of `kind`/`name` has a ready replica; returns its status.
+fn wait_ready(router: &RouterProcess, kind: &str, name: &str) -> Value {
+    let path = format!("/modelpod/{kind}/{name}");
+    router
+        .wait_for(
+            Duration::from_secs(60),
+            |router| router.admin(reqwest::Method::GET, &path, None),
+            |(status, body)| {
+                *status == 200
+                    && body["versions"].as_array().is_some_and(|v| {
+                        !v.is_empty() && v.iter().all(|v| v["ready_replicas"] == 1)
+                    })
+            },
+        )
+        .1
 }
 
 /// One slow-model inference through `path` with this bearer credential: status and the
 /// version that answered.
-fn infer(router: &Router, path: &str, credential: Option<&str>) -> (u16, Option<String>) {
+fn infer(router: &RouterProcess, path: &str, credential: Option<&str>) -> (u16, Option<String>) {
     let (header_length, body) = slow_infer_body(1);
     let mut request = http()
         .post(router.url(path))
-        .header("Inference-Header-Content-Length", header_length)
+        .header(INFERENCE_HEADER_CONTENT_LENGTH, header_length)
         .body(body);
     if let Some(credential) = credential {
         request = request.bearer_auth(credential);
@@ -172,7 +67,7 @@ fn infer(router: &Router, path: &str, credential: Option<&str>) -> (u16, Option<
 fn an_endpoint_splits_traffic_refuses_bad_changes_and_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let router = Router::start(dir.path(), port, &[]);
+    let router = start_router(dir.path(), port, &[]);
     let repository = slow_repository();
     let repository = repository.to_str().unwrap();
 
@@ -203,7 +98,7 @@ fn an_endpoint_splits_traffic_refuses_bad_changes_and_survives_a_restart() {
         collected.to_str().unwrap(),
     ]);
     assert!(ok, "{out}");
-    let endpoint = router.wait_ready("endpoints", "ep");
+    let endpoint = wait_ready(&router, "endpoints", "ep");
     assert_eq!(
         endpoint["versions"][0]["is_default"], true,
         "the first version is the default"
@@ -328,8 +223,8 @@ fn an_endpoint_splits_traffic_refuses_bad_changes_and_survives_a_restart() {
     assert!(records.iter().all(|r| r["endpoint_version"] == "green"
         && r["designation"] == "treatment"
         && r["service"] == "ep"));
-    let router = Router::start(dir.path(), port, &[]);
-    let restored = router.wait_ready("endpoints", "ep");
+    let router = start_router(dir.path(), port, &[]);
+    let restored = wait_ready(&router, "endpoints", "ep");
     assert_eq!(strip(restored.clone()), strip(after));
     assert_eq!(restored["versions"][0]["is_control_version"], true);
     let (status, version) = infer(
@@ -364,7 +259,7 @@ fn an_endpoint_splits_traffic_refuses_bad_changes_and_survives_a_restart() {
 fn an_endpoint_takes_six_versions_and_refuses_a_seventh_without_a_trace() {
     use reqwest::Method;
     let dir = tempfile::tempdir().unwrap();
-    let router = Router::start(dir.path(), free_port(), &["--auth", "none"]);
+    let router = start_router(dir.path(), free_port(), &["--auth", "none"]);
     let repository = slow_repository();
     let (status, answer) = router.admin(Method::PUT, "/modelpod/endpoints/six", Some(json!({})));
     assert_eq!(status, 201, "{answer}");
@@ -377,8 +272,8 @@ fn an_endpoint_takes_six_versions_and_refuses_a_seventh_without_a_trace() {
         );
         assert_eq!(status, 201, "version {i}: {answer}");
     }
-    let six = router.wait_ready("endpoints", "six");
-    let saved = std::fs::read(dir.path().join("state.json")).unwrap();
+    let six = wait_ready(&router, "endpoints", "six");
+    let saved = std::fs::read(dir.path().join("router-state.json")).unwrap();
 
     let (status, answer) = router.admin(
         Method::POST,
@@ -405,7 +300,7 @@ fn an_endpoint_takes_six_versions_and_refuses_a_seventh_without_a_trace() {
     assert_eq!(names(&after).len(), 6);
     assert_eq!(names(&after), names(&six));
     assert_eq!(
-        std::fs::read(dir.path().join("state.json")).unwrap(),
+        std::fs::read(dir.path().join("router-state.json")).unwrap(),
         saved,
         "a refused change is not saved"
     );
@@ -428,7 +323,7 @@ fn auth_matrix_over_every_route() {
         ),
     )
     .unwrap();
-    let router = Router::start(
+    let router = start_router(
         dir.path(),
         free_port(),
         &[
@@ -445,9 +340,9 @@ fn auth_matrix_over_every_route() {
         Some(json!({"versions": [{"name": "v1", "model_repository": repository}]})),
     );
     assert_eq!(status, 201, "{answer}");
-    router.wait_ready("services", "keyed");
-    router.wait_ready("services", "tokened");
-    router.wait_ready("endpoints", "ep");
+    wait_ready(&router, "services", "keyed");
+    wait_ready(&router, "services", "tokened");
+    wait_ready(&router, "endpoints", "ep");
     let endpoint_key = router
         .admin(Method::GET, "/modelpod/endpoints/ep/keys", None)
         .1["secondaryKey"]
@@ -468,7 +363,8 @@ fn auth_matrix_over_every_route() {
     assert!(token["refresh_by"].as_i64() < token["expiry_on"].as_i64());
     // Tokens the router would refuse, signed with its own secret (read from its state file).
     let state: Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("state.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(dir.path().join("router-state.json")).unwrap())
+            .unwrap();
     let secret = state["token_secret"].as_str().unwrap();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -635,7 +531,7 @@ fn auth_matrix_over_every_route() {
             let mut request = http().request(method.clone(), router.url(path));
             if path.ends_with("/infer") {
                 request = request
-                    .header("Inference-Header-Content-Length", header_length)
+                    .header(INFERENCE_HEADER_CONTENT_LENGTH, header_length)
                     .body(body.clone());
             } else if *method != Method::GET {
                 request = request.json(&json!({"data": [[0.5]], "key": "Primary"}));
@@ -726,7 +622,7 @@ fn a_router_killed_outright_takes_its_replicas_along_and_restarts_with_its_last_
     use reqwest::Method;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut router = Router::start(dir.path(), port, &[]);
+    let router = start_router(dir.path(), port, &[]);
     let repository = slow_repository();
     let (status, answer) = router.admin(
         Method::PUT,
@@ -734,7 +630,7 @@ fn a_router_killed_outright_takes_its_replicas_along_and_restarts_with_its_last_
         Some(json!({"auth": "none", "versions": [{"name": "a", "model_repository": repository}]})),
     );
     assert_eq!(status, 201, "{answer}");
-    let ready = router.wait_ready("endpoints", "ep");
+    let ready = wait_ready(&router, "endpoints", "ep");
     let replica = serve_pid(ready["versions"][0]["replicas"][0]["url"].as_str().unwrap());
     let (status, _) = router.admin(
         Method::PATCH,
@@ -743,8 +639,7 @@ fn a_router_killed_outright_takes_its_replicas_along_and_restarts_with_its_last_
     );
     assert_eq!(status, 200);
     // Killed with no chance to clean up: its replica is sent SIGTERM by the kernel.
-    router.child.kill().unwrap();
-    router.child.wait().unwrap();
+    router.kill();
     let started = Instant::now();
     while !exited(replica) {
         assert!(
@@ -753,9 +648,8 @@ fn a_router_killed_outright_takes_its_replicas_along_and_restarts_with_its_last_
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    drop(router);
-    let router = Router::start(dir.path(), port, &[]);
-    let restored = router.wait_ready("endpoints", "ep");
+    let router = start_router(dir.path(), port, &[]);
+    let restored = wait_ready(&router, "endpoints", "ep");
     assert_eq!(restored["description"], "the last change");
     let (status, version) = infer(&router, "/api/v1/endpoint/ep/v2/models/slow/infer", None);
     assert_eq!((status, version.as_deref()), (200, Some("a")));

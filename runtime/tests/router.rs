@@ -1,18 +1,19 @@
 //! `modelpod route` as a user runs it: a router process with the local scaler, whose replicas
 //! are `modelpod serve` child processes, driven over HTTP.
 
-mod common;
-
-use common::{collected_records, files_under, free_port, post_json, slow_infer_body};
+use modelpod_scoring::v2::INFERENCE_HEADER_CONTENT_LENGTH;
+use modelpod_tests::process::{RouterBuilder, RouterProcess};
+use modelpod_tests::records::{collected_records, files_under};
+use modelpod_tests::{post_json, slow_infer_body};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    modelpod_tests::workspace_root()
 }
 
 /// The admin key every test router is started with.
@@ -33,103 +34,43 @@ fn client() -> reqwest::blocking::Client {
         .unwrap()
 }
 
-struct RouterProcess {
-    child: Child,
-    base: String,
-    _dir: tempfile::TempDir,
+/// `modelpod route` for service `svc` over `repository` with this deploymentconfig.json,
+/// once `ready` replicas are ready.
+fn start_service(
+    repository: &Path,
+    deployment: Value,
+    extra: &[&str],
+    ready: usize,
+) -> RouterProcess {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("deploymentconfig.json");
+    std::fs::write(&config, deployment.to_string()).unwrap();
+    let router = RouterBuilder::new(env!("CARGO_BIN_EXE_modelpod"))
+        .owned_dir(dir)
+        .admin_key(ADMIN_KEY)
+        .args(["--service", "svc", "--auth", "none", "--model-repository"])
+        .arg(repository)
+        .arg("--deployment-config")
+        .arg(&config)
+        .args(extra)
+        .start();
+    wait_until(&router, Duration::from_secs(60), |s| {
+        s["ready_replicas"].as_u64() >= Some(ready as u64)
+    });
+    router
 }
 
-impl RouterProcess {
-    /// Starts `modelpod route` for service `svc` over `repository` with this
-    /// deploymentconfig.json and waits until `ready` replicas are ready.
-    fn start(repository: &Path, deployment: Value, extra: &[&str], ready: usize) -> RouterProcess {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("deploymentconfig.json");
-        std::fs::write(&config, deployment.to_string()).unwrap();
-        let mut args: Vec<String> = ["--service", "svc", "--auth", "none", "--model-repository"]
-            .map(String::from)
-            .to_vec();
-        args.push(repository.display().to_string());
-        args.push("--deployment-config".into());
-        args.push(config.display().to_string());
-        args.extend(extra.iter().map(|s| s.to_string()));
-        Self::spawn(dir, &args, ready)
-    }
-
-    /// Starts `modelpod route ARGS` (plus host, port, admin key and a state file) with its log
-    /// in `dir`.
-    fn spawn(dir: tempfile::TempDir, args: &[String], ready: usize) -> RouterProcess {
-        let port = free_port();
-        let log = std::fs::File::create(dir.path().join("router.log")).unwrap();
-        let state = dir.path().join("router-state.json");
-        let child = Command::new(env!("CARGO_BIN_EXE_modelpod"))
-            .args(["route", "--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--admin-key", ADMIN_KEY, "--state-file"])
-            .arg(&state)
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let router = RouterProcess {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-            _dir: dir,
-        };
-        router.wait_until(Duration::from_secs(60), |s| {
-            s["ready_replicas"].as_u64() >= Some(ready as u64)
-        });
-        router
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    fn status(&self) -> Option<Value> {
-        let response = client().get(self.url("/modelpod/services")).send().ok()?;
-        let body: Value = response.json().ok()?;
-        Some(body["services"][0]["versions"][0].clone())
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self._dir.path().join("router.log")).unwrap_or_default()
-    }
-
-    fn wait_until(&self, limit: Duration, done: impl Fn(&Value) -> bool) -> Value {
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.status()
-                && done(&status)
-            {
-                return status;
-            }
-            assert!(
-                started.elapsed() < limit,
-                "router state not reached in {limit:?}: {:?}\nlog:\n{}",
-                self.status(),
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
+/// The service's first version as the management API reports it.
+fn status(router: &RouterProcess) -> Option<Value> {
+    let response = client().get(router.url("/modelpod/services")).send().ok()?;
+    let body: Value = response.json().ok()?;
+    Some(body["services"][0]["versions"][0].clone())
 }
 
-impl Drop for RouterProcess {
-    fn drop(&mut self) {
-        // SIGTERM: the router stops its replicas before exiting.
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(20) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-    }
+fn wait_until(router: &RouterProcess, limit: Duration, done: impl Fn(&Value) -> bool) -> Value {
+    router
+        .wait_for(limit, status, |s| s.as_ref().is_some_and(&done))
+        .expect("a status")
 }
 
 fn slow_repository() -> PathBuf {
@@ -140,7 +81,7 @@ fn slow_repository() -> PathBuf {
 fn slow_request(http: &reqwest::blocking::Client, router: &RouterProcess, rows: usize) -> u16 {
     let (header_length, body) = slow_infer_body(rows);
     http.post(router.url("/api/v1/service/svc/v2/models/slow/infer"))
-        .header("Inference-Header-Content-Length", header_length)
+        .header(INFERENCE_HEADER_CONTENT_LENGTH, header_length)
         .body(body)
         .send()
         .map(|r| r.status().as_u16())
@@ -171,7 +112,7 @@ fn load(
 
 #[test]
 fn replicas_scale_up_under_load_and_down_after_the_window_within_min_and_max() {
-    let router = Arc::new(RouterProcess::start(
+    let router = Arc::new(start_service(
         &slow_repository(),
         json!({
             "maxConcurrentRequestsPerContainer": 1,
@@ -183,7 +124,7 @@ fn replicas_scale_up_under_load_and_down_after_the_window_within_min_and_max() {
         &["--scale-down-window-s", "3"],
         1,
     ));
-    assert_eq!(router.status().unwrap()["target_replicas"], 1);
+    assert_eq!(status(&router).unwrap()["target_replicas"], 1);
 
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
@@ -192,7 +133,7 @@ fn replicas_scale_up_under_load_and_down_after_the_window_within_min_and_max() {
     let mut first_scale_up = None;
     let mut highest = 0;
     while started.elapsed() < Duration::from_secs(5) {
-        let target = router.status().unwrap()["target_replicas"]
+        let target = status(&router).unwrap()["target_replicas"]
             .as_u64()
             .unwrap();
         if target > 1 && first_scale_up.is_none() {
@@ -218,7 +159,7 @@ fn replicas_scale_up_under_load_and_down_after_the_window_within_min_and_max() {
     let mut lowest = u64::MAX;
     let mut back_to_min = None;
     while stopped.elapsed() < Duration::from_secs(10) {
-        let target = router.status().unwrap()["target_replicas"]
+        let target = status(&router).unwrap()["target_replicas"]
             .as_u64()
             .unwrap();
         lowest = lowest.min(target);
@@ -256,7 +197,7 @@ fn serve_pid(port: u16) -> u32 {
 #[test]
 fn a_replica_killed_under_load_costs_only_its_in_flight_requests_and_comes_back() {
     const CAPACITY: usize = 2;
-    let router = Arc::new(RouterProcess::start(
+    let router = Arc::new(start_service(
         &slow_repository(),
         json!({
             "numReplicas": 2,
@@ -267,7 +208,7 @@ fn a_replica_killed_under_load_costs_only_its_in_flight_requests_and_comes_back(
         &[],
         2,
     ));
-    let status = router.status().unwrap();
+    let status = status(&router).unwrap();
     assert_eq!(status["autoscale"]["enabled"], false);
     let victim_url = status["replicas"][0]["url"].as_str().unwrap().to_string();
     let victim_port: u16 = victim_url.rsplit(':').next().unwrap().parse().unwrap();
@@ -299,12 +240,14 @@ fn a_replica_killed_under_load_costs_only_its_in_flight_requests_and_comes_back(
         statuses.len()
     );
     // The local scaler restarts it, and the router takes it back.
-    router.wait_until(Duration::from_secs(30), |s| s["ready_replicas"] == 2);
+    wait_until(&router, Duration::from_secs(30), |s| {
+        s["ready_replicas"] == 2
+    });
 }
 
 #[test]
 fn a_request_slower_than_the_scoring_timeout_is_a_504_and_a_full_service_a_503() {
-    let router = Arc::new(RouterProcess::start(
+    let router = Arc::new(start_service(
         &slow_repository(),
         json!({
             "numReplicas": 1,
@@ -329,7 +272,7 @@ fn a_request_slower_than_the_scoring_timeout_is_a_504_and_a_full_service_a_503()
         let router = router.clone();
         std::thread::spawn(move || slow_request(&client(), &router, 8192))
     };
-    router.wait_until(Duration::from_secs(5), |s| {
+    wait_until(&router, Duration::from_secs(5), |s| {
         s["replicas"][0]["outstanding"] == 1
     });
     let (status, body) = post_json(
@@ -359,13 +302,13 @@ fn routing_errors_are_json_with_azures_messages() {
         )
         .unwrap();
     }
-    let router = RouterProcess::start(
+    let router = start_service(
         repository.path(),
         json!({"maxQueueWaitMs": 200, "autoScaler": {"minReplicas": 1, "maxReplicas": 1}}),
         &[],
         0,
     );
-    router.wait_until(Duration::from_secs(30), |s| {
+    wait_until(&router, Duration::from_secs(30), |s| {
         s["replicas"][0]["report"].is_object()
     });
     let http = client();
@@ -414,8 +357,12 @@ fn one_router_fronts_several_services_each_at_its_own_uri() {
         ),
     )
     .unwrap();
-    let args = vec!["--config".to_string(), config.display().to_string()];
-    let router = RouterProcess::spawn(dir, &args, 0);
+    let router = RouterBuilder::new(env!("CARGO_BIN_EXE_modelpod"))
+        .dir(dir.path())
+        .admin_key(ADMIN_KEY)
+        .arg("--config")
+        .arg(&config)
+        .start();
     let http = client();
     let started = Instant::now();
     let all_ready = || {
@@ -483,7 +430,7 @@ fn scored_requests_are_collected_and_flushed_when_the_router_stops() {
     let collected = tempfile::tempdir().unwrap();
     let models = workspace().join("tests/fixtures/models");
     {
-        let router = RouterProcess::start(
+        let router = start_service(
             &models,
             json!({"numReplicas": 1, "maxConcurrentRequestsPerContainer": 4}),
             &[
@@ -570,14 +517,14 @@ fn scored_requests_are_collected_and_flushed_when_the_router_stops() {
 
 #[test]
 fn a_replica_that_stops_answering_is_taken_out_and_back_when_it_answers() {
-    let router = RouterProcess::start(
+    let router = start_service(
         &slow_repository(),
         json!({"numReplicas": 2, "maxConcurrentRequestsPerContainer": 2, "scoringTimeoutMs": 30000}),
         &[],
         2,
     );
-    let status = router.status().unwrap();
-    let frozen_url = status["replicas"][0]["url"].as_str().unwrap().to_string();
+    let initial = status(&router).unwrap();
+    let frozen_url = initial["replicas"][0]["url"].as_str().unwrap().to_string();
     let port: u16 = frozen_url.rsplit(':').next().unwrap().parse().unwrap();
     let pid = serve_pid(port).to_string();
     // SIGSTOP: the process holds its port (connections are accepted) but answers nothing.
@@ -605,7 +552,9 @@ fn a_replica_that_stops_answering_is_taken_out_and_back_when_it_answers() {
     };
     // Its busy poll goes unanswered past the refresh period (1 s) and a grace: out.
     let started = Instant::now();
-    router.wait_until(Duration::from_secs(10), |s| replica(s)["routable"] == false);
+    wait_until(&router, Duration::from_secs(10), |s| {
+        replica(s)["routable"] == false
+    });
     assert!(started.elapsed() >= Duration::from_secs(1));
     let http = client();
     for _ in 0..10 {
@@ -615,8 +564,10 @@ fn a_replica_that_stops_answering_is_taken_out_and_back_when_it_answers() {
             "sent to the frozen replica"
         );
     }
-    assert_eq!(replica(&router.status().unwrap())["outstanding"], 0);
+    assert_eq!(replica(&status(&router).unwrap())["outstanding"], 0);
     // Thawed, it answers its next poll and takes requests again.
     drop(thaw);
-    router.wait_until(Duration::from_secs(10), |s| replica(s)["routable"] == true);
+    wait_until(&router, Duration::from_secs(10), |s| {
+        replica(s)["routable"] == true
+    });
 }

@@ -2,11 +2,9 @@
 //! TLS 1.2 and 1.3 are served, TLS 1.1 is refused at the handshake, and the plain-HTTP port
 //! only redirects.
 
-mod common;
-
-use common::free_port;
+use modelpod_tests::process::{RouterBuilder, free_port};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// A self-signed certificate for 127.0.0.1 and localhost, made with the openssl CLI.
@@ -34,17 +32,6 @@ fn certificate(dir: &Path) -> (String, String) {
         .expect("the openssl command");
     assert!(made.success());
     (cert.display().to_string(), key.display().to_string())
-}
-
-struct Router(Child);
-
-impl Drop for Router {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let _ = self.0.wait();
-    }
 }
 
 fn curl(args: &[&str]) -> (bool, String) {
@@ -95,22 +82,17 @@ fn https_with_tls_1_2_and_1_3_only_and_a_redirecting_http_port() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = certificate(dir.path());
     let (port, redirect_port) = (free_port(), free_port());
-    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/slow-models");
-    let _router = Router(
-        Command::new(env!("CARGO_BIN_EXE_modelpod"))
-            .args(["route", "--service", "svc", "--host", "127.0.0.1"])
-            .args(["--port", &port.to_string()])
-            .args(["--http-redirect-port", &redirect_port.to_string()])
-            .args(["--tls-cert", &cert, "--tls-key", &key])
-            .args(["--auth", "none", "--admin-key", "tls-admin", "--state-file"])
-            .arg(dir.path().join("router-state.json"))
-            .arg("--model-repository")
-            .arg(&models)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let models = modelpod_tests::slow_fixtures();
+    let _router = RouterBuilder::new(env!("CARGO_BIN_EXE_modelpod"))
+        .dir(dir.path())
+        .port(port)
+        .admin_key("tls-admin")
+        .args(["--service", "svc", "--auth", "none"])
+        .args(["--http-redirect-port", &redirect_port.to_string()])
+        .args(["--tls-cert", &cert, "--tls-key", &key])
+        .arg("--model-repository")
+        .arg(&models)
+        .start();
     let url = format!("https://127.0.0.1:{port}");
     let started = Instant::now();
     while !curl(&["--cacert", &cert, &format!("{url}/")]).0 {

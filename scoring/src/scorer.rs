@@ -293,9 +293,18 @@ mod tests {
         let rows = 512;
         let slow = vec![Tensor::new(vec![rows, 256], vec![0.5f32; rows * 256]).unwrap()];
         let started = tokio::time::Instant::now();
-        let error = scorer.infer(&model, slow, Instant::now()).await.unwrap_err();
-        assert!(matches!(error, ScoringError::DeadlineExceeded(_)), "{error}");
-        assert!(error.to_string().contains("scoringTimeoutMs = 5000 ms"), "{error}");
+        let error = scorer
+            .infer(&model, slow, Instant::now())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, ScoringError::DeadlineExceeded(_)),
+            "{error}"
+        );
+        assert!(
+            error.to_string().contains("scoringTimeoutMs = 5000 ms"),
+            "{error}"
+        );
         assert!(started.elapsed() >= Duration::from_secs(5));
         assert_eq!(scorer.busy_report().in_flight, 0);
         assert!(scorer.admit().await.is_ok(), "the slot was released");

@@ -1,5 +1,10 @@
-//! Helpers shared by modelpod's integration tests: paths, reference cases, servers on port 0
-//! and output comparison with a stated tolerance.
+//! The one harness of modelpod's integration tests: paths, reference cases, scoring servers
+//! in process on port 0, `modelpod serve` and `modelpod route` processes ([`process`]),
+//! request bodies, collected records and output comparison with a stated tolerance.
+
+pub mod linear_models;
+pub mod process;
+pub mod records;
 
 use modelpod_accel::{DataType, Tensor, TensorData};
 use modelpod_serve::{RunningServer, ServeArgs, ServeConfig};
@@ -26,6 +31,25 @@ pub fn fixtures() -> PathBuf {
 
 pub fn slow_fixtures() -> PathBuf {
     workspace_root().join("tests/fixtures/slow-models")
+}
+
+/// A v2 binary-tensor request for the slow fixture model (`rows` rows of 256 values, binary
+/// output asked for): the `Inference-Header-Content-Length` value and the body.
+pub fn slow_infer_body(rows: usize) -> (usize, Vec<u8>) {
+    let x = Tensor::new(vec![rows, 256], vec![0.5f32; rows * 256]).expect("rows x 256");
+    let encoded = modelpod_scoring::v2::client::encode_request(&[("x".into(), x)], true);
+    (encoded.json_len.expect("a binary body"), encoded.body)
+}
+
+/// POSTs `body` as JSON; returns the status and the JSON answer (null when not JSON).
+pub fn post_json(
+    http: &reqwest::blocking::Client,
+    url: &str,
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let response = http.post(url).json(body).send().unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().unwrap_or(serde_json::Value::Null))
 }
 
 /// Whether ONNX Runtime's library is installed. CI sets MODELPOD_TEST_REQUIRE_ORT=1 so a
@@ -148,4 +172,3 @@ pub fn client() -> reqwest::blocking::Client {
         .build()
         .expect("http client")
 }
-pub mod linear_models;

@@ -1,9 +1,10 @@
 //! `modelpod serve` over real HTTP on port 0: both protocols, batching, admission, deadlines,
 //! auth, hostile input, failure isolation and the repository API.
 
+use modelpod_scoring::v2::INFERENCE_HEADER_CONTENT_LENGTH;
 use modelpod_tests::{
     client, compare, fixtures, metric_sum, metrics_text, reference_cases, serve_args,
-    slow_fixtures, start, workspace_root,
+    slow_fixtures, slow_infer_body, start, workspace_root,
 };
 use reqwest::StatusCode;
 use reqwest::blocking::Response;
@@ -212,7 +213,7 @@ fn v2_binary_tensors_round_trip() {
     body.extend_from_slice(&bytes);
     let response = http
         .post(server.url("/v2/models/mlp/versions/1/infer"))
-        .header("Inference-Header-Content-Length", header.len())
+        .header(INFERENCE_HEADER_CONTENT_LENGTH, header.len())
         .header("Content-Type", "application/octet-stream")
         .body(body)
         .send()
@@ -248,7 +249,7 @@ fn v2_binary_tensors_round_trip() {
     short.extend_from_slice(&bytes[..4]);
     let response = http
         .post(server.url("/v2/models/mlp/infer"))
-        .header("Inference-Header-Content-Length", header.len())
+        .header(INFERENCE_HEADER_CONTENT_LENGTH, header.len())
         .body(short)
         .send()
         .unwrap();
@@ -504,17 +505,9 @@ fn bearer_keys_guard_scoring_but_not_health() {
 
 /// A request to the slow model that keeps its worker busy for a while (binary v2 body).
 fn slow_request(http: &reqwest::blocking::Client, url: &str, rows: usize) -> Response {
-    let bytes: Vec<u8> = vec![0.5f32; rows * 256]
-        .iter()
-        .flat_map(|x| x.to_le_bytes())
-        .collect();
-    let header = json!({"inputs": [{"name": "x", "shape": [rows, 256], "datatype": "FP32",
-        "parameters": {"binary_data_size": bytes.len()}}], "parameters": {"binary_data_output": true}})
-    .to_string();
-    let mut body = header.clone().into_bytes();
-    body.extend_from_slice(&bytes);
+    let (header_len, body) = slow_infer_body(rows);
     http.post(url)
-        .header("Inference-Header-Content-Length", header.len())
+        .header(INFERENCE_HEADER_CONTENT_LENGTH, header_len)
         .body(body)
         .send()
         .unwrap()

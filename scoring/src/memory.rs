@@ -76,31 +76,8 @@ impl MemoryBudget {
 /// Parses a size such as `512MiB`, `4GiB`, `1.5G` or `1048576` (bytes). Binary (KiB, MiB,
 /// GiB, TiB) and decimal (K/KB, M/MB, G/GB, T/TB) suffixes, case-insensitive.
 pub fn parse_bytes(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("'{text}' is not a size (e.g. 512MiB, 4GiB, 1073741824)"))?;
-    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" => 1_000,
-        "kib" => 1 << 10,
-        "m" | "mb" => 1_000_000,
-        "mib" => 1 << 20,
-        "g" | "gb" => 1_000_000_000,
-        "gib" => 1 << 30,
-        "t" | "tb" => 1_000_000_000_000,
-        "tib" => 1 << 40,
-        other => return Err(format!("'{text}': unknown size unit '{other}'")),
-    };
-    let bytes = number * scale as f64;
-    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
-        return Err(format!("'{text}' is out of range"));
-    }
-    Ok(bytes as u64)
+    parse_size::parse_size(text.trim())
+        .map_err(|e| format!("'{text}' is not a size (e.g. 512MiB, 4GiB, 1073741824): {e}"))
 }
 
 /// Bytes in mebibytes, for messages.

@@ -151,17 +151,22 @@ pub fn metrics_text(server: &RunningServer) -> String {
         .expect("/metrics is text")
 }
 
-/// The sum of the samples of `metric` whose labels contain `labels` (every sample when it is
-/// empty), or `None` when there is no such sample.
-pub fn metric_sum(text: &str, metric: &str, labels: &str) -> Option<f64> {
-    let samples: Vec<f64> = text
-        .lines()
-        .filter(|l| {
-            l.strip_prefix(metric)
-                .is_some_and(|rest| rest.starts_with(['{', ' ']))
-                && l.contains(labels)
+/// The sum of the samples of `metric` (a counter, gauge, or a histogram's `_sum` or `_count`)
+/// that carry every one of `labels`, or `None` when there is no such sample. The text is read
+/// with a Prometheus text-format parser, so a malformed exposition fails the test.
+pub fn metric_sum(text: &str, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    use prometheus_parse::{Scrape, Value};
+    let scrape = Scrape::parse(text.lines().map(|line| Ok(line.to_string())))
+        .expect("/metrics is Prometheus text");
+    let samples: Vec<f64> = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == metric)
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .filter_map(|s| match s.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => Some(v),
+            _ => None,
         })
-        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
         .collect();
     (!samples.is_empty()).then(|| samples.iter().sum())
 }

@@ -199,12 +199,9 @@ fn cycle_mode_sends_each_request_to_the_next_model() {
     assert_eq!(points[0].succeeded, 50);
     let text = modelpod_tests::metrics_text(&server);
     for name in names {
-        let served = modelpod_tests::metric_sum(
-            &text,
-            "modelpod_requests_total",
-            &format!("model=\"{name}\""),
-        )
-        .unwrap_or(0.0);
+        let served =
+            modelpod_tests::metric_sum(&text, "modelpod_requests_total", &[("model", name)])
+                .unwrap_or(0.0);
         assert_eq!(served, 10.0, "{name} got {served} of 50 requests");
     }
 }

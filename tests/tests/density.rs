@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 const MODELS: usize = 300;
 const RESIDENT: u64 = 30;
 
-fn metric(text: &str, name: &str, labels: &str) -> f64 {
-    metric_sum(text, name, labels).unwrap_or_else(|| panic!("no {name}{{{labels}}} in /metrics"))
+fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metric_sum(text, name, labels).unwrap_or_else(|| panic!("no {name}{labels:?} in /metrics"))
 }
 
 fn infer(http: &reqwest::blocking::Client, url: &str, model: &LinearModel, x: [f32; INPUTS]) {
@@ -58,7 +58,7 @@ fn hundreds_of_models_under_a_tight_budget_are_evicted_reloaded_and_answer_corre
         metric(
             &text,
             "modelpod_model_footprint_bytes",
-            "model=\"linear_00000\"",
+            &[("model", "linear_00000")],
         ) as u64
     };
     assert!(footprint > 0, "the footprint was not measured");
@@ -110,9 +110,9 @@ fn hundreds_of_models_under_a_tight_budget_are_evicted_reloaded_and_answer_corre
     infer(&http, &url, &models[7], [0.0; INPUTS]);
 
     let text = metrics_text(&server);
-    let ready = metric(&text, "modelpod_models", "state=\"ready\"");
-    let used = metric(&text, "modelpod_memory_used_bytes", "device=\"host\"");
-    let evictions = metric(&text, "modelpod_model_evictions_total", "");
+    let ready = metric(&text, "modelpod_models", &[("state", "ready")]);
+    let used = metric(&text, "modelpod_memory_used_bytes", &[("device", "host")]);
+    let evictions = metric(&text, "modelpod_model_evictions_total", &[]);
     assert!(
         ready < MODELS as f64 / 2.0,
         "{ready} models resident: nothing was evicted"

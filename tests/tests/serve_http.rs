@@ -300,7 +300,7 @@ fn concurrent_requests_are_batched_and_each_gets_its_own_rows() {
 }
 
 fn scrape_sum(server: &modelpod_serve::RunningServer, metric: &str, model: &str) -> f64 {
-    metric_sum(&metrics_text(server), metric, &format!("model=\"{model}\"")).unwrap_or(0.0)
+    metric_sum(&metrics_text(server), metric, &[("model", model)]).unwrap_or(0.0)
 }
 
 #[test]

@@ -3,12 +3,27 @@
 //! from the VM size, Azure's liveness and readiness probes, a rolling update of one pod at a
 //! time) and its Service, plus what the router needs to scale it and nothing more (a
 //! ServiceAccount and a Role limited to the Deployment's scale subresource, its Endpoints and
-//! reading HPAs). Printed as one JSON `List` that `kubectl apply -f` takes.
+//! reading HPAs). Built as k8s-openapi's typed objects, so each one is what the API accepts,
+//! and printed as one JSON `List` that `kubectl apply -f` takes.
 
 use super::autoscale::AutoscalePolicy;
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSpec,
+    PodTemplateSpec, Probe, ResourceRequirements, Service, ServiceAccount, ServicePort,
+    ServiceSpec, Toleration,
+};
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use modelpod_accel::sku::{AcceleratorKind, lookup};
 use modelpod_scoring::deployment::DeploymentConfig;
+use modelpod_scoring::deployment::defaults::SCORING_SERVER_PORT;
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -72,7 +87,7 @@ pub fn render(args: &ManifestArgs) -> anyhow::Result<Value> {
     };
     let policy =
         AutoscalePolicy::from_deployment(&config, args.dev_test).map_err(anyhow::Error::msg)?;
-    let replicas = policy.initial_replicas();
+    let replicas = i32::try_from(policy.initial_replicas())?;
     let resources = config.container_resource_requirements.as_ref();
     let sku = args.node_sku.as_deref().map(lookup);
     let gpus = number(resources, "gpu")
@@ -82,122 +97,228 @@ pub fn render(args: &ManifestArgs) -> anyhow::Result<Value> {
                 .filter(|s| s.accelerator == AcceleratorKind::NvidiaGpu)
                 .map_or(0, |s| s.device_count)
         });
-    let mut requests = json!({
-        "cpu": cpu(number(resources, "cpu").unwrap_or(azure_defaults::CPU)),
-        "memory": memory(number(resources, "memoryInGB").unwrap_or(azure_defaults::MEMORY_GB)),
-    });
-    let mut limits = json!({});
+    let mut requests = BTreeMap::from([
+        (
+            "cpu".to_string(),
+            Quantity(cpu(number(resources, "cpu").unwrap_or(azure_defaults::CPU))),
+        ),
+        (
+            "memory".to_string(),
+            Quantity(memory(
+                number(resources, "memoryInGB").unwrap_or(azure_defaults::MEMORY_GB),
+            )),
+        ),
+    ]);
+    let mut limits = BTreeMap::new();
     if let Some(limit) = number(resources, "cpuLimit") {
-        limits["cpu"] = json!(cpu(limit));
+        limits.insert("cpu".to_string(), Quantity(cpu(limit)));
     }
     if let Some(limit) = number(resources, "memoryInGBLimit") {
-        limits["memory"] = json!(memory(limit));
+        limits.insert("memory".to_string(), Quantity(memory(limit)));
     }
     if gpus > 0 {
         // Extended resources are requested and limited alike.
-        limits["nvidia.com/gpu"] = json!(gpus.to_string());
-        requests["nvidia.com/gpu"] = json!(gpus.to_string());
+        limits.insert("nvidia.com/gpu".into(), Quantity(gpus.to_string()));
+        requests.insert("nvidia.com/gpu".into(), Quantity(gpus.to_string()));
     }
     let probe = config.liveness_probe_requirements.as_ref();
-    let probe_timing = json!({
-        "periodSeconds": integer(probe, "periodSeconds", azure_defaults::PERIOD_SECONDS),
-        "initialDelaySeconds": integer(probe, "initialDelaySeconds", azure_defaults::INITIAL_DELAY_SECONDS),
-        "timeoutSeconds": integer(probe, "timeoutSeconds", azure_defaults::TIMEOUT_SECONDS),
-        "successThreshold": integer(probe, "successThreshold", azure_defaults::SUCCESS_THRESHOLD),
-        "failureThreshold": integer(probe, "failureThreshold", azure_defaults::FAILURE_THRESHOLD),
-    });
-    let http_probe = |path: &str| {
-        let mut probe = probe_timing.clone();
-        probe["httpGet"] = json!({ "path": path, "port": modelpod_scoring::deployment::defaults::SCORING_SERVER_PORT });
-        probe
+    let seconds =
+        |key: &str, default: i64| integer(probe, key, default).clamp(0, i32::MAX as i64) as i32;
+    let http_probe = |path: &str| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_string()),
+            port: IntOrString::Int(SCORING_SERVER_PORT.into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(seconds("periodSeconds", azure_defaults::PERIOD_SECONDS)),
+        initial_delay_seconds: Some(seconds(
+            "initialDelaySeconds",
+            azure_defaults::INITIAL_DELAY_SECONDS,
+        )),
+        timeout_seconds: Some(seconds("timeoutSeconds", azure_defaults::TIMEOUT_SECONDS)),
+        success_threshold: Some(seconds(
+            "successThreshold",
+            azure_defaults::SUCCESS_THRESHOLD,
+        )),
+        failure_threshold: Some(seconds(
+            "failureThreshold",
+            azure_defaults::FAILURE_THRESHOLD,
+        )),
+        ..Probe::default()
     };
-    let mut readiness = http_probe("/v2/health/ready");
-    // Readiness is polled from the start; only liveness waits out model loading.
-    readiness["initialDelaySeconds"] = json!(0);
-    // Liveness must succeed once to count, whatever the file says of success.
-    let mut liveness = http_probe("/");
-    liveness["successThreshold"] = json!(1);
+    let readiness = Probe {
+        // Readiness is polled from the start; only liveness waits out model loading.
+        initial_delay_seconds: Some(0),
+        ..http_probe("/v2/health/ready")
+    };
+    let liveness = Probe {
+        // Liveness must succeed once to count, whatever the file says of success.
+        success_threshold: Some(1),
+        ..http_probe("/")
+    };
 
     let name = &args.service;
-    let labels = json!({ "app.kubernetes.io/name": name, "app.kubernetes.io/part-of": "modelpod" });
-    let mut pod_spec = json!({
-        "containers": [{
-            "name": "scoring",
-            "image": args.image,
-            "ports": [{ "name": "http", "containerPort": modelpod_scoring::deployment::defaults::SCORING_SERVER_PORT }],
-            "env": [
-                { "name": "MODELPOD_NODE_INSTANCE_TYPE", "valueFrom": { "fieldRef": {
-                    "fieldPath": "metadata.labels['node.kubernetes.io/instance-type']" } } },
-            ],
-            "resources": { "requests": requests, "limits": limits },
-            "livenessProbe": liveness,
-            "readinessProbe": readiness,
-        }],
-        // As long as the longest request may take, so draining loses nothing.
-        "terminationGracePeriodSeconds": config.scoring_timeout_ms
-            .unwrap_or(modelpod_scoring::deployment::defaults::SCORING_TIMEOUT_MS)
-            .div_ceil(1000) + 5,
-    });
-    if let Some(sku) = &sku {
-        pod_spec["nodeSelector"] = json!({ "node.kubernetes.io/instance-type": sku.vm_size });
-    }
-    if gpus > 0 {
-        // AKS GPU node pools are commonly tainted so that only GPU workloads land there.
-        pod_spec["tolerations"] = json!([
-            { "key": "sku", "operator": "Equal", "value": "gpu", "effect": "NoSchedule" },
-            { "key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule" },
-        ]);
-    }
     let namespace = &args.namespace;
+    let selector = BTreeMap::from([("app.kubernetes.io/name".to_string(), name.clone())]);
+    let mut labels = selector.clone();
+    labels.insert("app.kubernetes.io/part-of".into(), "modelpod".into());
+    let metadata = |name: &str, labels: Option<&BTreeMap<String, String>>| ObjectMeta {
+        name: Some(name.to_string()),
+        namespace: Some(namespace.clone()),
+        labels: labels.cloned(),
+        ..ObjectMeta::default()
+    };
+    let container = Container {
+        name: "scoring".into(),
+        image: Some(args.image.clone()),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: SCORING_SERVER_PORT.into(),
+            ..ContainerPort::default()
+        }]),
+        env: Some(vec![EnvVar {
+            name: "MODELPOD_NODE_INSTANCE_TYPE".into(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.labels['node.kubernetes.io/instance-type']".into(),
+                    ..ObjectFieldSelector::default()
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        }]),
+        resources: Some(ResourceRequirements {
+            requests: Some(requests),
+            limits: (!limits.is_empty()).then_some(limits),
+            ..ResourceRequirements::default()
+        }),
+        liveness_probe: Some(liveness),
+        readiness_probe: Some(readiness),
+        ..Container::default()
+    };
+    let pod_spec = PodSpec {
+        containers: vec![container],
+        // As long as the longest request may take, so draining loses nothing.
+        termination_grace_period_seconds: Some(
+            i64::try_from(
+                config
+                    .scoring_timeout_ms
+                    .unwrap_or(modelpod_scoring::deployment::defaults::SCORING_TIMEOUT_MS)
+                    .div_ceil(1000),
+            )? + 5,
+        ),
+        node_selector: sku.as_ref().map(|sku| {
+            BTreeMap::from([(
+                "node.kubernetes.io/instance-type".to_string(),
+                sku.vm_size.to_string(),
+            )])
+        }),
+        // AKS GPU node pools are commonly tainted so that only GPU workloads land there.
+        tolerations: (gpus > 0).then(|| {
+            vec![
+                Toleration {
+                    key: Some("sku".into()),
+                    operator: Some("Equal".into()),
+                    value: Some("gpu".into()),
+                    effect: Some("NoSchedule".into()),
+                    ..Toleration::default()
+                },
+                Toleration {
+                    key: Some("nvidia.com/gpu".into()),
+                    operator: Some("Exists".into()),
+                    effect: Some("NoSchedule".into()),
+                    ..Toleration::default()
+                },
+            ]
+        }),
+        ..PodSpec::default()
+    };
+    let deployment = Deployment {
+        metadata: metadata(name, Some(&labels)),
+        spec: Some(DeploymentSpec {
+            replicas: Some(replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector.clone()),
+                ..LabelSelector::default()
+            },
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::Int(1)),
+                    max_unavailable: Some(IntOrString::Int(1)),
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels.clone()),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(pod_spec),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    };
+    let service = Service {
+        metadata: metadata(name, Some(&labels)),
+        spec: Some(ServiceSpec {
+            selector: Some(selector),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: SCORING_SERVER_PORT.into(),
+                target_port: Some(IntOrString::String("http".into())),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    };
     let router = "modelpod-router";
+    let role_name = format!("{router}-{name}");
+    let rule = |group: &str, resource: &str, names: Option<&str>, verbs: &[&str]| PolicyRule {
+        api_groups: Some(vec![group.to_string()]),
+        resources: Some(vec![resource.to_string()]),
+        resource_names: names.map(|n| vec![n.to_string()]),
+        verbs: verbs.iter().map(|v| v.to_string()).collect(),
+        ..PolicyRule::default()
+    };
+    let role = Role {
+        metadata: metadata(&role_name, None),
+        rules: Some(vec![
+            rule(
+                "apps",
+                "deployments/scale",
+                Some(name),
+                &["get", "patch", "update"],
+            ),
+            rule("", "endpoints", Some(name), &["get", "watch"]),
+            rule("autoscaling", "horizontalpodautoscalers", None, &["list"]),
+        ]),
+    };
+    let binding = RoleBinding {
+        metadata: metadata(&role_name, None),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "Role".into(),
+            name: role_name.clone(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: router.into(),
+            namespace: Some(namespace.clone()),
+            ..Subject::default()
+        }]),
+    };
+    let account = ServiceAccount {
+        metadata: metadata(router, None),
+        ..ServiceAccount::default()
+    };
     let items = vec![
-        json!({
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": { "name": name, "namespace": namespace, "labels": labels },
-            "spec": {
-                "replicas": replicas,
-                "selector": { "matchLabels": { "app.kubernetes.io/name": name } },
-                "strategy": { "type": "RollingUpdate",
-                              "rollingUpdate": { "maxSurge": 1, "maxUnavailable": 1 } },
-                "template": { "metadata": { "labels": labels }, "spec": pod_spec },
-            },
-        }),
-        json!({
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": { "name": name, "namespace": namespace, "labels": labels },
-            "spec": {
-                "selector": { "app.kubernetes.io/name": name },
-                "ports": [{ "name": "http", "port": modelpod_scoring::deployment::defaults::SCORING_SERVER_PORT, "targetPort": "http" }],
-            },
-        }),
-        json!({
-            "apiVersion": "v1",
-            "kind": "ServiceAccount",
-            "metadata": { "name": router, "namespace": namespace },
-        }),
-        json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "Role",
-            "metadata": { "name": format!("{router}-{name}"), "namespace": namespace },
-            "rules": [
-                { "apiGroups": ["apps"], "resources": ["deployments/scale"],
-                  "resourceNames": [name], "verbs": ["get", "patch", "update"] },
-                { "apiGroups": [""], "resources": ["endpoints"],
-                  "resourceNames": [name], "verbs": ["get", "watch"] },
-                { "apiGroups": ["autoscaling"], "resources": ["horizontalpodautoscalers"],
-                  "verbs": ["list"] },
-            ],
-        }),
-        json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "RoleBinding",
-            "metadata": { "name": format!("{router}-{name}"), "namespace": namespace },
-            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                         "name": format!("{router}-{name}") },
-            "subjects": [{ "kind": "ServiceAccount", "name": router, "namespace": namespace }],
-        }),
+        serde_json::to_value(deployment)?,
+        serde_json::to_value(service)?,
+        serde_json::to_value(account)?,
+        serde_json::to_value(role)?,
+        serde_json::to_value(binding)?,
     ];
     Ok(json!({ "apiVersion": "v1", "kind": "List", "items": items }))
 }
@@ -205,9 +326,6 @@ pub fn render(args: &ManifestArgs) -> anyhow::Result<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::apps::v1::Deployment;
-    use k8s_openapi::api::core::v1::Service;
-    use k8s_openapi::api::rbac::v1::Role;
 
     fn args(config: Option<Value>, node_sku: Option<&str>) -> (ManifestArgs, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();

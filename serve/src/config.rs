@@ -3,11 +3,13 @@
 //! then defaults (Azure's where Azure has one).
 
 use clap::{Args, ValueEnum};
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
 use modelpod_accel::EngineChoice;
 use modelpod_scoring::MemoryBudget;
 use modelpod_scoring::deployment::{DeploymentConfig, ScoringLimits};
 use modelpod_scoring::memory::parse_bytes;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -121,7 +123,7 @@ pub struct ServeArgs {
 }
 
 /// When models are loaded.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LoadPolicy {
     /// All at start-up, in parallel, serving each as it becomes ready (Azure's behaviour).
@@ -135,33 +137,95 @@ pub enum LoadPolicy {
 /// in flight, batches and the server itself.
 pub const DEFAULT_BUDGET_SHARE_OF_CGROUP_LIMIT: f64 = 0.8;
 
-/// The native configuration file: the flags' names in snake_case.
-#[derive(Debug, Default, Deserialize)]
+/// One layer of settings, each under the name of its flag in snake_case: what the native
+/// configuration file holds, and what the flags, deploymentconfig.json and Azure's environment
+/// variables contribute. Layers are merged by figment (see [`ServeConfig::resolve`]); a field
+/// a layer leaves out is not serialized, so it does not hide a lower layer's value.
+#[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ConfigFile {
+struct Layer {
+    #[serde(skip_serializing_if = "Option::is_none")]
     model_repository: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     host: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     backend: Option<EngineChoice>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     tensorrt_cache: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     ort_library: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     intra_op_threads: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     max_concurrent_requests: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     max_queue_wait_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     scoring_timeout_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     max_request_bytes: Option<usize>,
-    #[serde(default)]
-    api_keys: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    api_keys: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     default_model: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     load_parallelism: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     http_workers: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     strict_readiness: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     log_format: Option<LogFormat>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     load_policy: Option<LoadPolicy>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     memory_budget: Option<String>,
-    #[serde(default)]
-    device_memory_budgets: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device_memory_budgets: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     repository_poll: Option<u64>,
+}
+
+impl Layer {
+    /// What the flags and their MODELPOD_* variables (read by clap) set.
+    fn from_args(args: &ServeArgs) -> Layer {
+        let listed = |list: &Vec<String>| (!list.is_empty()).then(|| list.clone());
+        Layer {
+            model_repository: args.model_repository.clone(),
+            host: args.host.clone(),
+            port: args.port,
+            backend: args.backend,
+            tensorrt_cache: args.tensorrt_cache.clone(),
+            ort_library: args.ort_library.clone(),
+            intra_op_threads: args.intra_op_threads,
+            max_concurrent_requests: args.max_concurrent_requests,
+            max_queue_wait_ms: args.max_queue_wait_ms,
+            scoring_timeout_ms: args.scoring_timeout_ms,
+            max_request_bytes: args.max_request_bytes,
+            api_keys: listed(&args.api_keys),
+            default_model: args.default_model.clone(),
+            load_parallelism: args.load_parallelism,
+            http_workers: args.http_workers,
+            strict_readiness: args.strict_readiness,
+            log_format: args.log_format,
+            load_policy: args.load_policy,
+            memory_budget: args.memory_budget.clone(),
+            device_memory_budgets: listed(&args.device_memory_budgets),
+            repository_poll: args.repository_poll,
+        }
+    }
+
+    /// What deploymentconfig.json sets.
+    fn from_azure(azure: &DeploymentConfig) -> Layer {
+        Layer {
+            max_concurrent_requests: azure.max_concurrent_requests_per_container,
+            max_queue_wait_ms: azure.max_queue_wait_ms,
+            scoring_timeout_ms: azure.scoring_timeout_ms,
+            ..Layer::default()
+        }
+    }
 }
 
 /// The validated configuration of a scoring server.
@@ -237,34 +301,35 @@ fn memory_budget(host: Option<&str>, devices: &[String]) -> Result<MemoryBudget,
 impl ServeConfig {
     /// Resolves flags and environment (already merged by clap) over files over defaults.
     pub fn resolve(args: ServeArgs) -> Result<ServeConfig, ConfigError> {
-        let file: ConfigFile = match &args.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    ConfigError::File(format!("cannot read {}: {e}", path.display()))
-                })?;
-                toml::from_str(&text)
-                    .map_err(|e| ConfigError::File(format!("{}: {e}", path.display())))?
-            }
-            None => ConfigFile::default(),
-        };
         let azure = match &args.deployment_config {
             Some(path) => {
                 DeploymentConfig::read(path).map_err(|e| ConfigError::File(e.to_string()))?
             }
             None => DeploymentConfig::default(),
         };
+        // Lowest first: Azure's environment variables, deploymentconfig.json, the native file,
+        // then the flags and MODELPOD_* variables.
+        let mut figment = Figment::new()
+            .merge(Env::raw().only(&["SCORING_TIMEOUT_MS"]))
+            .merge(
+                Env::raw()
+                    .only(&["AZUREML_MODEL_DIR"])
+                    .map(|_| "model_repository".into()),
+            )
+            .merge(Serialized::defaults(Layer::from_azure(&azure)));
+        if let Some(path) = &args.config {
+            if !path.is_file() {
+                return Err(ConfigError::File(format!("cannot read {}", path.display())));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let layer: Layer = figment
+            .merge(Serialized::defaults(Layer::from_args(&args)))
+            .extract()
+            .map_err(|e| ConfigError::File(e.to_string()))?;
         let azure_limits = azure.limits();
-        let env_u64 = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
-        let model_repository = args
-            .model_repository
-            .or(file.model_repository)
-            .or_else(|| std::env::var_os("AZUREML_MODEL_DIR").map(PathBuf::from))
-            .ok_or(ConfigError::NoRepository)?;
-        let mut api_keys = if !args.api_keys.is_empty() {
-            args.api_keys
-        } else {
-            file.api_keys
-        };
+        let model_repository = layer.model_repository.ok_or(ConfigError::NoRepository)?;
+        let mut api_keys = layer.api_keys.unwrap_or_default();
         if api_keys.is_empty() && azure.auth_enabled != Some(false) {
             api_keys = azure.key_list();
         }
@@ -274,57 +339,40 @@ impl ServeConfig {
         }
         let config = ServeConfig {
             model_repository,
-            host: args.host.or(file.host).unwrap_or_else(|| "0.0.0.0".into()),
-            port: args.port.or(file.port).unwrap_or(DEFAULT_PORT),
-            backend: args.backend.or(file.backend).unwrap_or_default(),
-            tensorrt_cache: args.tensorrt_cache.or(file.tensorrt_cache),
-            ort_library: args.ort_library.or(file.ort_library),
-            intra_op_threads: args.intra_op_threads.or(file.intra_op_threads).unwrap_or(1),
+            host: layer.host.unwrap_or_else(|| "0.0.0.0".into()),
+            port: layer.port.unwrap_or(DEFAULT_PORT),
+            backend: layer.backend.unwrap_or_default(),
+            tensorrt_cache: layer.tensorrt_cache,
+            ort_library: layer.ort_library,
+            intra_op_threads: layer.intra_op_threads.unwrap_or(1),
             limits: ScoringLimits {
-                max_concurrent_requests: args
+                max_concurrent_requests: layer
                     .max_concurrent_requests
-                    .or(file.max_concurrent_requests)
                     .unwrap_or(azure_limits.max_concurrent_requests),
-                max_queue_wait: args
+                max_queue_wait: layer
                     .max_queue_wait_ms
-                    .or(file.max_queue_wait_ms)
                     .map_or(azure_limits.max_queue_wait, Duration::from_millis),
-                scoring_timeout: args
+                scoring_timeout: layer
                     .scoring_timeout_ms
-                    .or(file.scoring_timeout_ms)
-                    .or(azure.scoring_timeout_ms)
-                    .or_else(|| env_u64("SCORING_TIMEOUT_MS"))
                     .map_or(azure_limits.scoring_timeout, Duration::from_millis),
-                max_request_bytes: args
+                max_request_bytes: layer
                     .max_request_bytes
-                    .or(file.max_request_bytes)
                     .unwrap_or(azure_limits.max_request_bytes),
             },
             api_keys,
-            default_model: args.default_model.or(file.default_model),
-            load_parallelism: args.load_parallelism.or(file.load_parallelism).unwrap_or(2),
-            http_workers: args
+            default_model: layer.default_model,
+            load_parallelism: layer.load_parallelism.unwrap_or(2),
+            http_workers: layer
                 .http_workers
-                .or(file.http_workers)
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
-            strict_readiness: args
-                .strict_readiness
-                .or(file.strict_readiness)
-                .unwrap_or(true),
-            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
-            load_policy: args.load_policy.or(file.load_policy).unwrap_or_default(),
+            strict_readiness: layer.strict_readiness.unwrap_or(true),
+            log_format: layer.log_format.unwrap_or_default(),
+            load_policy: layer.load_policy.unwrap_or_default(),
             memory_budget: memory_budget(
-                args.memory_budget.or(file.memory_budget).as_deref(),
-                if args.device_memory_budgets.is_empty() {
-                    &file.device_memory_budgets
-                } else {
-                    &args.device_memory_budgets
-                },
+                layer.memory_budget.as_deref(),
+                &layer.device_memory_budgets.unwrap_or_default(),
             )?,
-            repository_poll: args
-                .repository_poll
-                .or(file.repository_poll)
-                .map(Duration::from_secs),
+            repository_poll: layer.repository_poll.map(Duration::from_secs),
             node: args.node,
             require_accelerator: args.require_accelerator,
         };
@@ -427,6 +475,38 @@ mod tests {
         );
         assert_eq!(config.api_keys, vec!["k1"]);
         assert_eq!(config.limits.max_request_bytes, 100 * 1024 * 1024);
+    }
+
+    #[test]
+    // Jail's closure returns figment's own (large) error type; it is not ours to box.
+    #[allow(clippy::result_large_err)]
+    fn azures_variables_sit_below_every_file_and_flag() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("SCORING_TIMEOUT_MS", "777");
+            jail.set_env("AZUREML_MODEL_DIR", "/var/azureml-app/azureml-models");
+            let config = ServeConfig::resolve(Cli::parse_from(["x"]).serve).unwrap();
+            assert_eq!(config.limits.scoring_timeout, Duration::from_millis(777));
+            assert_eq!(
+                config.model_repository,
+                PathBuf::from("/var/azureml-app/azureml-models")
+            );
+            jail.create_file("deploymentconfig.json", r#"{"scoringTimeoutMs": 1234}"#)?;
+            jail.create_file("modelpod.toml", "api_keys = [\"from-file\"]\n")?;
+            let cli = Cli::parse_from([
+                "x",
+                "--model-repository",
+                "/flag",
+                "--deployment-config",
+                "deploymentconfig.json",
+                "--config",
+                "modelpod.toml",
+            ]);
+            let config = ServeConfig::resolve(cli.serve).unwrap();
+            assert_eq!(config.limits.scoring_timeout, Duration::from_millis(1234));
+            assert_eq!(config.model_repository, PathBuf::from("/flag"));
+            assert_eq!(config.api_keys, vec!["from-file"]);
+            Ok(())
+        });
     }
 
     #[test]

@@ -8,10 +8,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash benches/scoring_server.sh iris image_cnn
+bash benches/in_process_vs_server.sh
 bash benches/bench_vs_perf_analyzer.sh iris:1 iris:8 image_cnn:8
 PIN_CORES=1 bash benches/bench_vs_perf_analyzer.sh iris:1 iris:8 image_cnn:8
 bash benches/loopback_floor.sh
 bash benches/density.sh 100 1000 10000
 bash benches/router_overhead.sh
 cargo bench -p modelpod-benches --bench hot_paths -- --warm-up-time 1 --measurement-time 2
-echo "tables: target/bench/scoring_server.md, target/bench/honesty.md, target/bench/density.md, target/bench/router_overhead.md; criterion: target/criterion/" >&2
+echo "tables: target/bench/scoring_server.md, target/bench/in_process_vs_server.md, target/bench/honesty.md, target/bench/density.md, target/bench/router_overhead.md; criterion: target/criterion/" >&2

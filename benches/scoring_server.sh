@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates the scoring-server figures of BENCHMARKS.md: for each model, the in-process
-# engine ceiling (`modelpod bench --in-process`) against `modelpod serve` driven by Triton's perf_analyzer
+# scoring path (`modelpod bench --in-process`: registry, batcher and scoring API, no HTTP)
+# against `modelpod serve` driven by Triton's perf_analyzer
 # over the v2 binary route at concurrency 1, 8 and 32.
 #
 #   sudo bash benches/scoring_server.sh [MODEL...]     (default: iris image_cnn)

@@ -342,6 +342,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_dynamic_dimension_without_a_size_is_refused_by_name() {
+        let cnn = [TensorShape {
+            name: "x".into(),
+            dtype: DataType::Fp32,
+            dims: vec![-1, 3, -1, -1],
+        }];
+        let refused = shaped_inputs(&cnn, Some(1), &[]).unwrap_err().to_string();
+        assert!(
+            refused.contains("input 'x' has a dynamic dimension 2")
+                && refused.contains("--shape x:"),
+            "{refused}"
+        );
+        let inputs = shaped_inputs(&cnn, Some(4), &["x:48,192".into()]).unwrap();
+        assert_eq!(inputs[0].1.shape(), &[4, 3, 48, 192]);
+        // A model that does not batch has no batch dimension to fill.
+        let refused = shaped_inputs(&cnn, None, &["x:48,192".into()]).unwrap_err();
+        assert!(refused.to_string().contains("dimension 3"), "{refused}");
+    }
+
+    #[test]
     fn shape_overrides_by_name_or_for_all() {
         let shapes = vec!["ids:16".to_string(), "4,4".to_string()];
         assert_eq!(shape_override(&shapes, "ids").unwrap(), vec![16]);

@@ -49,6 +49,26 @@ impl Default for ScoringLimits {
     }
 }
 
+impl ScoringLimits {
+    /// These limits with the ones given (in Azure's units) put in their place: the one
+    /// resolution of limits that deploymentconfig.json and `serve`'s settings both go through.
+    pub fn overridden(
+        self,
+        max_concurrent_requests: Option<usize>,
+        max_queue_wait_ms: Option<u64>,
+        scoring_timeout_ms: Option<u64>,
+        max_request_bytes: Option<usize>,
+    ) -> ScoringLimits {
+        ScoringLimits {
+            max_concurrent_requests: max_concurrent_requests
+                .unwrap_or(self.max_concurrent_requests),
+            max_queue_wait: max_queue_wait_ms.map_or(self.max_queue_wait, Duration::from_millis),
+            scoring_timeout: scoring_timeout_ms.map_or(self.scoring_timeout, Duration::from_millis),
+            max_request_bytes: max_request_bytes.unwrap_or(self.max_request_bytes),
+        }
+    }
+}
+
 /// Durations as whole milliseconds, the unit of Azure's fields.
 mod millis {
     use serde::{Deserialize, Deserializer, Serializer};
@@ -132,19 +152,12 @@ impl DeploymentConfig {
 
     /// The limits this file sets over Azure's defaults.
     pub fn limits(&self) -> ScoringLimits {
-        let default = ScoringLimits::default();
-        ScoringLimits {
-            max_concurrent_requests: self
-                .max_concurrent_requests_per_container
-                .unwrap_or(default.max_concurrent_requests),
-            max_queue_wait: self
-                .max_queue_wait_ms
-                .map_or(default.max_queue_wait, Duration::from_millis),
-            scoring_timeout: self
-                .scoring_timeout_ms
-                .map_or(default.scoring_timeout, Duration::from_millis),
-            max_request_bytes: default.max_request_bytes,
-        }
+        ScoringLimits::default().overridden(
+            self.max_concurrent_requests_per_container,
+            self.max_queue_wait_ms,
+            self.scoring_timeout_ms,
+            None,
+        )
     }
 
     /// The keys the file sets, primary first.

@@ -327,7 +327,6 @@ impl ServeConfig {
             .merge(Serialized::defaults(Layer::from_args(&args)))
             .extract()
             .map_err(|e| ConfigError::File(e.to_string()))?;
-        let azure_limits = azure.limits();
         let model_repository = layer.model_repository.ok_or(ConfigError::NoRepository)?;
         let mut api_keys = layer.api_keys.unwrap_or_default();
         if api_keys.is_empty() && azure.auth_enabled != Some(false) {
@@ -345,20 +344,13 @@ impl ServeConfig {
             tensorrt_cache: layer.tensorrt_cache,
             ort_library: layer.ort_library,
             intra_op_threads: layer.intra_op_threads.unwrap_or(1),
-            limits: ScoringLimits {
-                max_concurrent_requests: layer
-                    .max_concurrent_requests
-                    .unwrap_or(azure_limits.max_concurrent_requests),
-                max_queue_wait: layer
-                    .max_queue_wait_ms
-                    .map_or(azure_limits.max_queue_wait, Duration::from_millis),
-                scoring_timeout: layer
-                    .scoring_timeout_ms
-                    .map_or(azure_limits.scoring_timeout, Duration::from_millis),
-                max_request_bytes: layer
-                    .max_request_bytes
-                    .unwrap_or(azure_limits.max_request_bytes),
-            },
+            // deploymentconfig.json's limits are a layer of `layer` already.
+            limits: ScoringLimits::default().overridden(
+                layer.max_concurrent_requests,
+                layer.max_queue_wait_ms,
+                layer.scoring_timeout_ms,
+                layer.max_request_bytes,
+            ),
             api_keys,
             default_model: layer.default_model,
             load_parallelism: layer.load_parallelism.unwrap_or(2),

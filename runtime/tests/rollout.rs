@@ -3,7 +3,7 @@
 //! restart that keeps everything, and an auth matrix over every route.
 
 use modelpod_scoring::v2::INFERENCE_HEADER_CONTENT_LENGTH;
-use modelpod_tests::process::{RouterBuilder, RouterProcess, free_port, http};
+use modelpod_tests::process::{RouterBuilder, RouterProcess, free_port, http, serve_pid};
 use modelpod_tests::records::collected_records;
 use modelpod_tests::slow_infer_body;
 use serde_json::{Value, json};
@@ -599,24 +599,6 @@ fn exited(pid: u32) -> bool {
     }
 }
 
-/// The pid of the `modelpod serve` listening on `url`'s port.
-fn serve_pid(url: &str) -> u32 {
-    let port = url.rsplit(':').next().unwrap();
-    let needle = format!("--port\0{port}\0");
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline"))
-            && String::from_utf8_lossy(&cmdline).contains(&needle)
-            && String::from_utf8_lossy(&cmdline).contains("serve")
-        {
-            return pid;
-        }
-    }
-    panic!("no modelpod serve at {url}");
-}
-
 #[test]
 fn a_router_killed_outright_takes_its_replicas_along_and_restarts_with_its_last_change() {
     use reqwest::Method;
@@ -631,7 +613,8 @@ fn a_router_killed_outright_takes_its_replicas_along_and_restarts_with_its_last_
     );
     assert_eq!(status, 201, "{answer}");
     let ready = wait_ready(&router, "endpoints", "ep");
-    let replica = serve_pid(ready["versions"][0]["replicas"][0]["url"].as_str().unwrap());
+    let url = ready["versions"][0]["replicas"][0]["url"].as_str().unwrap();
+    let replica = serve_pid(url.rsplit(':').next().unwrap().parse().unwrap());
     let (status, _) = router.admin(
         Method::PATCH,
         "/modelpod/endpoints/ep",

@@ -2,7 +2,7 @@
 //! are `modelpod serve` child processes, driven over HTTP.
 
 use modelpod_scoring::v2::INFERENCE_HEADER_CONTENT_LENGTH;
-use modelpod_tests::process::{RouterBuilder, RouterProcess};
+use modelpod_tests::process::{RouterBuilder, RouterProcess, serve_pid};
 use modelpod_tests::records::{collected_records, files_under};
 use modelpod_tests::{post_json, slow_infer_body};
 use serde_json::{Value, json};
@@ -175,23 +175,6 @@ fn replicas_scale_up_under_load_and_down_after_the_window_within_min_and_max() {
         "scaled down after only {back_to_min:?} of a 3 s window"
     );
     assert!(lowest >= 1);
-}
-
-/// The pid of the `modelpod serve` listening on `port`, from /proc.
-fn serve_pid(port: u16) -> u32 {
-    let needle = format!("--port\0{port}\0");
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline"))
-            && String::from_utf8_lossy(&cmdline).contains(&needle)
-            && String::from_utf8_lossy(&cmdline).contains("serve")
-        {
-            return pid;
-        }
-    }
-    panic!("no modelpod serve on port {port}");
 }
 
 #[test]

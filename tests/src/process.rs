@@ -20,6 +20,23 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The pid of the `modelpod serve` listening on `port` (a router's replica), from /proc.
+pub fn serve_pid(port: u16) -> u32 {
+    let needle = format!("--port\0{port}\0");
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline"))
+            && String::from_utf8_lossy(&cmdline).contains(&needle)
+            && String::from_utf8_lossy(&cmdline).contains("serve")
+        {
+            return pid;
+        }
+    }
+    panic!("no modelpod serve on port {port}");
+}
+
 /// Sends SIGTERM, waits up to `grace` for the process to exit, then kills it.
 pub fn terminate(child: &mut Child, grace: Duration) {
     let _ = Command::new("kill")

@@ -1,24 +1,23 @@
 //! The real `modelpod` binary: it reports its bound address, and on SIGTERM stops accepting
 //! while finishing the request it already accepted, then exits cleanly.
 
+use modelpod_scoring::v2::INFERENCE_HEADER_CONTENT_LENGTH;
 use modelpod_tests::process::ServeBuilder;
+use modelpod_tests::slow_infer_body;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn slow_request(address: &str, rows: usize, sent: impl FnOnce()) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
-    let values: Vec<String> = std::iter::repeat_n("0.5".to_string(), rows * 256).collect();
-    let body = format!(
-        r#"{{"inputs":[{{"name":"x","shape":[{rows},256],"datatype":"FP32","data":[{}]}}],"outputs":[{{"name":"y","parameters":{{"binary_data":true}}}}]}}"#,
-        values.join(",")
-    );
+    let (header_len, body) = slow_infer_body(rows);
     let mut stream = std::net::TcpStream::connect(address)?;
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
     write!(
         stream,
-        "POST /v2/models/slow/infer HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST /v2/models/slow/infer HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/octet-stream\r\n{INFERENCE_HEADER_CONTENT_LENGTH}: {header_len}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     )?;
+    stream.write_all(&body)?;
     sent();
     let mut response = Vec::new();
     stream.read_to_end(&mut response)?;

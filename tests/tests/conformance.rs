@@ -2,10 +2,10 @@
 //! reference outputs from ONNX Runtime in Python, within the tolerance stated in
 //! `modelpod_tests::ABS_TOLERANCE` / `REL_TOLERANCE`.
 //!
-//! One test per engine and model, named `ENGINE::SUITE_MODEL`, so `cargo test ort_cpu::` runs
-//! one engine and `cargo test minilm` one model everywhere. Each engine's known gaps are
-//! declared beside it; a gap's test passes while the gap holds and fails once the engine
-//! handles the model, so the list cannot go stale.
+//! One test per engine and model, named `ENGINE::SUITE_MODEL`, so
+//! `cargo test -p modelpod-tests --test conformance ort_cpu::` runs one engine and `... minilm`
+//! one model everywhere. Each engine's known gaps are declared beside it; a gap's test passes
+//! while the gap holds and fails once the engine handles the model, so the list cannot go stale.
 //!
 //! tract and ONNX Runtime on the CPU always run (ONNX Runtime's library must be installed when
 //! `MODELPOD_TEST_REQUIRE_ORT=1`). ONNX Runtime CUDA and tract CUDA run on cuda:0 when the

@@ -198,10 +198,6 @@ impl RouterProcess {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("router.log")).unwrap_or_default()
     }

@@ -17,6 +17,11 @@ pub enum ApiError {
         limit: usize,
     },
     NotFound(String),
+    /// The caller may be who it says, but this route is switched off for everyone (repository
+    /// control without `--model-control-mode explicit`): 403.
+    Forbidden(String),
+    /// The client did not send its whole body in time: 408.
+    RequestTimeout(String),
     /// The router's replica failed the request after it was sent (it died, or answered
     /// nonsense): 502.
     BadGateway(String),
@@ -40,6 +45,8 @@ impl ApiError {
             ApiError::Unauthorized => "Unauthorized",
             ApiError::PayloadTooLarge { .. } => "PayloadTooLarge",
             ApiError::NotFound(_) => "NotFound",
+            ApiError::Forbidden(_) => "Forbidden",
+            ApiError::RequestTimeout(_) => "RequestTimeout",
             ApiError::BadGateway(_) => "BadGateway",
             ApiError::Conflict(_) => "Conflict",
             ApiError::Internal(_) => "InternalError",
@@ -59,6 +66,8 @@ impl fmt::Display for ApiError {
                 write!(f, "the request body exceeds the limit of {limit} bytes")
             }
             ApiError::NotFound(what)
+            | ApiError::Forbidden(what)
+            | ApiError::RequestTimeout(what)
             | ApiError::BadGateway(what)
             | ApiError::Conflict(what)
             | ApiError::Internal(what) => write!(f, "{what}"),
@@ -89,6 +98,8 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -100,6 +111,10 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(self.status_code());
         if matches!(self, ApiError::Unauthorized) {
             response.insert_header(("WWW-Authenticate", "Bearer"));
+        }
+        // The rest of a body that stalled cannot be told from the next request.
+        if matches!(self, ApiError::RequestTimeout(_)) {
+            response.force_close();
         }
         response.json(json!({ "error": message, "message": message, "error_type": self.kind() }))
     }
@@ -121,6 +136,8 @@ mod tests {
             (ScoringError::Engine("x".into()).into(), 500),
             (ApiError::Unauthorized, 401),
             (ApiError::PayloadTooLarge { limit: 1 }, 413),
+            (ApiError::Forbidden("x".into()), 403),
+            (ApiError::RequestTimeout("x".into()), 408),
             (ApiError::BadGateway("x".into()), 502),
             (ApiError::Conflict("x".into()), 409),
             (ApiError::Internal("x".into()), 500),

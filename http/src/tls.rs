@@ -48,26 +48,42 @@ pub fn server_config(certificate: &Path, key: &Path) -> Result<ServerConfig, Tls
         .map_err(|e| TlsError::Config(format!("certificate and key do not match: {e}")))
 }
 
-/// The plain-HTTP answer of a redirect-only listener: 308 to the same path on `https_port`.
+/// Where a redirect-only listener sends its callers.
+#[derive(Debug, Clone)]
+pub struct RedirectTarget {
+    pub https_port: u16,
+    /// The name clients should use (`--public-host`); without it, the address the connection
+    /// came in on. Never the request's Host header, which would make this an open redirect.
+    pub public_host: Option<String>,
+}
+
+/// The plain-HTTP answer of a redirect-only listener: 308 to the same path over HTTPS.
 pub async fn redirect_to_https(
     request: actix_web::HttpRequest,
-    https_port: actix_web::web::Data<u16>,
+    target: actix_web::web::Data<RedirectTarget>,
 ) -> actix_web::HttpResponse {
-    let host = request.connection_info().host().to_string();
-    // The Host header's name without its port.
-    let name = match host.rsplit_once(':') {
-        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name.to_string(),
-        _ => host,
+    let host = match &target.public_host {
+        Some(host) => host.clone(),
+        None => match request.app_config().local_addr().ip() {
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        },
     };
     let path = request
         .uri()
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_string();
+    // Only an absolute path: `//evil.example` after the authority would name another host.
+    let path = if path.starts_with('/') && !path.starts_with("//") {
+        path
+    } else {
+        "/".to_string()
+    };
     actix_web::HttpResponse::PermanentRedirect()
         .insert_header((
             actix_web::http::header::LOCATION,
-            format!("https://{name}:{}{path}", https_port.get_ref()),
+            format!("https://{host}:{}{path}", target.https_port),
         ))
         .finish()
 }
@@ -75,6 +91,40 @@ pub async fn redirect_to_https(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[actix_web::test]
+    async fn redirects_ignore_the_host_header() {
+        let request = actix_web::test::TestRequest::get()
+            .uri("/api/v1/service/iris/score?x=1")
+            .insert_header(("Host", "evil.example"))
+            .to_http_request();
+        let target = |public_host: Option<&str>| {
+            actix_web::web::Data::new(RedirectTarget {
+                https_port: 8443,
+                public_host: public_host.map(String::from),
+            })
+        };
+        let location = |response: actix_web::HttpResponse| {
+            response
+                .headers()
+                .get(actix_web::http::header::LOCATION)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_string()
+        };
+        let own = location(redirect_to_https(request.clone(), target(None)).await);
+        assert!(!own.contains("evil"), "{own}");
+        assert!(
+            own.ends_with(":8443/api/v1/service/iris/score?x=1"),
+            "{own}"
+        );
+        let public = location(redirect_to_https(request, target(Some("ml.example.com"))).await);
+        assert_eq!(
+            public,
+            "https://ml.example.com:8443/api/v1/service/iris/score?x=1"
+        );
+    }
 
     #[test]
     fn unreadable_or_mismatched_files_say_which() {

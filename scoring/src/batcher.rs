@@ -406,7 +406,15 @@ fn run_batch(shared: &Shared, backend: &mut dyn Backend, mut batch: Vec<Pending<
     let compute_time = started.elapsed();
     let outputs = match result {
         Ok(outputs) => outputs,
-        Err(e) => return answer_all(batch, e.into()),
+        // One request's input can fail a whole batch (a token id past the vocabulary, lengths
+        // that disagree): each runs again alone, so only the one at fault fails.
+        Err(_) if batch.len() > 1 => {
+            for pending in batch {
+                run_batch(shared, backend, vec![pending]);
+            }
+            return;
+        }
+        Err(e) => return answer_all(batch, run_failure(e)),
     };
     if batch.len() == 1 {
         let p = batch.pop().expect("one");
@@ -444,6 +452,18 @@ fn run_batch(shared: &Shared, backend: &mut dyn Backend, mut batch: Vec<Pending<
             })
             .map_err(|e| ScoringError::Engine(e.to_string())),
         );
+    }
+}
+
+/// An engine that fails on one request's input, which passed the signature's checks (names,
+/// types, shapes), failed on what the input holds: the client's to fix, 422 with the
+/// engine's reason.
+fn run_failure(e: modelpod_accel::EngineError) -> ScoringError {
+    match e {
+        modelpod_accel::EngineError::Run(reason) => {
+            ScoringError::InvalidInput(format!("the model cannot run on this input: {reason}"))
+        }
+        other => other.into(),
     }
 }
 
@@ -588,6 +608,54 @@ mod tests {
                 .collect();
             Ok(vec![Tensor::new(t.shape().to_vec(), tagged).unwrap()])
         }
+    }
+
+    /// Fails any batch that holds a negative value, as an engine fails on an out-of-range
+    /// token id.
+    struct PickyBackend;
+
+    impl Backend for PickyBackend {
+        fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, modelpod_accel::EngineError> {
+            if inputs[0].data().to_f64_vec().iter().any(|x| *x < 0.0) {
+                return Err(modelpod_accel::EngineError::Run(
+                    "indices element out of data bounds".into(),
+                ));
+            }
+            Ok(inputs)
+        }
+    }
+
+    #[test]
+    fn a_bad_input_fails_alone_not_the_batch_it_shared() {
+        let batcher = Batcher::start(
+            "test",
+            vec![],
+            policy(8, 50, &[]),
+            vec![Box::new(PickyBackend) as Box<dyn Backend>],
+        );
+        let row = |x: f32| Tensor::new(vec![1, 2], vec![x, x]).unwrap();
+        let replies: Vec<_> = [1.0, -1.0, 2.0]
+            .into_iter()
+            .map(|x| batcher.submit(vec![row(x)], None).unwrap())
+            .collect();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let answers: Vec<_> = replies
+            .into_iter()
+            .map(|reply| runtime.block_on(reply).unwrap())
+            .collect();
+        assert!(answers[0].is_ok() && answers[2].is_ok());
+        match &answers[1] {
+            Err(ScoringError::InvalidInput(reason)) => {
+                assert!(reason.contains("out of data bounds"), "{reason}")
+            }
+            other => panic!("{:?}", other.as_ref().err()),
+        }
+        assert_eq!(
+            answers[2].as_ref().unwrap().outputs[0].data().to_f64_vec(),
+            [2.0, 2.0]
+        );
     }
 
     #[test]

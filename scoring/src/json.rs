@@ -8,129 +8,355 @@ use serde_json::{Number, Value};
 /// to `dtype`. A bare scalar has shape `[]`. Ragged arrays, non-numbers and values that do
 /// not fit `dtype` are errors naming the first offending position.
 pub fn flatten(value: &Value, dtype: DataType) -> Result<(Vec<usize>, TensorData), String> {
-    let mut shape = Vec::new();
-    let mut probe = value;
-    while let Value::Array(items) = probe {
-        shape.push(items.len());
-        match items.first() {
-            Some(first) => probe = first,
-            None => break,
-        }
+    let mut flattener = Flattener::new(dtype);
+    match serde::de::DeserializeSeed::deserialize(Level::top(&mut flattener), value) {
+        Ok(()) => flattener.finish(),
+        Err(e) => Err(flattener.error.take().unwrap_or_else(|| e.to_string())),
     }
-    let count: usize = shape.iter().product();
-    let mut leaves = Vec::with_capacity(count);
-    collect_leaves(value, &shape, 0, &mut leaves)?;
-    let data = convert(&leaves, dtype)?;
-    Ok((shape, data))
 }
 
-fn collect_leaves<'v>(
-    value: &'v Value,
-    shape: &[usize],
+/// Why JSON text did not become a tensor.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FlattenError {
+    /// Not JSON at all: a bad request.
+    Syntax(String),
+    /// JSON, but not a rectangular array of `dtype` values: invalid input.
+    Content(String),
+}
+
+/// [`flatten`] straight from JSON text, in one pass with no tree in between: memory is the
+/// typed buffer alone, whatever the nesting.
+pub fn flatten_slice(
+    text: &[u8],
+    dtype: DataType,
+) -> Result<(Vec<usize>, TensorData), FlattenError> {
+    let mut flattener = Flattener::new(dtype);
+    let mut deserializer = serde_json::Deserializer::from_slice(text);
+    let parsed =
+        serde::de::DeserializeSeed::deserialize(Level::top(&mut flattener), &mut deserializer)
+            .and_then(|()| deserializer.end());
+    match parsed {
+        Ok(()) => flattener.finish().map_err(FlattenError::Content),
+        Err(e) => Err(match flattener.error.take() {
+            Some(content) => FlattenError::Content(content),
+            None => FlattenError::Syntax(e.to_string()),
+        }),
+    }
+}
+
+/// The state of one flattening: the shape found so far and the typed leaves.
+struct Flattener {
+    dtype: DataType,
+    /// Each depth's length, known once the first array at that depth has ended.
+    dims: Vec<Option<usize>>,
+    /// The depth scalars sit at, once one has been seen.
+    leaf_depth: Option<usize>,
+    data: TensorData,
+    /// The first content error, kept whole (serde would append a position to it).
+    error: Option<String>,
+}
+
+/// One JSON leaf as the parser saw it.
+#[derive(Clone, Copy)]
+enum Leaf<'a> {
+    Unsigned(u64),
+    Signed(i64),
+    Float(f64),
+    Bool(bool),
+    Other(&'a str),
+}
+
+impl Leaf<'_> {
+    fn shown(&self) -> String {
+        match self {
+            Leaf::Unsigned(u) => u.to_string(),
+            Leaf::Signed(i) => i.to_string(),
+            Leaf::Float(f) => f.to_string(),
+            Leaf::Bool(b) => b.to_string(),
+            Leaf::Other(text) if text.len() > 40 => format!("{}...", &text[..40]),
+            Leaf::Other(text) => text.to_string(),
+        }
+    }
+
+    /// An integer as i128 (so u64 and i64 both fit); floats with no fractional part are
+    /// accepted, as Python clients often send `1.0` for 1.
+    fn integer(self) -> Option<i128> {
+        match self {
+            Leaf::Unsigned(u) => Some(u as i128),
+            Leaf::Signed(i) => Some(i as i128),
+            Leaf::Float(f) => (f.fract() == 0.0 && f.abs() < 9.0e15).then_some(f as i128),
+            _ => None,
+        }
+    }
+
+    fn float(self) -> Option<f64> {
+        match self {
+            Leaf::Unsigned(u) => Some(u as f64),
+            Leaf::Signed(i) => Some(i as f64),
+            Leaf::Float(f) => Some(f),
+            _ => None,
+        }
+    }
+}
+
+fn empty_data(dtype: DataType) -> TensorData {
+    match dtype {
+        DataType::Bool => TensorData::Bool(Vec::new()),
+        DataType::Uint8 => TensorData::Uint8(Vec::new()),
+        DataType::Uint16 => TensorData::Uint16(Vec::new()),
+        DataType::Uint32 => TensorData::Uint32(Vec::new()),
+        DataType::Uint64 => TensorData::Uint64(Vec::new()),
+        DataType::Int8 => TensorData::Int8(Vec::new()),
+        DataType::Int16 => TensorData::Int16(Vec::new()),
+        DataType::Int32 => TensorData::Int32(Vec::new()),
+        DataType::Int64 => TensorData::Int64(Vec::new()),
+        DataType::Fp32 => TensorData::Fp32(Vec::new()),
+        DataType::Fp64 => TensorData::Fp64(Vec::new()),
+    }
+}
+
+impl Flattener {
+    fn new(dtype: DataType) -> Flattener {
+        Flattener {
+            dtype,
+            dims: Vec::new(),
+            leaf_depth: None,
+            data: empty_data(dtype),
+            error: None,
+        }
+    }
+
+    fn fail<E: serde::de::Error>(&mut self, message: String) -> E {
+        let error = E::custom(&message);
+        self.error.get_or_insert(message);
+        error
+    }
+
+    fn enter<E: serde::de::Error>(&mut self, depth: usize) -> Result<(), E> {
+        if self.leaf_depth.is_some_and(|leaf| depth >= leaf) {
+            return Err(self.fail(format!("ragged array: unexpected nesting at depth {depth}")));
+        }
+        if self.dims.len() == depth {
+            self.dims.push(None);
+        }
+        Ok(())
+    }
+
+    fn element<E: serde::de::Error>(&mut self, depth: usize, count: usize) -> Result<(), E> {
+        match self.dims[depth] {
+            Some(len) if count > len => Err(self.fail(format!(
+                "ragged array: dimension {depth} has more than {len} elements where {len} were expected"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    fn leave<E: serde::de::Error>(&mut self, depth: usize, count: usize) -> Result<(), E> {
+        match self.dims[depth] {
+            None => {
+                self.dims[depth] = Some(count);
+                Ok(())
+            }
+            Some(len) if len != count => Err(self.fail(format!(
+                "ragged array: dimension {depth} has {count} elements where {len} were expected"
+            ))),
+            Some(_) => Ok(()),
+        }
+    }
+
+    fn leaf<E: serde::de::Error>(&mut self, depth: usize, leaf: Leaf<'_>) -> Result<(), E> {
+        match self.leaf_depth {
+            None if self.dims.len() > depth => {
+                return Err(self.fail(format!(
+                    "ragged array: a scalar at depth {depth} where an array was expected"
+                )));
+            }
+            None => self.leaf_depth = Some(depth),
+            Some(leaf) if leaf != depth => {
+                return Err(self.fail(format!(
+                    "ragged array: a scalar at depth {depth} where an array was expected"
+                )));
+            }
+            Some(_) => {}
+        }
+        if self.push(leaf).is_none() {
+            let message = format!(
+                "element {} ({}) is not a valid {} value",
+                self.data.len(),
+                leaf.shown(),
+                self.dtype
+            );
+            return Err(self.fail(message));
+        }
+        Ok(())
+    }
+
+    /// Converts and appends one leaf; `None` when it does not fit the type.
+    fn push(&mut self, leaf: Leaf<'_>) -> Option<()> {
+        macro_rules! int {
+            ($v:expr, $t:ty) => {
+                $v.push(<$t>::try_from(leaf.integer()?).ok()?)
+            };
+        }
+        match &mut self.data {
+            TensorData::Bool(v) => v.push(match leaf {
+                Leaf::Bool(b) => b,
+                Leaf::Unsigned(0) => false,
+                Leaf::Unsigned(1) => true,
+                _ => return None,
+            }),
+            TensorData::Uint8(v) => int!(v, u8),
+            TensorData::Uint16(v) => int!(v, u16),
+            TensorData::Uint32(v) => int!(v, u32),
+            TensorData::Uint64(v) => int!(v, u64),
+            TensorData::Int8(v) => int!(v, i8),
+            TensorData::Int16(v) => int!(v, i16),
+            TensorData::Int32(v) => int!(v, i32),
+            TensorData::Int64(v) => int!(v, i64),
+            // A number beyond FP32's range would silently become infinity.
+            TensorData::Fp32(v) => v.push(Some(leaf.float()? as f32).filter(|x| x.is_finite())?),
+            TensorData::Fp64(v) => v.push(leaf.float()?),
+        }
+        Some(())
+    }
+
+    fn finish(self) -> Result<(Vec<usize>, TensorData), String> {
+        let shape = self.dims.into_iter().map(|d| d.unwrap_or(0)).collect();
+        Ok((shape, self.data))
+    }
+}
+
+/// One nesting level of the array being flattened, as a serde seed.
+struct Level<'f> {
+    flattener: &'f mut Flattener,
     depth: usize,
-    out: &mut Vec<&'v Value>,
-) -> Result<(), String> {
-    match (value, shape.get(depth)) {
-        (Value::Array(items), Some(&len)) => {
-            if items.len() != len {
-                return Err(format!(
-                    "ragged array: dimension {depth} has {} elements where {len} were expected",
-                    items.len()
-                ));
-            }
-            for item in items {
-                collect_leaves(item, shape, depth + 1, out)?;
-            }
-            Ok(())
+}
+
+impl<'f> Level<'f> {
+    fn top(flattener: &'f mut Flattener) -> Level<'f> {
+        Level {
+            flattener,
+            depth: 0,
         }
-        (Value::Array(_), None) => {
-            Err(format!("ragged array: unexpected nesting at depth {depth}"))
-        }
-        (leaf, None) => {
-            out.push(leaf);
-            Ok(())
-        }
-        (_, Some(_)) => Err(format!(
-            "ragged array: a scalar at depth {depth} where an array was expected"
-        )),
     }
 }
 
-fn convert(leaves: &[&Value], dtype: DataType) -> Result<TensorData, String> {
-    fn bad(i: usize, v: &Value, dtype: DataType) -> String {
-        let shown = v.to_string();
-        let shown = if shown.len() > 40 {
-            format!("{}...", &shown[..40])
-        } else {
-            shown
-        };
-        format!("element {i} ({shown}) is not a valid {dtype} value")
+impl<'de> serde::de::DeserializeSeed<'de> for Level<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
     }
-    macro_rules! ints {
-        ($t:ty, $var:ident) => {
-            TensorData::$var(
-                leaves
-                    .iter()
-                    .enumerate()
-                    .map(|(i, v)| {
-                        int_of(v)
-                            .and_then(|x| <$t>::try_from(x).ok())
-                            .ok_or_else(|| bad(i, v, dtype))
-                    })
-                    .collect::<Result<_, _>>()?,
-            )
-        };
-    }
-    Ok(match dtype {
-        DataType::Bool => TensorData::Bool(
-            leaves
-                .iter()
-                .enumerate()
-                .map(|(i, v)| match v {
-                    Value::Bool(b) => Ok(*b),
-                    Value::Number(n) if n.as_u64() == Some(0) => Ok(false),
-                    Value::Number(n) if n.as_u64() == Some(1) => Ok(true),
-                    _ => Err(bad(i, v, dtype)),
-                })
-                .collect::<Result<_, _>>()?,
-        ),
-        DataType::Uint8 => ints!(u8, Uint8),
-        DataType::Uint16 => ints!(u16, Uint16),
-        DataType::Uint32 => ints!(u32, Uint32),
-        DataType::Uint64 => ints!(u64, Uint64),
-        DataType::Int8 => ints!(i8, Int8),
-        DataType::Int16 => ints!(i16, Int16),
-        DataType::Int32 => ints!(i32, Int32),
-        DataType::Int64 => ints!(i64, Int64),
-        DataType::Fp32 => TensorData::Fp32(
-            leaves
-                .iter()
-                .enumerate()
-                .map(|(i, v)| v.as_f64().map(|x| x as f32).ok_or_else(|| bad(i, v, dtype)))
-                .collect::<Result<_, _>>()?,
-        ),
-        DataType::Fp64 => TensorData::Fp64(
-            leaves
-                .iter()
-                .enumerate()
-                .map(|(i, v)| v.as_f64().ok_or_else(|| bad(i, v, dtype)))
-                .collect::<Result<_, _>>()?,
-        ),
-    })
 }
 
-/// An integer JSON number as i128 (so u64 and i64 both fit); floats with no fractional part
-/// are accepted, as Python clients often send `1.0` for 1.
-fn int_of(v: &Value) -> Option<i128> {
-    let Value::Number(n) = v else { return None };
-    if let Some(i) = n.as_i64() {
-        return Some(i as i128);
+impl<'de> serde::de::Visitor<'de> for Level<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a number or a nested array of numbers")
     }
-    if let Some(u) = n.as_u64() {
-        return Some(u as i128);
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let Level { flattener, depth } = self;
+        flattener.enter(depth)?;
+        let mut count = 0;
+        while seq
+            .next_element_seed(Level {
+                flattener: &mut *flattener,
+                depth: depth + 1,
+            })?
+            .is_some()
+        {
+            count += 1;
+            flattener.element(depth, count)?;
+        }
+        flattener.leave(depth, count)
     }
-    let f = n.as_f64()?;
-    (f.fract() == 0.0 && f.abs() < 9.0e15).then_some(f as i128)
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<(), E> {
+        self.flattener.leaf(self.depth, Leaf::Unsigned(v))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<(), E> {
+        self.flattener.leaf(self.depth, Leaf::Signed(v))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<(), E> {
+        self.flattener.leaf(self.depth, Leaf::Float(v))
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<(), E> {
+        self.flattener.leaf(self.depth, Leaf::Bool(v))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(), E> {
+        self.flattener
+            .leaf(self.depth, Leaf::Other(&format!("{v:?}")))
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        self.flattener.leaf(self.depth, Leaf::Other("null"))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, _map: A) -> Result<(), A::Error> {
+        Err(self.flattener.fail(format!(
+            "element {} (an object) is not a valid {} value",
+            self.flattener.data.len(),
+            self.flattener.dtype
+        )))
+    }
+}
+
+/// A tensor's elements serialised as one flat JSON array (the v2 form) straight from its
+/// buffer; non-finite floats become null, as in [`to_flat_json`].
+pub struct FlatData<'a>(pub &'a TensorData);
+
+impl serde::Serialize for FlatData<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        modelpod_accel::with_tensor_data!(self.0, v => serializer.collect_seq(v.iter()))
+    }
+}
+
+/// A tensor serialised as nested JSON arrays following its shape (the Azure form), straight
+/// from its buffer.
+pub struct NestedTensor<'a>(pub &'a Tensor);
+
+impl serde::Serialize for NestedTensor<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let shape = self.0.shape();
+        modelpod_accel::with_tensor_data!(self.0.data(), v => Nested { values: v.as_slice(), shape }.serialize(serializer))
+    }
+}
+
+struct Nested<'a, T> {
+    values: &'a [T],
+    shape: &'a [usize],
+}
+
+impl<T: serde::Serialize> serde::Serialize for Nested<'_, T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        match self.shape.split_first() {
+            None => match self.values.first() {
+                Some(value) => value.serialize(serializer),
+                None => serializer.serialize_unit(),
+            },
+            Some((&len, [])) => serializer.collect_seq(self.values.iter().take(len)),
+            Some((&len, rest)) => {
+                let stride: usize = rest.iter().product();
+                let mut seq = serializer.serialize_seq(Some(len))?;
+                for row in 0..len {
+                    let start = (row * stride).min(self.values.len());
+                    let end = (start + stride).min(self.values.len());
+                    seq.serialize_element(&Nested {
+                        values: &self.values[start..end],
+                        shape: rest,
+                    })?;
+                }
+                seq.end()
+            }
+        }
+    }
 }
 
 /// The tensor's elements as one flat JSON array (the v2 form).
@@ -229,6 +455,76 @@ mod tests {
         assert_eq!(
             flatten(&json!([u64::MAX]), DataType::Uint64).unwrap().1,
             TensorData::Uint64(vec![u64::MAX])
+        );
+    }
+
+    #[test]
+    fn streaming_and_tree_flattening_agree_and_say_the_same() {
+        let cases = [
+            ("[[1, 2, 3], [4, 5, 6]]", DataType::Fp32),
+            ("[[1, 2], [3]]", DataType::Fp32),
+            ("[[1, 2], 3]", DataType::Fp32),
+            ("[1, [2]]", DataType::Fp32),
+            ("[[[1]], [[2]]]", DataType::Int64),
+            ("[\"a\"]", DataType::Fp32),
+            ("[[1e39, 1, 1, 1]]", DataType::Fp32),
+            ("[1.5]", DataType::Int64),
+            ("[300]", DataType::Uint8),
+            ("[{}]", DataType::Fp32),
+            ("[null]", DataType::Fp64),
+            ("[[], []]", DataType::Fp32),
+            ("7", DataType::Int64),
+            ("[true, 0]", DataType::Bool),
+        ];
+        for (text, dtype) in cases {
+            let value: Value = serde_json::from_str(text).unwrap();
+            let tree = flatten(&value, dtype);
+            let streamed = flatten_slice(text.as_bytes(), dtype).map_err(|e| match e {
+                FlattenError::Content(e) => e,
+                FlattenError::Syntax(e) => panic!("{text}: {e}"),
+            });
+            assert_eq!(tree, streamed, "{text}");
+        }
+        assert!(matches!(
+            flatten_slice(b"[1, 2", DataType::Fp32),
+            Err(FlattenError::Syntax(_))
+        ));
+        assert!(matches!(
+            flatten_slice(b"[1, 2] x", DataType::Fp32),
+            Err(FlattenError::Syntax(_))
+        ));
+        assert_eq!(
+            flatten_slice(b"[[], []]", DataType::Fp32).unwrap().0,
+            vec![2, 0]
+        );
+    }
+
+    #[test]
+    fn a_number_beyond_the_type_is_refused_not_made_infinite() {
+        let error = flatten(&json!([[1e39, 1, 1, 1]]), DataType::Fp32).unwrap_err();
+        assert!(
+            error.contains("element 0") && error.contains("FP32"),
+            "{error}"
+        );
+        assert!(flatten(&json!([3.4e38]), DataType::Fp32).is_ok());
+        assert!(flatten(&json!([1e300]), DataType::Fp64).is_ok());
+    }
+
+    #[test]
+    fn serialised_tensors_match_the_tree_forms() {
+        let t = Tensor::new(vec![2, 3], vec![1.5f32, 2.0, f32::NAN, 4.0, 5.0, 6.0]).unwrap();
+        assert_eq!(
+            serde_json::to_value(NestedTensor(&t)).unwrap(),
+            to_nested_json(&t)
+        );
+        assert_eq!(
+            serde_json::to_value(FlatData(t.data())).unwrap(),
+            to_flat_json(t.data())
+        );
+        let scalar = Tensor::new(vec![], vec![3i64]).unwrap();
+        assert_eq!(
+            serde_json::to_value(NestedTensor(&scalar)).unwrap(),
+            json!(3)
         );
     }
 

@@ -6,8 +6,48 @@ use crate::error::ScoringError;
 use crate::json;
 use crate::manifest::{PostStep, PreStep, ScoreSection};
 use modelpod_accel::{DataType, Signature, Tensor, TensorData, TensorSpec};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
+use std::collections::BTreeMap;
 use std::path::Path;
+
+/// A tensor's JSON text as shape and typed values: text that is not JSON (nesting past
+/// the parser's limit) is a bad request, JSON that is no tensor of `dtype` invalid input.
+fn flatten(
+    text: &RawValue,
+    dtype: DataType,
+    what: impl Fn() -> String,
+) -> Result<(Vec<usize>, TensorData), ScoringError> {
+    json::flatten_slice(text.get().as_bytes(), dtype).map_err(|e| match e {
+        json::FlattenError::Syntax(e) => ScoringError::BadRequest(format!(
+            "the request body is not valid JSON: {}: {e}",
+            what()
+        )),
+        json::FlattenError::Content(e) => ScoringError::InvalidInput(format!("{}: {e}", what())),
+    })
+}
+
+/// The `/score` reply: serialised from the output tensors' buffers, or the JSON a
+/// post-processing step built (labels, top-k objects: small by nature).
+pub enum Reply<'a> {
+    Value(Value),
+    Tensor(&'a Tensor),
+    Named(Vec<(&'a str, &'a Tensor)>),
+}
+
+impl serde::Serialize for Reply<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Reply::Value(value) => value.serialize(serializer),
+            Reply::Tensor(tensor) => json::NestedTensor(tensor).serialize(serializer),
+            Reply::Named(outputs) => serializer.collect_map(
+                outputs
+                    .iter()
+                    .map(|(name, tensor)| (*name, json::NestedTensor(tensor))),
+            ),
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct ScorePipeline {
@@ -150,26 +190,44 @@ impl ScorePipeline {
         Some(vec![dims.iter().map(|d| d.unwrap_or(1)).product()])
     }
 
-    /// Decodes an Azure scoring body into input tensors in signature order.
-    pub fn decode(&self, body: &Value) -> Result<Vec<Tensor>, ScoringError> {
+    /// Decodes an Azure scoring body (`{"data": ...}`, other fields ignored) into input
+    /// tensors in signature order, each parsed from its JSON text straight into its typed
+    /// buffer: no JSON tree is built, so memory stays near the body's size.
+    pub fn decode_json(&self, body: &[u8]) -> Result<Vec<Tensor>, ScoringError> {
+        #[derive(serde::Deserialize)]
+        struct AzureBody<'a> {
+            #[serde(borrow)]
+            data: Option<&'a RawValue>,
+        }
+        let not_an_object = || {
+            ScoringError::BadRequest(
+                "the request body must be a JSON object with a \"data\" field".into(),
+            )
+        };
+        // serde would take `[x]` for the struct too; Azure's body is an object.
+        let opens_object = body
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|b| *b == b'{');
+        let body: AzureBody = serde_json::from_slice(body).map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => not_an_object(),
+            _ => ScoringError::BadRequest(format!("the request body is not valid JSON: {e}")),
+        })?;
         let data = body
-            .as_object()
-            .and_then(|o| o.get("data"))
-            .ok_or_else(|| {
-                ScoringError::BadRequest(
-                    "the request body must be a JSON object with a \"data\" field".into(),
-                )
-            })?;
+            .data
+            .filter(|_| opens_object)
+            .ok_or_else(not_an_object)?;
         let tensors = if self.inputs.len() == 1 {
             vec![self.decode_single(data)?]
         } else {
-            let fields = data.as_object().ok_or_else(|| {
-                ScoringError::InvalidInput(format!(
-                    "this model has {} inputs ({}): \"data\" must be an object keyed by input name",
-                    self.inputs.len(),
-                    self.input_names()
-                ))
-            })?;
+            let fields: BTreeMap<String, &RawValue> =
+                serde_json::from_str(data.get()).map_err(|_| {
+                    ScoringError::InvalidInput(format!(
+                        "this model has {} inputs ({}): \"data\" must be an object keyed by input name",
+                        self.inputs.len(),
+                        self.input_names()
+                    ))
+                })?;
             if let Some(unknown) = fields
                 .keys()
                 .find(|k| !self.inputs.iter().any(|s| &s.name == *k))
@@ -188,9 +246,8 @@ impl ScorePipeline {
                             spec.name
                         ))
                     })?;
-                    let (shape, values) = json::flatten(value, spec.dtype).map_err(|e| {
-                        ScoringError::InvalidInput(format!("input \"{}\": {e}", spec.name))
-                    })?;
+                    let (shape, values) =
+                        flatten(value, spec.dtype, || format!("input \"{}\"", spec.name))?;
                     let tensor = Tensor::new(shape, values)?;
                     self.check_shape(spec, &tensor)?;
                     Ok(tensor)
@@ -208,7 +265,7 @@ impl ScorePipeline {
         Ok(tensors)
     }
 
-    fn decode_single(&self, data: &Value) -> Result<Tensor, ScoringError> {
+    fn decode_single(&self, data: &RawValue) -> Result<Tensor, ScoringError> {
         let spec = &self.inputs[0];
         // Parse straight into the model's type unless arithmetic comes first.
         let parse_as = match self.pre.first() {
@@ -222,8 +279,7 @@ impl ScorePipeline {
             }
             _ => spec.dtype,
         };
-        let (shape, values) = json::flatten(data, parse_as)
-            .map_err(|e| ScoringError::InvalidInput(format!("\"data\": {e}")))?;
+        let (shape, values) = flatten(data, parse_as, || "\"data\"".to_string())?;
         if self.batched && shape.is_empty() {
             return Err(ScoringError::InvalidInput(format!(
                 "\"data\" must be a list of rows, each of shape {}",
@@ -326,28 +382,28 @@ impl ScorePipeline {
     }
 
     /// Encodes model outputs (signature order) as the `/score` reply.
-    pub fn encode(&self, outputs: &[Tensor]) -> Result<Value, ScoringError> {
+    pub fn encode<'a>(&'a self, outputs: &'a [Tensor]) -> Result<Reply<'a>, ScoringError> {
         match self.selected_output {
             Some(i) => {
                 let tensor = outputs
                     .get(i)
                     .ok_or_else(|| ScoringError::Engine(format!("output {i} missing")))?;
-                Ok(self.post_process(tensor))
+                if self.post.is_empty() {
+                    return Ok(Reply::Tensor(tensor));
+                }
+                Ok(Reply::Value(self.post_process(tensor)))
             }
-            None => Ok(Value::Object(
+            None => Ok(Reply::Named(
                 self.outputs
                     .iter()
                     .zip(outputs)
-                    .map(|(spec, t)| (spec.name.clone(), json::to_nested_json(t)))
+                    .map(|(spec, t)| (spec.name.as_str(), t))
                     .collect(),
             )),
         }
     }
 
     fn post_process(&self, tensor: &Tensor) -> Value {
-        if self.post.is_empty() {
-            return json::to_nested_json(tensor);
-        }
         let shape = tensor.shape();
         let classes = shape.last().copied().unwrap_or(1).max(1);
         let mut values = tensor.data().to_f64_vec();
@@ -455,6 +511,16 @@ pub fn shape_text(dims: &[Option<usize>]) -> String {
 mod tests {
     use super::*;
 
+    impl ScorePipeline {
+        fn decode(&self, body: &Value) -> Result<Vec<Tensor>, ScoringError> {
+            self.decode_json(&serde_json::to_vec(body).unwrap())
+        }
+    }
+
+    fn encoded(reply: Reply<'_>) -> Value {
+        serde_json::to_value(reply).unwrap()
+    }
+
     fn spec(name: &str, dtype: DataType, dims: &[Option<usize>]) -> TensorSpec {
         TensorSpec {
             name: name.into(),
@@ -529,12 +595,12 @@ mod tests {
         .unwrap();
         let p = ScorePipeline::new(&section, &image_signature(), true, dir.path()).unwrap();
         assert_eq!(
-            p.encode(std::slice::from_ref(&scores)).unwrap(),
+            encoded(p.encode(std::slice::from_ref(&scores)).unwrap()),
             json!(["dog", "cat"])
         );
         let section: ScoreSection = toml::from_str(r#"post = [{ op = "topk", k = 2 }]"#).unwrap();
         let p = ScorePipeline::new(&section, &image_signature(), true, dir.path()).unwrap();
-        let out = p.encode(&[scores]).unwrap();
+        let out = encoded(p.encode(&[scores]).unwrap());
         assert_eq!(out[0][0]["index"], json!(1));
         assert_eq!(out[0][1]["index"], json!(2));
         assert_eq!(out[1].as_array().unwrap().len(), 2);
@@ -595,7 +661,7 @@ mod tests {
                 .is_err()
         );
         let y = Tensor::new(vec![1, 2], vec![1f32, 2.0]).unwrap();
-        let out = p.encode(&[y.clone(), y]).unwrap();
+        let out = encoded(p.encode(&[y.clone(), y]).unwrap());
         assert_eq!(out, json!({"y": [[1.0, 2.0]], "z": [[1.0, 2.0]]}));
     }
 }

@@ -6,7 +6,8 @@ use crate::error::ScoringError;
 use crate::json;
 use modelpod_accel::{DataType, Signature, Tensor, TensorData};
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
 
 /// The binary tensor data extension's header: the length of the JSON part of a body.
 pub const INFERENCE_HEADER_CONTENT_LENGTH: &str = "inference-header-content-length";
@@ -29,23 +30,27 @@ pub struct RequestedOutput {
 }
 
 #[derive(Deserialize)]
-struct RawRequest {
+struct RawRequest<'a> {
     id: Option<String>,
     #[serde(default)]
     parameters: Map<String, Value>,
-    inputs: Vec<RawInput>,
+    #[serde(borrow)]
+    inputs: Vec<RawInput<'a>>,
     #[serde(default)]
     outputs: Vec<RawOutput>,
 }
 
+/// A described tensor; its `data` is kept as text and parsed once the datatype is known
+/// (it may come before the datatype), straight into the typed buffer.
 #[derive(Deserialize)]
-struct RawInput {
+struct RawInput<'a> {
     name: String,
     shape: Vec<usize>,
     datatype: String,
     #[serde(default)]
     parameters: Map<String, Value>,
-    data: Option<Value>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -97,7 +102,7 @@ fn split_body(body: &[u8], json_len: Option<usize>) -> Result<(&[u8], &[u8]), Sc
 /// Tensors described in a header, their data inline or taken in order from `binary`, which
 /// they must use up exactly. `role` ("input", "output") names them in errors.
 fn decode_tensors(
-    described: Vec<RawInput>,
+    described: Vec<RawInput<'_>>,
     mut binary: &[u8],
     role: &str,
 ) -> Result<Vec<(String, Tensor)>, ScoringError> {
@@ -137,15 +142,21 @@ fn decode_tensors(
                 })?
             }
             None => {
-                let value = input.data.as_ref().ok_or_else(|| {
+                let text = input.data.ok_or_else(|| {
                     ScoringError::BadRequest(format!(
                         "{role} '{}' has neither data nor binary_data_size",
                         input.name
                     ))
                 })?;
-                json::flatten(value, dtype)
-                    .map_err(|e| {
-                        ScoringError::InvalidInput(format!("{role} '{}': {e}", input.name))
+                json::flatten_slice(text.get().as_bytes(), dtype)
+                    .map_err(|e| match e {
+                        json::FlattenError::Syntax(e) => ScoringError::BadRequest(format!(
+                            "malformed inference request: {role} '{}': {e}",
+                            input.name
+                        )),
+                        json::FlattenError::Content(e) => {
+                            ScoringError::InvalidInput(format!("{role} '{}': {e}", input.name))
+                        }
                     })?
                     .1
             }
@@ -215,35 +226,59 @@ pub fn encode_response(
     outputs: &[Tensor],
     selected: &[(usize, bool)],
 ) -> EncodedBody {
+    #[derive(serde::Serialize)]
+    struct Parameters {
+        binary_data_size: usize,
+    }
+    #[derive(serde::Serialize)]
+    struct Output<'a> {
+        name: &'a str,
+        datatype: &'a str,
+        shape: &'a [usize],
+        #[serde(skip_serializing_if = "Option::is_none")]
+        parameters: Option<Parameters>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        data: Option<json::FlatData<'a>>,
+    }
+    #[derive(serde::Serialize)]
+    struct Header<'a> {
+        model_name: &'a str,
+        model_version: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a str>,
+        outputs: Vec<Output<'a>>,
+    }
     let mut binary = Vec::new();
-    let encoded: Vec<Value> = selected
+    let encoded: Vec<Output> = selected
         .iter()
         .filter_map(|&(i, as_binary)| {
             let tensor = outputs.get(i)?;
-            let mut out = json!({
-                "name": signature.outputs[i].name,
-                "datatype": tensor.dtype().as_str(),
-                "shape": tensor.shape(),
-            });
+            let mut out = Output {
+                name: &signature.outputs[i].name,
+                datatype: tensor.dtype().as_str(),
+                shape: tensor.shape(),
+                parameters: None,
+                data: None,
+            };
             if as_binary {
                 let bytes = tensor.data().to_le_bytes();
-                out["parameters"] = json!({ "binary_data_size": bytes.len() });
+                out.parameters = Some(Parameters {
+                    binary_data_size: bytes.len(),
+                });
                 binary.extend_from_slice(&bytes);
             } else {
-                out["data"] = json::to_flat_json(tensor.data());
+                out.data = Some(json::FlatData(tensor.data()));
             }
             Some(out)
         })
         .collect();
-    let mut header = json!({
-        "model_name": model_name,
-        "model_version": model_version,
-        "outputs": encoded,
-    });
-    if let Some(id) = id.filter(|id| !id.is_empty()) {
-        header["id"] = Value::String(id.to_string());
-    }
-    let mut body = serde_json::to_vec(&header).expect("a JSON value serialises");
+    let header = Header {
+        model_name,
+        model_version,
+        id: id.filter(|id| !id.is_empty()),
+        outputs: encoded,
+    };
+    let mut body = serde_json::to_vec(&header).expect("plain structs serialise");
     if binary.is_empty() {
         return EncodedBody {
             body,
@@ -307,8 +342,9 @@ pub mod client {
     }
 
     #[derive(Deserialize)]
-    struct RawResponse {
-        outputs: Vec<RawInput>,
+    struct RawResponse<'a> {
+        #[serde(borrow)]
+        outputs: Vec<RawInput<'a>>,
     }
 
     /// The outputs of an infer response, JSON or binary, by name in the order they came.
@@ -327,6 +363,7 @@ pub mod client {
 mod tests {
     use super::*;
     use modelpod_accel::TensorSpec;
+    use serde_json::json;
 
     fn signature() -> Signature {
         let spec = |name: &str| TensorSpec {

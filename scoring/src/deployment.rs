@@ -1,8 +1,11 @@
 //! Azure Machine Learning's `deploymentconfig.json` (AKS web service), read field for field
 //! with Azure's defaults, and the scoring limits a container runs under. Fields modelpod does
-//! not act on yet are accepted and kept, so a file that deploys on Azure is never refused here.
+//! not act on yet are accepted and kept, so a file that deploys on Azure is never refused
+//! here; a field Azure does not know either is warned about, with the nearest valid name (a
+//! misspelt `maxConcurrentRequestsPerContainer` would otherwise fall back to 1 unseen).
 
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -103,6 +106,63 @@ pub struct DeploymentConfig {
     pub description: Option<String>,
     pub tags: Option<serde_json::Value>,
     pub properties: Option<serde_json::Value>,
+    #[serde(flatten)]
+    pub unknown: BTreeMap<String, serde_json::Value>,
+}
+
+/// Azure's AKS deployment configuration fields, at the top level and in its objects.
+const FIELDS: &[&str] = &[
+    "computeType",
+    "scoringTimeoutMs",
+    "maxConcurrentRequestsPerContainer",
+    "maxQueueWaitMs",
+    "authEnabled",
+    "tokenAuthEnabled",
+    "keys",
+    "numReplicas",
+    "autoScaler",
+    "containerResourceRequirements",
+    "livenessProbeRequirements",
+    "dataCollection",
+    "appInsightsEnabled",
+    "namespace",
+    "description",
+    "tags",
+    "properties",
+];
+const KEYS_FIELDS: &[&str] = &["primaryKey", "secondaryKey"];
+const AUTOSCALER_FIELDS: &[&str] = &[
+    "autoscaleEnabled",
+    "minReplicas",
+    "maxReplicas",
+    "refreshPeriodInSeconds",
+    "targetUtilization",
+];
+
+/// "`prefix.name` is not a deploymentconfig.json field (did you mean `…`?)" for each unknown.
+fn describe_unknown(
+    prefix: &str,
+    unknown: &BTreeMap<String, serde_json::Value>,
+    known: &[&str],
+) -> Vec<String> {
+    unknown
+        .keys()
+        .map(|name| {
+            let nearest = known
+                .iter()
+                .map(|k| {
+                    (
+                        strsim::jaro_winkler(&name.to_ascii_lowercase(), &k.to_ascii_lowercase()),
+                        k,
+                    )
+                })
+                .max_by(|a, b| a.0.total_cmp(&b.0))
+                .filter(|(score, _)| *score > 0.8)
+                .map(|(_, k)| format!(" (did you mean `{prefix}{k}`?)"))
+                .unwrap_or_default();
+            format!("`{prefix}{name}` is not a deploymentconfig.json field and is ignored{nearest}")
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -110,6 +170,8 @@ pub struct DeploymentConfig {
 pub struct Keys {
     pub primary_key: Option<String>,
     pub secondary_key: Option<String>,
+    #[serde(flatten)]
+    pub unknown: BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -120,6 +182,8 @@ pub struct AutoScaler {
     pub max_replicas: Option<u32>,
     pub refresh_period_in_seconds: Option<u32>,
     pub target_utilization: Option<u32>,
+    #[serde(flatten)]
+    pub unknown: BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -147,7 +211,26 @@ impl DeploymentConfig {
         {
             tracing::warn!(compute_type = %kind, "deploymentconfig.json is not for AKS; reading the fields it shares");
         }
+        for warning in config.unknown_fields() {
+            tracing::warn!(file = %path.display(), "{warning}");
+        }
         Ok(config)
+    }
+
+    /// A warning for each field neither Azure nor modelpod knows.
+    pub fn unknown_fields(&self) -> Vec<String> {
+        let mut warnings = describe_unknown("", &self.unknown, FIELDS);
+        if let Some(keys) = &self.keys {
+            warnings.extend(describe_unknown("keys.", &keys.unknown, KEYS_FIELDS));
+        }
+        if let Some(scaler) = &self.auto_scaler {
+            warnings.extend(describe_unknown(
+                "autoScaler.",
+                &scaler.unknown,
+                AUTOSCALER_FIELDS,
+            ));
+        }
+        warnings
     }
 
     /// The limits this file sets over Azure's defaults.
@@ -198,5 +281,32 @@ mod tests {
         assert_eq!(config.max_concurrent_requests_per_container, Some(8));
         assert_eq!(config.auto_scaler.as_ref().unwrap().max_replicas, Some(4));
         assert_eq!(config.key_list(), vec!["p", "s"]);
+        assert_eq!(
+            config.unknown_fields(),
+            ["`somethingNew` is not a deploymentconfig.json field and is ignored"]
+        );
+    }
+
+    #[test]
+    fn misspelt_fields_are_named_with_the_nearest_valid_one() {
+        let config: DeploymentConfig = serde_json::from_str(
+            r#"{"maxConcurrentRequestPerContainer": 8, "autoScaler": {"maxReplica": 3}, "keys": {"primarykey": "p"}}"#,
+        )
+        .unwrap();
+        assert_eq!(config.max_concurrent_requests_per_container, None);
+        let warnings = config.unknown_fields();
+        assert_eq!(warnings.len(), 3, "{warnings:?}");
+        assert!(
+            warnings[0].contains("did you mean `maxConcurrentRequestsPerContainer`"),
+            "{warnings:?}"
+        );
+        assert!(
+            warnings[1].contains("did you mean `keys.primaryKey`"),
+            "{warnings:?}"
+        );
+        assert!(
+            warnings[2].contains("did you mean `autoScaler.maxReplicas`"),
+            "{warnings:?}"
+        );
     }
 }

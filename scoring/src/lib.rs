@@ -18,6 +18,10 @@ pub mod scorer;
 pub mod v2;
 
 pub use deployment::{DeploymentConfig, ScoringLimits};
+
+/// The answer header in which a scoring server says what it ran, as `model/version`: what
+/// the router labels collected data with, whatever the request said.
+pub const SERVED_MODEL_HEADER: &str = "x-modelpod-model";
 pub use error::ScoringError;
 pub use memory::{AllocationMeter, DeviceMemoryMeter, Footprint, MemoryBudget};
 pub use registry::{IndexEntry, ModelState, Registry, RegistryConfig, ServedModel};

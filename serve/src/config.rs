@@ -72,10 +72,17 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub api_keys: Vec<String>,
-    /// Scoring routes take no key, whatever deploymentconfig.json says: for replicas behind
-    /// `modelpod route`, which authenticates callers itself.
+    /// No route takes a key, whatever deploymentconfig.json says (authEnabled,
+    /// tokenAuthEnabled, keys): for a server nothing but a trusted caller can reach.
     #[arg(long, conflicts_with = "api_keys")]
     pub no_auth: bool,
+    /// Whether the v2 repository API may load and unload models: none (Triton's default:
+    /// load and unload are refused with 403) or explicit [default: none].
+    #[arg(long, env = "MODELPOD_MODEL_CONTROL_MODE")]
+    pub model_control_mode: Option<ModelControl>,
+    /// How long a client may take to send a request body before 408 [default: 10000].
+    #[arg(long, env = "MODELPOD_BODY_TIMEOUT_MS")]
+    pub body_timeout_ms: Option<u64>,
     /// Model `POST /score` uses when no ?model= is given [default: the only model].
     #[arg(long, env = "MODELPOD_DEFAULT_MODEL")]
     pub default_model: Option<String>,
@@ -133,6 +140,18 @@ pub enum LoadPolicy {
     Lazy,
 }
 
+/// Whether models may be loaded and unloaded through the repository API, as Triton's
+/// `--model-control-mode`; polling the repository is `--repository-poll`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelControl {
+    /// The models are what the repository holds; load and unload are refused.
+    #[default]
+    None,
+    /// `POST /v2/repository/models/{name}/load` and `/unload` (with the key, when there is one).
+    Explicit,
+}
+
 /// Share of the cgroup memory limit that models may hold by default; the rest is for requests
 /// in flight, batches and the server itself.
 pub const DEFAULT_BUDGET_SHARE_OF_CGROUP_LIMIT: f64 = 0.8;
@@ -186,6 +205,10 @@ struct Layer {
     device_memory_budgets: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     repository_poll: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model_control_mode: Option<ModelControl>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body_timeout_ms: Option<u64>,
 }
 
 impl Layer {
@@ -214,6 +237,8 @@ impl Layer {
             memory_budget: args.memory_budget.clone(),
             device_memory_budgets: listed(&args.device_memory_budgets),
             repository_poll: args.repository_poll,
+            model_control_mode: args.model_control_mode,
+            body_timeout_ms: args.body_timeout_ms,
         }
     }
 
@@ -240,6 +265,8 @@ pub struct ServeConfig {
     pub intra_op_threads: usize,
     pub limits: ScoringLimits,
     pub api_keys: Vec<String>,
+    pub model_control: ModelControl,
+    pub body_timeout: Duration,
     pub default_model: Option<String>,
     pub load_parallelism: usize,
     pub http_workers: usize,
@@ -260,6 +287,8 @@ pub enum ConfigError {
     NoRepository,
     #[error("{0}")]
     File(String),
+    #[error("{0}")]
+    AuthWithoutKey(String),
     #[error("{name} must be {rule} (got {value})")]
     OutOfRange {
         name: &'static str,
@@ -296,6 +325,28 @@ fn memory_budget(host: Option<&str>, devices: &[String]) -> Result<MemoryBudget,
         budget = budget.with_limit(name.trim(), parse_bytes(size).map_err(|_| invalid(device))?);
     }
     Ok(budget)
+}
+
+/// A deploymentconfig.json that turns auth on must come with a key: serving open instead
+/// would be a silent downgrade.
+fn check_auth_is_off(
+    azure: &DeploymentConfig,
+    path: Option<&std::path::Path>,
+) -> Result<(), ConfigError> {
+    let file = || path.map_or_else(String::new, |p| p.display().to_string());
+    if azure.token_auth_enabled == Some(true) {
+        return Err(ConfigError::AuthWithoutKey(format!(
+            "{}: tokenAuthEnabled is true, but tokens are issued and checked by `modelpod route`; run this server behind it, or give it keys (keys.primaryKey in the file, MODELPOD_API_KEYS or --api-key), or pass --no-auth",
+            file()
+        )));
+    }
+    if azure.auth_enabled == Some(true) {
+        return Err(ConfigError::AuthWithoutKey(format!(
+            "{}: authEnabled is true but no key is set: add keys.primaryKey to the file, set MODELPOD_API_KEYS or pass --api-key (or --no-auth to serve without one)",
+            file()
+        )));
+    }
+    Ok(())
 }
 
 impl ServeConfig {
@@ -335,6 +386,8 @@ impl ServeConfig {
         api_keys.retain(|k| !k.trim().is_empty());
         if args.no_auth {
             api_keys.clear();
+        } else if api_keys.is_empty() {
+            check_auth_is_off(&azure, args.deployment_config.as_deref())?;
         }
         let config = ServeConfig {
             model_repository,
@@ -352,6 +405,12 @@ impl ServeConfig {
                 layer.max_request_bytes,
             ),
             api_keys,
+            model_control: layer.model_control_mode.unwrap_or_default(),
+            body_timeout: Duration::from_millis(
+                layer
+                    .body_timeout_ms
+                    .unwrap_or(modelpod_http::body::DEFAULT_BODY_TIMEOUT.as_millis() as u64),
+            ),
             default_model: layer.default_model,
             load_parallelism: layer.load_parallelism.unwrap_or(2),
             http_workers: layer
@@ -408,6 +467,12 @@ impl ServeConfig {
             "repository-poll",
             self.repository_poll.is_none_or(|p| !p.is_zero()),
             "at least 1 second",
+            "0".into(),
+        )?;
+        range(
+            "body-timeout-ms",
+            !self.body_timeout.is_zero(),
+            "at least 1",
             "0".into(),
         )?;
         range(
@@ -499,6 +564,52 @@ mod tests {
             assert_eq!(config.api_keys, vec!["from-file"]);
             Ok(())
         });
+    }
+
+    #[test]
+    fn auth_the_azure_file_turns_on_needs_a_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let azure = dir.path().join("deploymentconfig.json");
+        let resolve = |text: &str, extra: &[&str]| {
+            std::fs::write(&azure, text).unwrap();
+            let mut args = vec![
+                "x",
+                "--model-repository",
+                "/m",
+                "--deployment-config",
+                azure.to_str().unwrap(),
+            ];
+            args.extend_from_slice(extra);
+            ServeConfig::resolve(Cli::parse_from(args).serve)
+        };
+        let error = resolve(r#"{"authEnabled": true}"#, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("authEnabled") && error.contains("MODELPOD_API_KEYS"),
+            "{error}"
+        );
+        let error = resolve(r#"{"tokenAuthEnabled": true}"#, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("modelpod route"), "{error}");
+        let config = resolve(r#"{"authEnabled": true}"#, &["--api-key", "k"]).unwrap();
+        assert_eq!(config.api_keys, ["k"]);
+        let config = resolve(r#"{"authEnabled": true, "keys": {"primaryKey": "p"}}"#, &[]).unwrap();
+        assert_eq!(config.api_keys, ["p"]);
+        let config = resolve(r#"{"tokenAuthEnabled": true}"#, &["--no-auth"]).unwrap();
+        assert!(config.api_keys.is_empty());
+        let config = resolve(
+            r#"{"authEnabled": false, "keys": {"primaryKey": "p"}}"#,
+            &[],
+        )
+        .unwrap();
+        assert!(config.api_keys.is_empty());
+        assert_eq!(
+            config.model_control,
+            ModelControl::None,
+            "repository control is off by default"
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ mod metrics;
 mod routes;
 mod swagger;
 
-pub use config::{LoadPolicy, ServeArgs, ServeConfig};
+pub use config::{LoadPolicy, ModelControl, ServeArgs, ServeConfig};
 
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{App, HttpServer, web};
@@ -42,6 +42,7 @@ pub struct AppState {
     pub config: ServeConfig,
     pub auth: KeyAuth,
     pub metrics: PrometheusHandle,
+    pub bodies: modelpod_http::body::BodyReader,
 }
 
 impl AppState {
@@ -87,6 +88,10 @@ impl ScoringServer {
             scorer: Scorer::new(registry, config.limits, config.strict_readiness),
             auth: KeyAuth::new(&config.api_keys),
             metrics,
+            bodies: modelpod_http::body::BodyReader::new(
+                config.body_timeout,
+                modelpod_http::body::DEFAULT_BODY_BUDGET,
+            ),
             config: config.clone(),
         });
         let app_state = state.clone();
@@ -94,6 +99,7 @@ impl ScoringServer {
         let http = HttpServer::new(move || {
             App::new()
                 .app_data(app_state.clone())
+                .wrap(actix_web::middleware::from_fn(routes::require_key))
                 .wrap(actix_web::middleware::from_fn(
                     modelpod_http::request_id::request_ids,
                 ))
@@ -143,6 +149,11 @@ impl ScoringServer {
                     }
                 })
                 .expect("spawning the repository poller");
+        }
+        if config.model_control == ModelControl::Explicit && !state.auth.enabled() {
+            tracing::warn!(
+                "repository control is on and no key is set: anyone who can reach {address} can load and unload models"
+            );
         }
         tracing::info!(
             repository = %config.model_repository.display(),

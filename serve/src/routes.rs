@@ -1,18 +1,40 @@
 //! The scoring server's HTTP routes: Azure ML v1, Open Inference Protocol v2 (with Triton's
 //! model-configuration extension), the v2 repository extension, health and metrics.
+//!
+//! With keys configured, every route takes one except the public ones: the probes (`GET /`,
+//! `/v2/health/live`, `/v2/health/ready`) and `GET /swagger.json` (public on Azure too). The
+//! check runs before any handler, so no unauthenticated request reads a body or loads a model.
 
 use super::AppState;
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
 use actix_web::{HttpRequest, HttpResponse, web};
-use bytes::Bytes;
 use modelpod_http::ApiError;
-use modelpod_http::body::read_body;
 use modelpod_http::health::{azure_health, not_found};
 use modelpod_scoring::batcher::JobOutput;
 use modelpod_scoring::v2::INFERENCE_HEADER_CONTENT_LENGTH;
-use modelpod_scoring::{Registry, ScoringError, ServedModel, v2};
+use modelpod_scoring::{Registry, SERVED_MODEL_HEADER, ScoringError, ServedModel, v2};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
+
+/// The routes anyone may call, keys or not: probes and the swagger document.
+pub const PUBLIC_ROUTES: [&str; 4] = ["/", "/v2/health/live", "/v2/health/ready", "/swagger.json"];
+
+/// Refuses every request without a valid key, when keys are configured, before its handler
+/// runs; public routes pass. A path is public only if it is exactly one of them.
+pub async fn require_key(
+    request: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let public =
+        request.method() == actix_web::http::Method::GET && PUBLIC_ROUTES.contains(&request.path());
+    if !public && let Some(state) = request.app_data::<web::Data<AppState>>() {
+        state.auth.check(request.request())?;
+    }
+    next.call(request).await
+}
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.app_data(modelpod_http::error::query_config())
@@ -207,9 +229,16 @@ struct IndexRequest {
 }
 
 async fn repository_index(
+    request: HttpRequest,
+    payload: web::Payload,
     state: web::Data<AppState>,
-    body: Bytes,
 ) -> Result<HttpResponse, ApiError> {
+    /// An index request is a filter object, never large.
+    const INDEX_REQUEST_LIMIT: usize = 64 * 1024;
+    let body = state
+        .bodies
+        .read(&request, payload, INDEX_REQUEST_LIMIT)
+        .await?;
     let filter: IndexRequest = if body.iter().all(u8::is_ascii_whitespace) {
         IndexRequest::default()
     } else {
@@ -246,14 +275,19 @@ async fn repository_unload(
     on_repository(&request, &state, Registry::unload).await
 }
 
-/// The v2 repository extension's load and unload: authenticated, run off the async workers
-/// (loading compiles a model), answered with an empty JSON object.
+/// The v2 repository extension's load and unload, when `--model-control-mode explicit` allows
+/// them: run off the async workers (loading compiles a model), answered with an empty JSON
+/// object.
 async fn on_repository(
     request: &HttpRequest,
     state: &AppState,
     action: fn(&Registry, &str) -> Result<(), ScoringError>,
 ) -> Result<HttpResponse, ApiError> {
-    state.auth.check(request)?;
+    if state.config.model_control != crate::config::ModelControl::Explicit {
+        return Err(ApiError::Forbidden(
+            "repository control is off: this server's models are what its repository holds (start it with --model-control-mode explicit to load and unload through this API)".into(),
+        ));
+    }
     let (name, _) = path_model(request)?;
     let registry = state.registry().clone();
     web::block(move || action(&registry, &name))
@@ -325,7 +359,6 @@ async fn score(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let arrival = Instant::now();
-    state.auth.check(&request)?;
     let query = web::Query::<ScoreQuery>::from_query(request.query_string())
         .map_err(|e| ScoringError::BadRequest(format!("invalid query string: {e}")))?
         .into_inner();
@@ -359,21 +392,27 @@ async fn score(
         .model(&name, parse_version(query.version.as_deref())?, arrival)
         .await?;
     let result = async {
-        let body = read_body(&request, payload, state.config.limits.max_request_bytes).await?;
+        let body = state
+            .bodies
+            .read(&request, payload, state.config.limits.max_request_bytes)
+            .await?;
         if body.iter().all(u8::is_ascii_whitespace) {
             return Err(ScoringError::BadRequest("the request body is empty".into()).into());
         }
-        let value: Value = serde_json::from_slice(&body).map_err(|e| {
-            ScoringError::BadRequest(format!("the request body is not valid JSON: {e}"))
-        })?;
-        let inputs = model.pipeline.decode(&value)?;
-        Ok(state.scorer.infer(&model, inputs, arrival).await?)
+        // A slot before decoding: under overload a request that cannot start within
+        // maxQueueWaitMs is refused by then, and the cores go to requests that will be scored.
+        // (The body comes first: a client that sends it slowly must not hold a slot.)
+        let slot = state.scorer.admit().await?;
+        let inputs = model.pipeline.decode_json(&body)?;
+        drop(body);
+        Ok(state.scorer.run(slot, &model, inputs, arrival).await?)
     }
     .await;
     record("azure", &model.name, arrival, result.as_ref());
     let output = result?;
     let reply = model.pipeline.encode(&output.outputs)?;
     Ok(HttpResponse::Ok()
+        .insert_header(served(&model))
         .insert_header((
             "x-ms-run-fn-exec-ms",
             format!("{:.3}", arrival.elapsed().as_secs_f64() * 1000.0),
@@ -388,7 +427,6 @@ async fn infer(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let arrival = Instant::now();
-    state.auth.check(&request)?;
     let (name, version) = path_model(&request)?;
     let model = state.scorer.model(&name, version, arrival).await?;
     let json_len = match request.headers().get(INFERENCE_HEADER_CONTENT_LENGTH) {
@@ -406,12 +444,17 @@ async fn infer(
     };
     let mut parsed = None;
     let result = async {
-        let body = read_body(&request, payload, state.config.limits.max_request_bytes).await?;
+        let body = state
+            .bodies
+            .read(&request, payload, state.config.limits.max_request_bytes)
+            .await?;
+        let slot = state.scorer.admit().await?;
         let decoded = v2::decode_request(&body, json_len)?;
+        drop(body);
         let selected = decoded.selected_outputs(&model.signature)?;
         let inputs = model.order_inputs(decoded.inputs)?;
         parsed = Some((decoded.id, selected));
-        Ok(state.scorer.infer(&model, inputs, arrival).await?)
+        Ok(state.scorer.run(slot, &model, inputs, arrival).await?)
     }
     .await;
     record("v2", &model.name, arrival, result.as_ref());
@@ -426,6 +469,7 @@ async fn infer(
         &selected,
     );
     let mut response = HttpResponse::Ok();
+    response.insert_header(served(&model));
     match encoded.json_len {
         Some(len) => {
             response.insert_header((INFERENCE_HEADER_CONTENT_LENGTH, len.to_string()));
@@ -436,4 +480,12 @@ async fn infer(
         }
     }
     Ok(response.body(encoded.body))
+}
+
+/// Says what was run, for the router's data collection.
+fn served(model: &ServedModel) -> (&'static str, String) {
+    (
+        SERVED_MODEL_HEADER,
+        format!("{}/{}", model.name, model.version),
+    )
 }

@@ -22,6 +22,9 @@ struct Claims {
     iat: i64,
     exp: i64,
     refresh_by: i64,
+    /// The webservice's token generation when the token was issued.
+    #[serde(default)]
+    generation: String,
 }
 
 /// A token as the management API hands it out (Azure's `get_token`: the token and when to
@@ -56,15 +59,16 @@ impl Tokens {
         }
     }
 
-    pub fn issue(&self, kind: Kind, name: &str) -> IssuedToken {
+    pub fn issue(&self, name: &str, webservice: &Webservice) -> IssuedToken {
         let now = jiff::Timestamp::now().as_second();
         let lifetime = self.lifetime.as_secs() as i64;
         let claims = Claims {
             iss: ISSUER.into(),
-            aud: audience(kind, name),
+            aud: audience(webservice.kind, name),
             iat: now,
             exp: now + lifetime,
             refresh_by: now + lifetime / 2,
+            generation: webservice.token_generation.clone(),
         };
         let access_token =
             jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
@@ -77,14 +81,20 @@ impl Tokens {
         }
     }
 
-    /// Whether `token` is this router's, unexpired, and for this webservice.
-    pub fn accepts(&self, token: &str, kind: Kind, name: &str) -> bool {
+    /// Whether `token` is this router's, unexpired, for this webservice, and issued since its
+    /// tokens were last revoked.
+    pub fn accepts(&self, token: &str, name: &str, webservice: &Webservice) -> bool {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
         validation.set_issuer(&[ISSUER]);
-        validation.set_audience(&[audience(kind, name)]);
+        validation.set_audience(&[audience(webservice.kind, name)]);
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
-        jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation).is_ok()
+        jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation).is_ok_and(|t| {
+            matches_any(
+                &t.claims.generation,
+                &[webservice.token_generation.as_bytes()],
+            )
+        })
     }
 }
 
@@ -105,7 +115,7 @@ pub fn authorize(
                 webservice.secondary_key.as_bytes(),
             ],
         ),
-        AuthMode::Token => tokens.accepts(presented, webservice.kind, name),
+        AuthMode::Token => tokens.accepts(presented, name, webservice),
     };
     if allowed {
         Ok(())
@@ -127,20 +137,40 @@ pub fn authorize_admin(request: &HttpRequest, admin_key: &str) -> Result<(), Api
 mod tests {
     use super::*;
 
+    fn webservice(kind: Kind, generation: &str) -> Webservice {
+        Webservice {
+            kind,
+            auth: AuthMode::Token,
+            primary_key: "p".into(),
+            secondary_key: "s".into(),
+            token_generation: generation.into(),
+            description: String::new(),
+            tags: Default::default(),
+            versions: Vec::new(),
+        }
+    }
+
     #[test]
-    fn tokens_are_refused_when_expired_forged_or_for_another_webservice() {
+    fn tokens_are_refused_when_expired_forged_revoked_or_for_another_webservice() {
         let tokens = Tokens::new("secret", Duration::from_secs(60));
-        let issued = tokens.issue(Kind::Service, "iris");
-        assert!(tokens.accepts(&issued.access_token, Kind::Service, "iris"));
+        let iris = webservice(Kind::Service, "g1");
+        let issued = tokens.issue("iris", &iris);
+        assert!(tokens.accepts(&issued.access_token, "iris", &iris));
         assert!(issued.refresh_by < issued.expiry_on);
-        assert!(!tokens.accepts(&issued.access_token, Kind::Service, "digits"));
-        assert!(!tokens.accepts(&issued.access_token, Kind::Endpoint, "iris"));
-        let forger = Tokens::new("other secret", Duration::from_secs(60));
+        assert!(!tokens.accepts(&issued.access_token, "digits", &iris));
         assert!(!tokens.accepts(
-            &forger.issue(Kind::Service, "iris").access_token,
-            Kind::Service,
-            "iris"
+            &issued.access_token,
+            "iris",
+            &webservice(Kind::Endpoint, "g1")
         ));
+        // Re-created, switched away and back, or a key regenerated: a new generation.
+        assert!(!tokens.accepts(
+            &issued.access_token,
+            "iris",
+            &webservice(Kind::Service, "g2")
+        ));
+        let forger = Tokens::new("other secret", Duration::from_secs(60));
+        assert!(!tokens.accepts(&forger.issue("iris", &iris).access_token, "iris", &iris));
         let now = jiff::Timestamp::now().as_second();
         let expired = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
@@ -150,18 +180,19 @@ mod tests {
                 iat: now - 120,
                 exp: now - 1,
                 refresh_by: now - 60,
+                generation: "g1".into(),
             },
             &EncodingKey::from_secret(b"secret"),
         )
         .unwrap();
-        assert!(!tokens.accepts(&expired, Kind::Service, "iris"));
+        assert!(!tokens.accepts(&expired, "iris", &iris));
         // An unsigned token ("alg": "none") is not a token.
         let unsigned = format!(
             "{}.{}.",
             "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0",
             issued.access_token.split('.').nth(1).unwrap()
         );
-        assert!(!tokens.accepts(&unsigned, Kind::Service, "iris"));
-        assert!(!tokens.accepts("", Kind::Service, "iris"));
+        assert!(!tokens.accepts(&unsigned, "iris", &iris));
+        assert!(!tokens.accepts("", "iris", &iris));
     }
 }

@@ -385,7 +385,7 @@ async fn token(
         ))
         .into());
     }
-    Ok(HttpResponse::Ok().json(state.control.tokens.issue(kind, &name)))
+    Ok(HttpResponse::Ok().json(state.control.tokens.issue(&name, webservice)))
 }
 
 #[derive(serde::Deserialize)]

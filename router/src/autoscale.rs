@@ -282,6 +282,7 @@ mod tests {
                 max_replicas: Some(6),
                 refresh_period_in_seconds: Some(2),
                 target_utilization: Some(50),
+                ..Default::default()
             }),
             ..Default::default()
         };

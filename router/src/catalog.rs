@@ -140,6 +140,11 @@ pub struct Webservice {
     pub auth: AuthMode,
     pub primary_key: String,
     pub secondary_key: String,
+    /// Signed into every token issued for this webservice and changed whenever its tokens
+    /// must die: when it is created (a deleted and re-created one refuses the old one's
+    /// tokens), when its auth mode changes, and when a key is regenerated.
+    #[serde(default = "modelpod_http::auth::random_key")]
+    pub token_generation: String,
     #[serde(default)]
     pub description: String,
     #[serde(default)]
@@ -441,7 +446,11 @@ impl Catalog {
     ) -> Result<Catalog, CatalogError> {
         self.changed(|next| {
             let webservice = next.get_mut(kind, name)?;
-            webservice.auth = update.auth_mode(webservice.auth)?;
+            let auth = update.auth_mode(webservice.auth)?;
+            if auth != webservice.auth {
+                webservice.auth = auth;
+                webservice.token_generation = modelpod_http::auth::random_key();
+            }
             if let Some(description) = &update.description {
                 webservice.description = description.clone();
             }
@@ -466,6 +475,7 @@ impl Catalog {
                 KeyName::Primary => webservice.primary_key = new_key,
                 KeyName::Secondary => webservice.secondary_key = new_key,
             }
+            webservice.token_generation = modelpod_http::auth::random_key();
             Ok(())
         })
     }
@@ -606,6 +616,7 @@ mod tests {
             auth: AuthMode::Key,
             primary_key: "p".into(),
             secondary_key: "s".into(),
+            token_generation: "g".into(),
             description: String::new(),
             tags: BTreeMap::new(),
             versions,

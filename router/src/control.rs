@@ -251,6 +251,7 @@ impl Control {
             auth,
             primary_key: keys.first().cloned().unwrap_or_else(random_key),
             secondary_key: keys.get(1).cloned().unwrap_or_else(random_key),
+            token_generation: random_key(),
             description: new.description,
             tags: new.tags,
             versions: new.versions,
@@ -372,8 +373,11 @@ fn declare(catalog: &Catalog, name: &str, new: NewWebservice) -> Result<Catalog,
     }
     let mut next = catalog.clone();
     let webservice = next.webservices.get_mut(name).expect("just found");
-    if let Some(auth) = new.auth {
+    if let Some(auth) = new.auth
+        && auth != webservice.auth
+    {
         webservice.auth = auth;
+        webservice.token_generation = random_key();
     }
     if let (Some(version), Some(declared)) = (webservice.versions.first_mut(), new.versions.first())
     {

@@ -54,12 +54,23 @@ pub struct Deployment {
     /// Where scored requests' inputs and outputs are written, when enabled.
     pub collector: Option<collect::Collector>,
     scaler: Option<Arc<dyn Scaler>>,
+    /// The bearer key the replicas accept: only the router knows it, so nothing else on the
+    /// node (or in the pod network) can score, read or poll them around the router's auth.
+    replica_key: Option<String>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
+
+/// Where a Kubernetes deployment's replica key comes from: the router's environment, filled
+/// from the Secret that `modelpod manifests` writes and mounts into the scoring pods too.
+pub const REPLICA_KEY_ENV: &str = "MODELPOD_REPLICA_KEY";
 
 impl Deployment {
     /// What requests are held to: the limits the replicas report (set by their flags and
     /// files as well as deploymentconfig.json), else the file's.
+    pub fn replica_key(&self) -> Option<&str> {
+        self.replica_key.as_deref()
+    }
+
     pub fn limits(&self) -> ScoringLimits {
         self.replicas
             .reported_limits()
@@ -81,6 +92,7 @@ impl Deployment {
             target_replicas: AtomicU32::new(0),
             collector: None,
             scaler: None,
+            replica_key: None,
             tasks: Mutex::new(Vec::new()),
             policy,
         })
@@ -100,19 +112,28 @@ impl Deployment {
         };
         let mut deployment = Deployment::from_config(id.clone(), &config, settings)?;
         let scaler: Arc<dyn Scaler> = match &spec.kubernetes {
-            Some(target) => Arc::new(
-                kube::KubeScaler::connect(target.clone(), deployment.policy.refresh_period)
-                    .await
-                    .map_err(|e| e.to_string())?,
-            ),
+            Some(target) => {
+                deployment.replica_key = std::env::var(REPLICA_KEY_ENV)
+                    .ok()
+                    .filter(|k| !k.is_empty());
+                if deployment.replica_key.is_none() {
+                    tracing::warn!(deployment = %id, "{REPLICA_KEY_ENV} is not set: the scoring pods must then take requests without a key, from anyone who can reach them");
+                }
+                Arc::new(
+                    kube::KubeScaler::connect(target.clone(), deployment.policy.refresh_period)
+                        .await
+                        .map_err(|e| e.to_string())?,
+                )
+            }
             None => {
                 let repository = spec
                     .model_repository
                     .as_ref()
                     .ok_or("a deployment with local replicas needs a model_repository")?;
-                // The router authenticates callers; its replicas take no key of their own.
+                // The router authenticates callers; its replicas take only the router's key.
+                let key = modelpod_http::auth::random_key();
+                deployment.replica_key = Some(key.clone());
                 let mut serve_args = vec![
-                    "--no-auth".to_string(),
                     "--model-repository".to_string(),
                     repository.display().to_string(),
                 ];
@@ -123,6 +144,8 @@ impl Deployment {
                 local::LocalScaler::new(local::LocalReplicaSpec {
                     program: settings.program.clone(),
                     serve_args,
+                    api_key: key,
+                    deployment: id.to_string(),
                     stop_grace: deployment
                         .configured_limits
                         .scoring_timeout
@@ -191,6 +214,7 @@ impl Deployment {
                 "scale_down_window_s": self.policy.scale_down_window.as_secs_f64(),
             },
             "replicas": self.replicas.snapshot(),
+            "processes": self.scaler.as_ref().map_or(serde_json::Value::Null, |s| s.status()),
         })
     }
 }
@@ -217,6 +241,7 @@ async fn track_endpoints(
                 deployment.replicas.clone(),
                 replica,
                 client.clone(),
+                deployment.replica_key.clone(),
                 deployment.policy.refresh_period,
             ));
         }
@@ -232,6 +257,7 @@ async fn poll_busy(
     set: Arc<ReplicaSet>,
     replica: Arc<Replica>,
     client: reqwest::Client,
+    key: Option<String>,
     period: Duration,
 ) {
     // Bursts of changes are coalesced into at most one poll per this interval.
@@ -246,9 +272,11 @@ async fn poll_busy(
             period.as_millis()
         );
         let answer = async {
-            client
-                .get(&url)
-                .send()
+            let mut poll = client.get(&url);
+            if let Some(key) = &key {
+                poll = poll.bearer_auth(key);
+            }
+            poll.send()
                 .await?
                 .error_for_status()?
                 .json::<BusyReport>()

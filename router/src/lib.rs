@@ -14,6 +14,7 @@ pub mod catalog;
 pub mod collect;
 pub mod control;
 pub mod deployment;
+mod forwarded;
 pub mod kube;
 pub mod local;
 pub mod manifests;
@@ -43,6 +44,10 @@ pub trait Scaler: Send + Sync {
     fn endpoints(&self) -> watch::Receiver<Vec<String>>;
     /// Stops every replica this scaler started (a no-op where it started none).
     fn shutdown(&self) -> BoxFuture<'_, ()>;
+    /// What the scaler knows of its replicas beyond their busy reports (restarts, backoff).
+    fn status(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
 }
 
 /// How many requests each webservice keeps in its recent log.
@@ -126,6 +131,13 @@ pub struct RouteArgs {
     /// HTTPS.
     #[arg(long, env = "MODELPOD_HTTP_REDIRECT_PORT", requires = "tls_cert")]
     pub http_redirect_port: Option<u16>,
+    /// The host name clients reach the router by, which HTTPS redirects point to [default:
+    /// the address each connection came in on].
+    #[arg(long, env = "MODELPOD_PUBLIC_HOST")]
+    pub public_host: Option<String>,
+    /// How long a client may take to send a request body before 408 [default: 10000].
+    #[arg(long, env = "MODELPOD_BODY_TIMEOUT_MS")]
+    pub body_timeout_ms: Option<u64>,
     /// More arguments for each replica's `modelpod serve` (repeat the flag).
     #[arg(long = "serve-arg", allow_hyphen_values = true)]
     pub serve_args: Vec<String>,
@@ -226,6 +238,12 @@ pub struct RouterConfig {
     pub state_file: Option<PathBuf>,
     #[serde(default = "default_token_lifetime")]
     pub token_lifetime_s: u64,
+    /// The host name HTTPS redirects point to.
+    #[serde(default)]
+    pub public_host: Option<String>,
+    /// How long a client may take to send a request body before 408.
+    #[serde(default = "default_body_timeout")]
+    pub body_timeout_ms: u64,
     /// Only from the flag or the environment, never from the file.
     #[serde(skip)]
     pub admin_key: Option<String>,
@@ -255,6 +273,10 @@ fn default_window() -> u64 {
     autoscale::DEFAULT_SCALE_DOWN_WINDOW.as_secs()
 }
 
+fn default_body_timeout() -> u64 {
+    modelpod_http::body::DEFAULT_BODY_TIMEOUT.as_millis() as u64
+}
+
 fn default_token_lifetime() -> u64 {
     access::DEFAULT_TOKEN_LIFETIME.as_secs()
 }
@@ -277,6 +299,8 @@ impl RouterConfig {
                 tls: None,
                 state_file: None,
                 token_lifetime_s: default_token_lifetime(),
+                public_host: None,
+                body_timeout_ms: default_body_timeout(),
                 admin_key: None,
                 services: Vec::new(),
             },
@@ -312,6 +336,15 @@ impl RouterConfig {
         }
         if let Some(lifetime) = args.token_lifetime_s {
             config.token_lifetime_s = lifetime;
+        }
+        if args.public_host.is_some() {
+            config.public_host = args.public_host;
+        }
+        if let Some(timeout) = args.body_timeout_ms {
+            config.body_timeout_ms = timeout;
+        }
+        if config.body_timeout_ms == 0 {
+            anyhow::bail!("body-timeout-ms must be at least 1");
         }
         if config.token_lifetime_s < 2 {
             anyhow::bail!("a token lifetime must be at least 2 seconds");
@@ -398,6 +431,10 @@ impl Router {
         let state = actix_web::web::Data::new(proxy::RouterState {
             control: control.clone(),
             metrics,
+            bodies: modelpod_http::body::BodyReader::new(
+                Duration::from_millis(config.body_timeout_ms),
+                modelpod_http::body::DEFAULT_BODY_BUDGET,
+            ),
         });
         let server = actix_web::HttpServer::new(move || {
             // One client per worker: its pooled connections are driven by this worker's
@@ -427,10 +464,13 @@ impl Router {
         );
         let redirect = match redirect_listener {
             Some(listener) => {
-                let https_port = actix_web::web::Data::new(address.port());
+                let target = actix_web::web::Data::new(modelpod_http::tls::RedirectTarget {
+                    https_port: address.port(),
+                    public_host: config.public_host.clone(),
+                });
                 let redirect = actix_web::HttpServer::new(move || {
                     actix_web::App::new()
-                        .app_data(https_port.clone())
+                        .app_data(target.clone())
                         .default_service(actix_web::web::to(modelpod_http::tls::redirect_to_https))
                 })
                 .workers(1)

@@ -1,6 +1,7 @@
-//! The local scaler: replicas are `modelpod serve` child processes on free loopback ports.
-//! Crashed replicas are restarted; removed ones are stopped with SIGTERM (they drain), then
-//! killed if they outlast their grace period. This is the default, so `modelpod route` on a
+//! The local scaler: replicas are `modelpod serve` child processes on free loopback ports,
+//! accepting only the router's key. Crashed replicas are restarted, with exponential backoff
+//! for one that keeps failing; removed ones are stopped with SIGTERM (they drain), then killed
+//! if they outlast their grace period. This is the default, so `modelpod route` on a
 //! laptop is a whole autoscaled service.
 
 use super::{ScaleError, Scaler};
@@ -9,7 +10,7 @@ use parking_lot::Mutex;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
@@ -22,11 +23,37 @@ pub struct LocalReplicaSpec {
     pub serve_args: Vec<String>,
     /// How long a stopped replica may take to drain before it is killed.
     pub stop_grace: Duration,
+    /// The one bearer key the replica accepts (given in its environment, not its arguments,
+    /// which any local user can list).
+    pub api_key: String,
+    /// The deployment's name, for metrics and logs.
+    pub deployment: String,
+}
+
+/// The first restart delay of a replica that exits; doubled on each exit that follows too soon.
+const FIRST_RESTART_DELAY: Duration = Duration::from_millis(200);
+/// The longest a crashing replica waits before it is started again.
+pub const MAX_RESTART_DELAY: Duration = Duration::from_secs(30);
+/// A replica that ran this long before exiting was healthy: its next restart is immediate again.
+const STABLE_RUN: Duration = Duration::from_secs(60);
+
+/// The delay before restarting a replica after `failures` exits in a row that each came
+/// sooner than [`STABLE_RUN`] after its start.
+pub fn restart_delay(failures: u32) -> Duration {
+    FIRST_RESTART_DELAY
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
+        .min(MAX_RESTART_DELAY)
 }
 
 struct LocalReplica {
     port: u16,
-    child: Child,
+    /// `None` while it waits out its restart delay.
+    child: Option<Child>,
+    started: Instant,
+    /// Exits in a row, each soon after its start.
+    failures: u32,
+    restarts: u64,
+    restart_at: Option<Instant>,
 }
 
 pub struct LocalScaler {
@@ -56,12 +83,15 @@ impl LocalScaler {
         scaler
     }
 
-    fn spawn(&self, port: u16) -> Result<LocalReplica, ScaleError> {
+    fn spawn(&self, port: u16) -> Result<Child, ScaleError> {
         let mut command = Command::new(&self.spec.program);
         command
             .arg("serve")
             .args(&self.spec.serve_args)
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .env("MODELPOD_API_KEYS", &self.spec.api_key)
+            // What the replica's repository control answers, it answers only the router.
+            .env("MODELPOD_MODEL_CONTROL_MODE", "none")
             .stdin(Stdio::null())
             .kill_on_drop(true);
         // A router killed outright (SIGKILL, the OOM killer) runs no destructor; the kernel
@@ -83,7 +113,19 @@ impl LocalScaler {
             ))
         })?;
         tracing::info!(port, pid = child.id(), "replica started");
-        Ok(LocalReplica { port, child })
+        Ok(child)
+    }
+
+    fn start(&self) -> Result<LocalReplica, ScaleError> {
+        let port = free_port()?;
+        Ok(LocalReplica {
+            port,
+            child: Some(self.spawn(port)?),
+            started: Instant::now(),
+            failures: 0,
+            restarts: 0,
+            restart_at: None,
+        })
     }
 
     fn publish(&self, replicas: &[LocalReplica]) {
@@ -94,15 +136,40 @@ impl LocalScaler {
         self.endpoints.send_replace(urls);
     }
 
-    /// A replica that exited without being asked to is started again on its port.
+    /// A replica that exited without being asked to is started again on its port: at once if
+    /// it had run a while, else after a delay that doubles with each quick exit in a row.
     fn restart_exited(&self) {
         let mut replicas = self.replicas.lock();
+        let now = Instant::now();
         for replica in replicas.iter_mut() {
-            if let Ok(Some(status)) = replica.child.try_wait() {
-                tracing::warn!(port = replica.port, %status, "replica exited; restarting it");
+            if let Some(child) = &mut replica.child
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                replica.child = None;
+                replica.failures = if replica.started.elapsed() < STABLE_RUN {
+                    replica.failures + 1
+                } else {
+                    1
+                };
+                let delay = restart_delay(replica.failures);
+                replica.restart_at = Some(now + delay);
+                tracing::warn!(port = replica.port, %status, failures = replica.failures, delay_ms = delay.as_millis() as u64, "replica exited; restarting it after a delay");
+            }
+            if replica.child.is_none() && replica.restart_at.is_some_and(|at| at <= now) {
+                replica.restart_at = None;
+                replica.restarts += 1;
+                metrics::counter!("modelpod_router_replica_restarts_total", "deployment" => self.spec.deployment.clone())
+                    .increment(1);
                 match self.spawn(replica.port) {
-                    Ok(fresh) => *replica = fresh,
-                    Err(e) => tracing::error!(port = replica.port, %e, "restart failed"),
+                    Ok(child) => {
+                        replica.child = Some(child);
+                        replica.started = Instant::now();
+                    }
+                    Err(e) => {
+                        replica.failures += 1;
+                        replica.restart_at = Some(now + restart_delay(replica.failures));
+                        tracing::error!(port = replica.port, %e, "restart failed");
+                    }
                 }
             }
         }
@@ -110,17 +177,17 @@ impl LocalScaler {
 
     /// Asks a replica to drain and stop (SIGTERM), and kills it if it outlasts the grace
     /// period; resolves once it has exited.
-    async fn stop(mut replica: LocalReplica, grace: Duration) {
-        terminate(&replica.child);
-        if tokio::time::timeout(grace, replica.child.wait())
-            .await
-            .is_err()
-        {
+    async fn stop(replica: LocalReplica, grace: Duration) {
+        let Some(mut child) = replica.child else {
+            return;
+        };
+        terminate(&child);
+        if tokio::time::timeout(grace, child.wait()).await.is_err() {
             tracing::warn!(
                 port = replica.port,
                 "replica did not stop in time; killing it"
             );
-            let _ = replica.child.kill().await;
+            let _ = child.kill().await;
         }
         tracing::info!(port = replica.port, "replica stopped");
     }
@@ -155,7 +222,7 @@ impl Scaler for LocalScaler {
             let stopped = {
                 let mut running = self.replicas.lock();
                 while running.len() < replicas as usize {
-                    let replica = self.spawn(free_port()?)?;
+                    let replica = self.start()?;
                     running.push(replica);
                 }
                 // The newest go first.
@@ -174,6 +241,25 @@ impl Scaler for LocalScaler {
         self.endpoints.subscribe()
     }
 
+    fn status(&self) -> serde_json::Value {
+        let replicas = self.replicas.lock();
+        let now = Instant::now();
+        serde_json::Value::Array(
+            replicas
+                .iter()
+                .map(|r| {
+                    serde_json::json!({
+                        "url": format!("http://127.0.0.1:{}", r.port),
+                        "running": r.child.is_some(),
+                        "restarts": r.restarts,
+                        "failures_in_a_row": r.failures,
+                        "restart_in_s": r.restart_at.map(|at| at.saturating_duration_since(now).as_secs_f64()),
+                    })
+                })
+                .collect(),
+        )
+    }
+
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             let stopped: Vec<LocalReplica> = self.replicas.lock().drain(..).collect();
@@ -181,5 +267,30 @@ impl Scaler for LocalScaler {
             let grace = self.spec.stop_grace;
             futures_util::future::join_all(stopped.into_iter().map(|r| Self::stop(r, grace))).await;
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restarts_back_off_exponentially_to_a_cap() {
+        let delays: Vec<u64> = (1..=10)
+            .map(|n| restart_delay(n).as_millis() as u64)
+            .collect();
+        assert_eq!(
+            delays,
+            [200, 400, 800, 1600, 3200, 6400, 12800, 25600, 30000, 30000]
+        );
+        assert_eq!(restart_delay(u32::MAX), MAX_RESTART_DELAY);
+        // 48 restarts in 10 s before: now at most 5 in the first 10 s (0.2+0.4+0.8+1.6+3.2).
+        let mut elapsed = Duration::ZERO;
+        let mut starts = 0;
+        while elapsed < Duration::from_secs(10) {
+            starts += 1;
+            elapsed += restart_delay(starts);
+        }
+        assert!(starts <= 6, "{starts}");
     }
 }

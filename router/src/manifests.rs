@@ -3,7 +3,9 @@
 //! from the VM size, Azure's liveness and readiness probes, a rolling update of one pod at a
 //! time) and its Service, plus what the router needs to scale it and nothing more (a
 //! ServiceAccount and a Role limited to the Deployment's scale subresource, its Endpoints and
-//! reading HPAs). Built as k8s-openapi's typed objects, so each one is what the API accepts,
+//! reading HPAs), and the Secret holding the replica key: the scoring pods take it as their
+//! only API key and the router sends it (`MODELPOD_REPLICA_KEY` from the same Secret), so
+//! nothing else in the pod network can call them. Built as k8s-openapi's typed objects, so each one is what the API accepts,
 //! and printed as one JSON `List` that `kubectl apply -f` takes.
 
 use super::autoscale::AutoscalePolicy;
@@ -12,8 +14,8 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSpec,
-    PodTemplateSpec, Probe, ResourceRequirements, Service, ServiceAccount, ServicePort,
-    ServiceSpec, Toleration,
+    PodTemplateSpec, Probe, ResourceRequirements, Secret, SecretKeySelector, Service,
+    ServiceAccount, ServicePort, ServiceSpec, Toleration,
 };
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -47,6 +49,12 @@ pub struct ManifestArgs {
     #[arg(long)]
     pub dev_test: bool,
 }
+
+/// The Secret with a service's replica key, and its field.
+pub fn replica_key_secret(service: &str) -> String {
+    format!("{service}-replica-key")
+}
+pub const REPLICA_KEY_FIELD: &str = "key";
 
 /// Azure's defaults for `containerResourceRequirements` and `livenessProbeRequirements`.
 mod azure_defaults {
@@ -176,17 +184,31 @@ pub fn render(args: &ManifestArgs) -> anyhow::Result<Value> {
             container_port: SCORING_SERVER_PORT.into(),
             ..ContainerPort::default()
         }]),
-        env: Some(vec![EnvVar {
-            name: "MODELPOD_NODE_INSTANCE_TYPE".into(),
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: "metadata.labels['node.kubernetes.io/instance-type']".into(),
-                    ..ObjectFieldSelector::default()
+        env: Some(vec![
+            EnvVar {
+                name: "MODELPOD_NODE_INSTANCE_TYPE".into(),
+                value_from: Some(EnvVarSource {
+                    field_ref: Some(ObjectFieldSelector {
+                        field_path: "metadata.labels['node.kubernetes.io/instance-type']".into(),
+                        ..ObjectFieldSelector::default()
+                    }),
+                    ..EnvVarSource::default()
                 }),
-                ..EnvVarSource::default()
-            }),
-            ..EnvVar::default()
-        }]),
+                ..EnvVar::default()
+            },
+            EnvVar {
+                name: "MODELPOD_API_KEYS".into(),
+                value_from: Some(EnvVarSource {
+                    secret_key_ref: Some(SecretKeySelector {
+                        name: replica_key_secret(name),
+                        key: REPLICA_KEY_FIELD.into(),
+                        optional: Some(false),
+                    }),
+                    ..EnvVarSource::default()
+                }),
+                ..EnvVar::default()
+            },
+        ]),
         resources: Some(ResourceRequirements {
             requests: Some(requests),
             limits: (!limits.is_empty()).then_some(limits),
@@ -313,12 +335,22 @@ pub fn render(args: &ManifestArgs) -> anyhow::Result<Value> {
         metadata: metadata(router, None),
         ..ServiceAccount::default()
     };
+    let secret = Secret {
+        metadata: metadata(&replica_key_secret(name), Some(&labels)),
+        type_: Some("Opaque".into()),
+        string_data: Some(BTreeMap::from([(
+            REPLICA_KEY_FIELD.to_string(),
+            modelpod_http::auth::random_key(),
+        )])),
+        ..Secret::default()
+    };
     let items = vec![
         serde_json::to_value(deployment)?,
         serde_json::to_value(service)?,
         serde_json::to_value(account)?,
         serde_json::to_value(role)?,
         serde_json::to_value(binding)?,
+        serde_json::to_value(secret)?,
     ];
     Ok(json!({ "apiVersion": "v1", "kind": "List", "items": items }))
 }
@@ -364,6 +396,10 @@ mod tests {
         let deployment: Deployment = serde_json::from_value(items[0].clone()).unwrap();
         let _: Service = serde_json::from_value(items[1].clone()).unwrap();
         let role: Role = serde_json::from_value(items[3].clone()).unwrap();
+        // The replica key: a Secret the pods take as their only API key.
+        let secret: Secret = serde_json::from_value(items[5].clone()).unwrap();
+        assert_eq!(secret.metadata.name.as_deref(), Some("iris-replica-key"));
+        assert_eq!(secret.string_data.unwrap()[REPLICA_KEY_FIELD].len(), 43);
 
         let spec = deployment.spec.unwrap();
         assert_eq!(spec.replicas, Some(2));
@@ -382,6 +418,19 @@ mod tests {
         );
         assert_eq!(pod.termination_grace_period_seconds, Some(25));
         let container = &pod.containers[0];
+        let key = container
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|e| e.name == "MODELPOD_API_KEYS")
+            .and_then(|e| e.value_from.clone())
+            .and_then(|v| v.secret_key_ref)
+            .unwrap();
+        assert_eq!(
+            (key.name.as_str(), key.key.as_str()),
+            ("iris-replica-key", REPLICA_KEY_FIELD)
+        );
         let resources = container.resources.clone().unwrap();
         assert_eq!(resources.limits.as_ref().unwrap()["nvidia.com/gpu"].0, "2");
         assert_eq!(resources.limits.unwrap()["memory"].0, "12288Mi");

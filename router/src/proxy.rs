@@ -5,11 +5,12 @@ use super::catalog::Kind;
 use super::collect;
 use super::control::{Control, LiveWebservice};
 use super::deployment::Deployment;
+use super::forwarded::{ReplicaRoute, v2_route};
 use super::replicas::NoReplica;
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use modelpod_http::ApiError;
-use modelpod_http::body::read_body;
+use modelpod_http::body::BodyReader;
 use modelpod_http::health::{azure_health, not_found};
 use modelpod_scoring::ScoringError;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use std::time::Instant;
 pub struct RouterState {
     pub control: Arc<Control>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    pub bodies: BodyReader,
 }
 
 /// The HTTP client that forwards requests, one per worker.
@@ -34,17 +36,25 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         let prefix = format!("/api/v1/{}/{{service}}", kind.singular());
         cfg.route(
             &format!("{prefix}/score"),
-            web::post().to(move |r, p, s, f| forward(r, p, s, f, kind, "/score".into())),
+            web::post().to(move |r, p, s, f| forward(r, p, s, f, kind, ReplicaRoute::Score)),
         )
         .route(
             &format!("{prefix}/swagger.json"),
-            web::get().to(move |r, p, s, f| forward(r, p, s, f, kind, "/swagger.json".into())),
+            web::get().to(move |r, p, s, f| forward(r, p, s, f, kind, ReplicaRoute::Swagger)),
         )
         .route(
             &format!("{prefix}/v2{{tail:.*}}"),
-            web::route().to(move |r: HttpRequest, p, s, f| {
-                let tail = r.match_info().get("tail").unwrap_or("").to_string();
-                forward(r, p, s, f, kind, format!("/v2{tail}"))
+            web::route().to(move |r: HttpRequest, p, s, f| async move {
+                let tail = r.match_info().get("tail").unwrap_or("");
+                match v2_route(tail, r.method()) {
+                    Some(route) => forward(r, p, s, f, kind, route).await,
+                    None => ApiError::NotFound(format!(
+                        "no route {} {} for scoring callers",
+                        r.method(),
+                        r.path()
+                    ))
+                    .error_response(),
+                }
             }),
         );
     }
@@ -110,7 +120,7 @@ async fn forward(
     state: web::Data<RouterState>,
     forwarder: web::Data<Forwarder>,
     kind: Kind,
-    replica_path: String,
+    route: ReplicaRoute,
 ) -> HttpResponse {
     let arrival = Instant::now();
     let name = request.match_info().get("service").unwrap_or_default();
@@ -127,7 +137,7 @@ async fn forward(
     };
     // Azure's swagger.json is public; everything else under the webservice needs its
     // credential.
-    let authorized = if replica_path == "/swagger.json" {
+    let authorized = if route == ReplicaRoute::Swagger {
         Ok(())
     } else {
         super::access::authorize(&request, name, &live.record, &state.control.tokens)
@@ -147,7 +157,8 @@ async fn forward(
                 live,
                 index,
                 &forwarder.0,
-                &replica_path,
+                &state.bodies,
+                &route,
                 &mut timing,
             )
             .await
@@ -206,17 +217,23 @@ async fn send(
     live: &LiveWebservice,
     version: usize,
     client: &reqwest::Client,
-    replica_path: &str,
+    bodies: &BodyReader,
+    route: &ReplicaRoute,
     timing: &mut Timing,
 ) -> Result<HttpResponse, ApiError> {
     let service: &Deployment = &live.deployments[version];
     let designation = live.record.versions[version].designation(live.record.kind);
     let limits = service.limits();
     let deadline = timing.arrival + limits.scoring_timeout;
-    let body = read_body(request, payload, limits.max_request_bytes).await?;
     let method = reqwest::Method::from_bytes(request.method().as_str().as_bytes())
         .map_err(|_| ScoringError::BadRequest("unsupported method".into()))?;
     let query = request.query_string();
+    // The whole body before a replica is leased: a client that sends slowly holds no
+    // replica's slot while it does.
+    let body = bodies
+        .read(request, payload, limits.max_request_bytes)
+        .await?
+        .bytes();
     let mut attempts = 0;
     loop {
         let waiting = Instant::now();
@@ -225,7 +242,7 @@ async fn send(
         let lease = lease.map_err(|why| no_replica(why, &live.name))?;
         timing.replica = Some(lease.replica.base_url.clone());
         let upstream = Instant::now();
-        let mut url = format!("{}{replica_path}", lease.replica.base_url);
+        let mut url = format!("{}{}", lease.replica.base_url, route.path());
         if !query.is_empty() {
             url.push('?');
             url.push_str(query);
@@ -238,6 +255,10 @@ async fn send(
             if let Some(value) = request.headers().get(name) {
                 outgoing = outgoing.header(name, value.as_bytes());
             }
+        }
+        // The caller's credential stays here; the replica takes only the router's.
+        if let Some(key) = service.replica_key() {
+            outgoing = outgoing.bearer_auth(key);
         }
         // After sending: the replica died or broke the exchange; it is out until it reports.
         let replica_failed = |lease: &super::replicas::Lease, e: reqwest::Error| {
@@ -256,14 +277,16 @@ async fn send(
         };
         let response = match outgoing.send().await {
             Ok(response) => response,
-            Err(e) if e.is_connect() && attempts < service.replicas.len() => {
-                // Never sent: this replica is gone; another may take it.
+            Err(e) if e.is_timeout() => return Err(timed_out()),
+            Err(e) if attempts < service.replicas.len() => {
+                // No answer at all: the replica refused the connection, or a pooled connection
+                // turned out dead (a killed replica). Scoring has no side effects, so another
+                // replica takes it.
                 attempts += 1;
-                tracing::warn!(replica = %lease.replica.base_url, error = %e, "replica refused; trying another");
+                tracing::warn!(replica = %lease.replica.base_url, error = %e, "replica unreachable; trying another");
                 service.replicas.unreachable(&lease.replica);
                 continue;
             }
-            Err(e) if e.is_timeout() => return Err(timed_out()),
             Err(e) => return Err(replica_failed(&lease, e)),
         };
         let status =
@@ -277,6 +300,13 @@ async fn send(
                     .map(|v| (h.to_string(), v.as_bytes().to_vec()))
             })
             .collect();
+        // What the replica actually ran, for data collection: never the caller's words.
+        let ran = response
+            .headers()
+            .get(modelpod_scoring::SERVED_MODEL_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once('/'))
+            .map(|(model, version)| (model.to_string(), version.to_string()));
         let bytes = match response.bytes().await {
             Ok(bytes) => bytes,
             Err(e) if e.is_timeout() => return Err(timed_out()),
@@ -286,12 +316,14 @@ async fn send(
         timing.upstream_us = upstream.elapsed().as_micros() as u64;
         if let Some(collector) = &service.collector
             && status.is_success()
+            && route.scores()
         {
+            let (model, version) = ran.unwrap_or_else(|| ("unknown".into(), "unknown".into()));
             collector.record(collected(
                 &service.id,
                 designation,
-                replica_path,
-                query,
+                model,
+                version,
                 &headers,
                 &body,
                 &bytes,
@@ -305,29 +337,17 @@ async fn send(
     }
 }
 
-/// A scored request as data collection keeps it. The model and version come from the v2 path
-/// (`/v2/models/{m}[/versions/{v}]/infer`) or Azure's `?model=`; bodies are kept as JSON when
-/// they are JSON, else base64.
+/// A scored request as data collection keeps it, labelled with the model and version the
+/// replica says it ran; bodies are kept as JSON when they are JSON, else base64.
 fn collected(
     deployment: &super::deployment::DeploymentId,
     designation: &str,
-    replica_path: &str,
-    query: &str,
+    model: String,
+    version: String,
     headers: &[(String, Vec<u8>)],
     request: &[u8],
     response: &[u8],
 ) -> collect::Record {
-    let segments: Vec<&str> = replica_path.split('/').collect();
-    let after = |key: &str| {
-        segments
-            .iter()
-            .position(|s| *s == key)
-            .and_then(|i| segments.get(i + 1))
-            .map(|s| s.to_string())
-    };
-    let from_query = form_urlencoded::parse(query.as_bytes())
-        .find(|(k, _)| k == "model")
-        .map(|(_, v)| v.into_owned());
     let body = |bytes: &[u8]| {
         serde_json::from_slice(bytes).unwrap_or_else(|_| {
             use base64::Engine;
@@ -343,10 +363,8 @@ fn collected(
         time: jiff::Timestamp::now(),
         request_id,
         service: deployment.webservice.clone(),
-        model: after("models")
-            .or(from_query)
-            .unwrap_or_else(|| "default".into()),
-        version: after("versions").unwrap_or_else(|| "latest".into()),
+        model,
+        version,
         designation: designation.into(),
         endpoint_version: deployment.version.clone(),
         inputs: body(request),

@@ -245,6 +245,8 @@ impl ReplicaSet {
             freed.as_mut().enable();
             match self.try_lease() {
                 Ok(lease) => break Ok(lease),
+                // Nothing to wait for (replicas starting, crashed or backing off): 503 now.
+                Err(NoReplica::NoneReady) => break Err(NoReplica::NoneReady),
                 Err(why) => {
                     if tokio::time::timeout_at(deadline.into(), freed)
                         .await

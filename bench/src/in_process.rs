@@ -166,5 +166,7 @@ async fn point(
         latency: LatencySummary::of(&latencies),
         server_queue_mean_us: None,
         server_compute_mean_us: None,
+        goodput_per_s: requests,
+        shed: None,
     })
 }

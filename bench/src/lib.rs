@@ -103,6 +103,10 @@ pub struct BenchArgs {
     /// Open loop: most requests in flight before new sends count as client-side drops.
     #[arg(long, default_value_t = 4096)]
     pub max_in_flight: usize,
+    /// Overload runs: also report the share of 503 answers that came within this long of
+    /// their send (maxQueueWaitMs plus a margin, to check that shedding is prompt).
+    #[arg(long, value_parser = parse_duration)]
+    pub shed_within: Option<Duration>,
     /// Write the results as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,

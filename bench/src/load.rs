@@ -50,6 +50,21 @@ pub struct PointResult {
     /// its `/metrics` (modelpod only).
     pub server_queue_mean_us: Option<f64>,
     pub server_compute_mean_us: Option<f64>,
+    /// Successful answers per second.
+    pub goodput_per_s: f64,
+    /// How long 503 answers (load shed) took, when there were any.
+    pub shed: Option<ShedSummary>,
+}
+
+/// The 503 answers of a point: how promptly an overloaded server refused.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShedSummary {
+    pub count: u64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
+    /// The share that came within `--shed-within` of their send.
+    pub within_share: Option<f64>,
 }
 
 /// Latency percentiles of successful requests, in microseconds.
@@ -79,6 +94,8 @@ impl LatencySummary {
 /// What every sender records into.
 struct Recorder {
     latencies: Mutex<Histogram<u64>>,
+    /// Latencies of 503 answers.
+    shed: Mutex<Histogram<u64>>,
     errors: Mutex<BTreeMap<String, u64>>,
     window_start: Instant,
 }
@@ -87,6 +104,9 @@ impl Recorder {
     fn new(window_start: Instant) -> Recorder {
         Recorder {
             latencies: Mutex::new(
+                Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"),
+            ),
+            shed: Mutex::new(
                 Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"),
             ),
             errors: Mutex::new(BTreeMap::new()),
@@ -117,7 +137,13 @@ impl Recorder {
                 let micros = counted_from.elapsed().as_micros().max(1) as u64;
                 let _ = self.latencies.lock().record(micros.min(3_600_000_000));
             }
-            Err(kind) => *self.errors.lock().entry(kind).or_default() += 1,
+            Err(kind) => {
+                if kind == "503" {
+                    let micros = counted_from.elapsed().as_micros().max(1) as u64;
+                    let _ = self.shed.lock().record(micros.min(3_600_000_000));
+                }
+                *self.errors.lock().entry(kind).or_default() += 1
+            }
         }
     }
 }
@@ -234,6 +260,7 @@ pub async fn measure(
         .expect("all senders finished");
     let latencies = recorder.latencies.into_inner();
     let errors = recorder.errors.into_inner();
+    let shed = recorder.shed.into_inner();
     let succeeded = latencies.len();
     let server = |name: &str| -> Option<f64> {
         let (b, a) = (before.as_ref()?, after.as_ref()?);
@@ -266,6 +293,16 @@ pub async fn measure(
         errors,
         server_queue_mean_us: server("modelpod_queue_duration_seconds"),
         server_compute_mean_us: server("modelpod_compute_duration_seconds"),
+        goodput_per_s: succeeded as f64 / seconds,
+        shed: (!shed.is_empty()).then(|| ShedSummary {
+            count: shed.len(),
+            p50_us: shed.value_at_quantile(0.5),
+            p99_us: shed.value_at_quantile(0.99),
+            max_us: shed.max(),
+            within_share: args
+                .shed_within
+                .map(|d| shed.quantile_below(d.as_micros() as u64)),
+        }),
     })
 }
 

@@ -43,7 +43,7 @@ class Server:
         self.log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
-            [str(BIN), "serve", "--model-repository", str(repo), "--host", "127.0.0.1",
+            [str(BIN), "serve", "--model-repository", str(repo), "--model-control-mode", "explicit", "--host", "127.0.0.1",
              "--port", "0", "--log-format", "text", "--max-concurrent-requests", "64",
              "--scoring-timeout-ms", "120000", *flags],
             stdout=self.log, stderr=subprocess.STDOUT)

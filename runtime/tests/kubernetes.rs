@@ -142,7 +142,7 @@ impl Drop for RunningPod {
 /// Plays kubelet until `stop`: binds new pods of the service, starts a scoring server for
 /// each on an address of its own, reports them Running and Ready; stops and force-deletes pods
 /// that are being deleted.
-async fn kubelet(client: kube::Client, subnet: u8, stop: Arc<AtomicBool>) {
+async fn kubelet(client: kube::Client, subnet: u8, replica_key: String, stop: Arc<AtomicBool>) {
     let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
     let nodes: Api<Node> = Api::all(client);
     let _ = nodes
@@ -174,7 +174,9 @@ async fn kubelet(client: kube::Client, subnet: u8, stop: Arc<AtomicBool>) {
                 .status()
                 .unwrap();
             assert!(added.success(), "cannot add {ip} to lo");
+            // As the pod spec says: its API key from the replica-key Secret.
             let server = modelpod()
+                .env("MODELPOD_API_KEYS", &replica_key)
                 .args(["serve", "--host", &ip, "--port", "5001"])
                 .arg("--model-repository")
                 .arg(workspace().join("tests/fixtures/slow-models"))
@@ -314,9 +316,23 @@ async fn the_router_scales_a_deployment_through_its_scale_subresource_with_least
         String::from_utf8_lossy(&applied.stderr)
     );
 
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), NAMESPACE);
+    let replica_key = secrets
+        .get(&format!("{SERVICE}-replica-key"))
+        .await
+        .unwrap()
+        .data
+        .and_then(|d| d.get("key").cloned())
+        .map(|k| String::from_utf8(k.0).unwrap())
+        .expect("the manifests' replica key Secret");
     let stop = Arc::new(AtomicBool::new(false));
     let subnet = (std::process::id() % 200 + 20) as u8;
-    let kubelet = tokio::spawn(kubelet(admin.clone(), subnet, stop.clone()));
+    let kubelet = tokio::spawn(kubelet(
+        admin.clone(),
+        subnet,
+        replica_key.clone(),
+        stop.clone(),
+    ));
     let router_config = router_kubeconfig(&cluster, admin.clone()).await;
     let deployment_config_arg = deployment_config.display().to_string();
     let router_args = [
@@ -372,6 +388,7 @@ async fn the_router_scales_a_deployment_through_its_scale_subresource_with_least
     let router = RouterBuilder::new(env!("CARGO_BIN_EXE_modelpod"))
         .dir(dir.path())
         .env("KUBECONFIG", &router_config.display().to_string())
+        .env("MODELPOD_REPLICA_KEY", &replica_key)
         .args(router_args)
         .start();
     let base = router.url("");
@@ -410,6 +427,21 @@ async fn the_router_scales_a_deployment_through_its_scale_subresource_with_least
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(replicas().await, 1);
+    // The pod answers the router (through which scoring works below), and nobody else.
+    let pod_url = status(base.clone()).await.unwrap()["replicas"][0]["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let direct = reqwest::Client::new()
+        .get(format!("{pod_url}/v2/models/slow"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        direct.status(),
+        401,
+        "a pod must refuse callers without the replica key"
+    );
 
     // Load: four requests at a time on one slot per pod asks for 3 pods (the maximum).
     let load_stop = Arc::new(AtomicBool::new(false));

@@ -486,7 +486,8 @@ fn scored_requests_are_collected_and_flushed_when_the_router_stops() {
         assert_eq!(access_lines, 21, "{}", router.log());
         // Dropping the router stops it with SIGTERM; it writes out what it collected.
     }
-    let partition = collected.path().join("svc/mlp/latest/default");
+    // Labelled with the version the replica ran (the request named none).
+    let partition = collected.path().join("svc/mlp/1/default");
     // One day, so one file: `<yyyy>/<mm>/<dd>/data.jsonl`.
     let files = files_under(&partition);
     assert_eq!(files.len(), 1, "{files:?}");

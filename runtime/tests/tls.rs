@@ -181,6 +181,23 @@ fn https_with_tls_1_2_and_1_3_only_and_a_redirecting_http_port() {
         )),
         "{headers}"
     );
+    // Never to the host the caller names: that would be an open redirect.
+    let (ok, headers) = curl(&[
+        "-o",
+        "/dev/null",
+        "-D",
+        "-",
+        "-H",
+        "Host: evil.example",
+        &format!("http://127.0.0.1:{redirect_port}/a"),
+    ]);
+    assert!(ok, "{headers}");
+    assert!(
+        headers
+            .to_ascii_lowercase()
+            .contains(&format!("location: https://127.0.0.1:{port}/a")),
+        "{headers}"
+    );
 }
 
 #[test]

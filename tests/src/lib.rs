@@ -126,6 +126,8 @@ pub fn serve_args(repository: &Path) -> ServeArgs {
         port: Some(0),
         max_concurrent_requests: Some(64),
         http_workers: Some(2),
+        // The suites load and unload through the repository API.
+        model_control_mode: Some(modelpod_serve::ModelControl::Explicit),
         ..ServeArgs::default()
     }
 }

@@ -28,6 +28,7 @@ fn args(url: String, model: &str, protocol: Protocol) -> BenchArgs {
         max_in_flight: 1024,
         compare: None,
         rounds: 2,
+        shed_within: None,
         json: None,
         markdown: None,
         plot: None,

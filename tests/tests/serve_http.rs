@@ -447,60 +447,157 @@ fn hostile_inputs_get_clear_4xx_and_the_server_stays_up() {
 }
 
 #[test]
-fn bearer_keys_guard_scoring_but_not_health() {
-    let mut args = serve_args(&fixtures());
-    args.api_keys = vec!["primary-key".into(), "secondary-key".into()];
-    let server = start(args);
+fn values_that_do_not_fit_the_model_are_422_never_500_or_silent() {
+    let server = start(serve_args(&fixtures()));
     let http = client();
-    let body = json!({"data": [[1, 2, 3, 4]]});
-    let score = server.url("/score?model=mlp");
-    let denied = http.post(&score).json(&body).send().unwrap();
-    assert_eq!(denied.headers()["www-authenticate"], "Bearer");
-    expect_error(denied, 401, "Bearer");
-    expect_error(
-        http.post(&score)
-            .bearer_auth("nope")
-            .json(&body)
-            .send()
-            .unwrap(),
-        401,
-        "Bearer",
-    );
-    for key in ["primary-key", "secondary-key"] {
-        assert_eq!(
-            http.post(&score)
-                .bearer_auth(key)
-                .json(&body)
-                .send()
-                .unwrap()
-                .status(),
-            200
+    // A number beyond FP32's range would have become infinity and been scored.
+    for (url, body) in [
+        (
+            server.url("/score?model=mlp"),
+            json!({"data": [[1e39, 1, 1, 1]]}),
+        ),
+        (
+            server.url("/v2/models/mlp/infer"),
+            json!({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1e39, 1, 1, 1]}]}),
+        ),
+    ] {
+        expect_error(
+            http.post(&url).json(&body).send().unwrap(),
+            422,
+            "not a valid FP32 value",
         );
     }
-    let infer = server.url("/v2/models/mlp/infer");
-    expect_error(
-        http.post(&infer)
-            .json(&json!({"inputs": []}))
-            .send()
-            .unwrap(),
-        401,
-        "Bearer",
+    // Token ids past the embedding table's 50 rows: the engine's reason, as the client's
+    // mistake; requests batched with it are unharmed.
+    let embed = server.url("/v2/models/embed/infer");
+    let ids = |values: Vec<i64>| json!({"inputs": [{"name": "ids", "shape": [1, values.len()], "datatype": "INT64", "data": values}]});
+    let threads: Vec<_> = (0..8)
+        .map(|i| {
+            let (http, embed) = (http.clone(), embed.clone());
+            let body = if i == 3 {
+                ids(vec![1, 2, 1000, 3, 4])
+            } else {
+                ids(vec![1, 2, 3, 4, 5])
+            };
+            std::thread::spawn(move || http.post(&embed).json(&body).send().unwrap())
+        })
+        .collect();
+    for (i, thread) in threads.into_iter().enumerate() {
+        let answer = thread.join().unwrap();
+        if i == 3 {
+            let body = expect_error(answer, 422, "cannot run on this input");
+            assert_eq!(body["error_type"], "InvalidInput");
+        } else {
+            assert_eq!(answer.status(), 200, "request {i}");
+        }
+    }
+}
+
+/// Every route of the scoring server, as (method, path, body): what the key check must cover.
+const SERVE_ROUTES: &[(&str, &str, &str)] = &[
+    ("GET", "/", ""),
+    ("GET", "/v2/health/live", ""),
+    ("GET", "/v2/health/ready", ""),
+    ("GET", "/swagger.json", ""),
+    ("POST", "/score?model=mlp", r#"{"data": [[1, 2, 3, 4]]}"#),
+    ("GET", "/metrics", ""),
+    ("GET", "/v2", ""),
+    ("GET", "/v2/models/mlp", ""),
+    ("GET", "/v2/models/mlp/versions/1", ""),
+    ("GET", "/v2/models/mlp/ready", ""),
+    ("GET", "/v2/models/mlp/versions/1/ready", ""),
+    ("GET", "/v2/models/mlp/config", ""),
+    ("GET", "/v2/models/mlp/versions/1/config", ""),
+    ("POST", "/v2/models/mlp/infer", r#"{"inputs": []}"#),
+    (
+        "POST",
+        "/v2/models/mlp/versions/1/infer",
+        r#"{"inputs": []}"#,
+    ),
+    ("GET", "/modelpod/busy?wait_ms=0", ""),
+    ("POST", "/v2/repository/index", "{}"),
+    ("POST", "/v2/repository/models/mlp/load", ""),
+    ("POST", "/v2/repository/models/mlp/unload", ""),
+    ("GET", "/no/such/route", ""),
+];
+
+const PUBLIC: [&str; 4] = ["/", "/v2/health/live", "/v2/health/ready", "/swagger.json"];
+
+#[test]
+fn with_keys_every_route_but_the_probes_and_swagger_needs_one() {
+    let mut args = serve_args(&fixtures());
+    args.api_keys = vec!["primary-key".into(), "secondary-key".into()];
+    args.load_policy = Some(modelpod_serve::LoadPolicy::Lazy);
+    let server = start(args);
+    let http = client();
+    let send = |method: &str, path: &str, body: &str, key: Option<&str>| {
+        let mut request = http
+            .request(method.parse().unwrap(), server.url(path))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        request.send().unwrap()
+    };
+    for (method, path, body) in SERVE_ROUTES {
+        for key in [None, Some("nope"), Some("Primary-key")] {
+            let answer = send(method, path, body, key);
+            if PUBLIC.contains(path) {
+                assert!(
+                    answer.status().is_success(),
+                    "{method} {path}: {}",
+                    answer.status()
+                );
+            } else {
+                assert_eq!(
+                    answer.headers()["www-authenticate"],
+                    "Bearer",
+                    "{method} {path}"
+                );
+                expect_error(answer, 401, "Bearer");
+            }
+        }
+    }
+    assert!(
+        server.registry.get("mlp", None).is_err(),
+        "no unauthenticated request loads a model"
     );
-    expect_error(
-        http.post(server.url("/v2/repository/models/mlp/unload"))
+    for key in ["primary-key", "secondary-key"] {
+        let answer = send(
+            "POST",
+            "/score?model=mlp",
+            r#"{"data": [[1, 2, 3, 4]]}"#,
+            Some(key),
+        );
+        assert_eq!(answer.status(), 200);
+        assert_eq!(
+            answer.headers()[modelpod_scoring::SERVED_MODEL_HEADER],
+            "mlp/1"
+        );
+        assert_eq!(send("GET", "/metrics", "", Some(key)).status(), 200);
+    }
+}
+
+#[test]
+fn repository_control_is_off_unless_asked_for() {
+    let mut args = serve_args(&fixtures());
+    args.model_control_mode = None;
+    let server = start(args);
+    let http = client();
+    for action in ["load", "unload"] {
+        let answer = http
+            .post(server.url(&format!("/v2/repository/models/mlp/{action}")))
             .send()
-            .unwrap(),
-        401,
-        "Bearer",
-    );
-    assert_eq!(http.get(server.url("/")).send().unwrap().status(), 200);
-    assert_eq!(
-        http.get(server.url("/v2/health/live"))
-            .send()
-            .unwrap()
-            .status(),
-        200
-    );
+            .unwrap();
+        expect_error(answer, 403, "--model-control-mode explicit");
+    }
+    assert!(server.registry.get("mlp", None).is_ok(), "still loaded");
+    let index = http
+        .post(server.url("/v2/repository/index"))
+        .send()
+        .unwrap();
+    assert_eq!(index.status(), 200, "reading the index is not control");
 }
 
 /// A request to the slow model that keeps its worker busy for a while (binary v2 body).

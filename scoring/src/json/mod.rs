@@ -1,6 +1,8 @@
 //! JSON numbers to typed tensors and back: nested arrays (Azure `data`, v2 `data` in either
 //! nested or flat form) to a flat buffer plus shape, checked to be rectangular.
 
+mod scan;
+
 use modelpod_accel::{DataType, Tensor, TensorData};
 use serde_json::{Number, Value};
 
@@ -30,6 +32,9 @@ pub fn flatten_slice(
     text: &[u8],
     dtype: DataType,
 ) -> Result<(Vec<usize>, TensorData), FlattenError> {
+    if let Some(flat) = scan::flatten(text, dtype) {
+        return Ok(flat);
+    }
     let mut flattener = Flattener::new(dtype);
     let mut deserializer = serde_json::Deserializer::from_slice(text);
     let parsed =

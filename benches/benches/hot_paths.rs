@@ -1,5 +1,5 @@
-//! Micro-benchmarks of the per-request hot paths: v2 JSON and binary tensor decoding, response
-//! encoding, batch assembly and splitting, and the batcher's queue selection.
+//! Micro-benchmarks of the per-request hot paths: Azure and v2 JSON and binary tensor decoding,
+//! response encoding, batch assembly and splitting, and the batcher's queue selection.
 //!
 //!     cargo bench -p modelpod-benches --bench hot_paths
 
@@ -16,6 +16,55 @@ fn image(rows: usize) -> Tensor {
         .map(|i| (i % 255) as f32 / 255.0)
         .collect();
     Tensor::new(vec![rows, 3, 224, 224], values).unwrap()
+}
+
+/// An Azure body for one image of `shape`, its values printed as a Python client prints
+/// float32 pixels normalised to [0, 1) (`json.dumps(array.tolist())` after rounding to 6 digits).
+fn azure_image_body(shape: &[usize]) -> String {
+    let count: usize = shape.iter().product();
+    let values: Vec<f64> = (0..count)
+        .map(|i| ((i * 7919) % 1_000_003) as f64 / 1_000_003.0)
+        .map(|x| (x * 1e6).round() / 1e6)
+        .collect();
+    let tensor = Tensor::new(shape.to_vec(), values).unwrap();
+    json!({ "data": modelpod_scoring::json::to_nested_json(&tensor) }).to_string()
+}
+
+/// Decoding Azure JSON images: one pass into the typed buffer against building a JSON tree
+/// first (what the server did before), at the text-direction classifier's input
+/// (1×3×48×192, about 200 KB) and the example CNN's (1×3×224×224).
+fn json_decode(c: &mut Criterion) {
+    let mut group = c.benchmark_group("azure json decode");
+    for shape in [[1usize, 3, 48, 192], [1, 3, 224, 224]] {
+        let body = azure_image_body(&shape);
+        let data = {
+            let start = body.find('[').unwrap();
+            &body[start..body.len() - 1]
+        };
+        let label = format!(
+            "{}x{}x{}x{} ({} KB)",
+            shape[0],
+            shape[1],
+            shape[2],
+            shape[3],
+            body.len() / 1000
+        );
+        group.throughput(Throughput::Bytes(body.len() as u64));
+        group.bench_function(BenchmarkId::new("one pass", &label), |b| {
+            b.iter(|| {
+                modelpod_scoring::json::flatten_slice(black_box(data.as_bytes()), DataType::Fp32)
+                    .unwrap()
+            })
+        });
+        group.bench_function(BenchmarkId::new("tree then flatten", &label), |b| {
+            b.iter(|| {
+                let value: serde_json::Value =
+                    serde_json::from_slice(black_box(body.as_bytes())).unwrap();
+                modelpod_scoring::json::flatten(&value["data"], DataType::Fp32).unwrap()
+            })
+        });
+    }
+    group.finish();
 }
 
 fn codecs(c: &mut Criterion) {
@@ -135,5 +184,11 @@ fn queue_selection(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, codecs, batch_assembly, queue_selection);
+criterion_group!(
+    benches,
+    json_decode,
+    codecs,
+    batch_assembly,
+    queue_selection
+);
 criterion_main!(benches);

@@ -151,17 +151,24 @@ async fn forward(
         ))
         .into()),
         (Ok(()), Some(index)) => {
-            send(
-                &request,
-                payload,
-                live,
-                index,
-                &forwarder.0,
-                &state.bodies,
-                &route,
-                &mut timing,
-            )
-            .await
+            // The whole body before a replica is leased: a client that sends slowly holds
+            // no replica's slot while it does.
+            let limit = live.deployments[index].limits().max_request_bytes;
+            match state.bodies.read(&request, payload, limit).await {
+                Ok(body) => {
+                    send(
+                        &request,
+                        body.bytes(),
+                        live,
+                        index,
+                        &forwarder.0,
+                        &route,
+                        &mut timing,
+                    )
+                    .await
+                }
+                Err(e) => Err(e),
+            }
         }
     };
     let version = chosen.map(|i| live.record.versions[i].name.clone());
@@ -213,11 +220,10 @@ struct Timing {
 
 async fn send(
     request: &HttpRequest,
-    payload: web::Payload,
+    body: bytes::Bytes,
     live: &LiveWebservice,
     version: usize,
     client: &reqwest::Client,
-    bodies: &BodyReader,
     route: &ReplicaRoute,
     timing: &mut Timing,
 ) -> Result<HttpResponse, ApiError> {
@@ -228,12 +234,6 @@ async fn send(
     let method = reqwest::Method::from_bytes(request.method().as_str().as_bytes())
         .map_err(|_| ScoringError::BadRequest("unsupported method".into()))?;
     let query = request.query_string();
-    // The whole body before a replica is leased: a client that sends slowly holds no
-    // replica's slot while it does.
-    let body = bodies
-        .read(request, payload, limits.max_request_bytes)
-        .await?
-        .bytes();
     let mut attempts = 0;
     loop {
         let waiting = Instant::now();

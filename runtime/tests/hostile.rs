@@ -184,8 +184,11 @@ fn address_of(url: &str) -> String {
         .to_string()
 }
 
+/// A malformed request: what it is, its extra headers, its body.
+type BadBody = (&'static str, Vec<(&'static str, String)>, Vec<u8>);
+
 /// Bodies that are not what the protocols say, for scoring routes that have the key.
-fn bad_bodies() -> Vec<(&'static str, Vec<(&'static str, String)>, Vec<u8>)> {
+fn bad_bodies() -> Vec<BadBody> {
     let deep = "[".repeat(100_000);
     let long_number = "1".repeat(100_000);
     vec![

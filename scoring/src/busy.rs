@@ -47,6 +47,11 @@ impl BusyBoard {
         self.in_flight.load(Ordering::Acquire)
     }
 
+    /// Requests waiting for a slot now.
+    pub fn waiting_now(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
+    }
+
     /// Counts a request waiting for a slot until the guard is dropped.
     pub fn waiting(&self) -> BusyGuard<'_> {
         BusyGuard::enter(self, &self.waiting)

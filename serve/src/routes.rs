@@ -392,6 +392,7 @@ async fn score(
         .model(&name, parse_version(query.version.as_deref())?, arrival)
         .await?;
     let result = async {
+        shed_if_hopeless(&state)?;
         let body = state
             .bodies
             .read(&request, payload, state.config.limits.max_request_bytes)
@@ -403,8 +404,9 @@ async fn score(
         // maxQueueWaitMs is refused by then, and the cores go to requests that will be scored.
         // (The body comes first: a client that sends it slowly must not hold a slot.)
         let slot = state.scorer.admit().await?;
-        let inputs = model.pipeline.decode_json(&body)?;
-        drop(body);
+        let decoding = model.clone();
+        let inputs =
+            off_the_event_loop(body, move |body| decoding.pipeline.decode_json(body)).await?;
         Ok(state.scorer.run(slot, &model, inputs, arrival).await?)
     }
     .await;
@@ -418,6 +420,34 @@ async fn score(
             format!("{:.3}", arrival.elapsed().as_secs_f64() * 1000.0),
         ))
         .json(reply))
+}
+
+/// 503 at once, before the body is read, for a request the queue ahead of it would keep past
+/// maxQueueWaitMs (see [`modelpod_scoring::Scorer::hopeless`]).
+fn shed_if_hopeless(state: &AppState) -> Result<(), ApiError> {
+    if state.scorer.hopeless() {
+        return Err(state.scorer.overloaded().into());
+    }
+    Ok(())
+}
+
+/// Bodies larger than this are decoded on a blocking thread: a decode of milliseconds on the
+/// event loop would hold up every request of that worker, the 503s of requests waiting for a
+/// slot included. Smaller ones decode in less time than the hand-off takes.
+const OFF_LOOP_BYTES: usize = 64 * 1024;
+
+/// Runs `decode` on the body (then frees it), off the event loop when the body is large.
+async fn off_the_event_loop<T: Send + 'static>(
+    body: modelpod_http::body::Body,
+    decode: impl FnOnce(&[u8]) -> Result<T, ScoringError> + Send + 'static,
+) -> Result<T, ApiError> {
+    if body.len() <= OFF_LOOP_BYTES {
+        return Ok(decode(&body)?);
+    }
+    web::block(move || decode(&body))
+        .await
+        .map_err(|e| ScoringError::Engine(format!("decoding the request: {e}")))?
+        .map_err(ApiError::from)
 }
 
 /// Open Inference Protocol v2 `infer`, JSON or binary tensors.
@@ -444,13 +474,14 @@ async fn infer(
     };
     let mut parsed = None;
     let result = async {
+        shed_if_hopeless(&state)?;
         let body = state
             .bodies
             .read(&request, payload, state.config.limits.max_request_bytes)
             .await?;
         let slot = state.scorer.admit().await?;
-        let decoded = v2::decode_request(&body, json_len)?;
-        drop(body);
+        let decoded =
+            off_the_event_loop(body, move |body| v2::decode_request(body, json_len)).await?;
         let selected = decoded.selected_outputs(&model.signature)?;
         let inputs = model.order_inputs(decoded.inputs)?;
         parsed = Some((decoded.id, selected));

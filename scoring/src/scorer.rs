@@ -298,6 +298,22 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_request_the_queue_would_keep_past_the_wait_is_refused_at_once() {
+        let scorer = scorer("models", limits(1, 20, 60_000));
+        assert!(!scorer.hopeless(), "a free slot");
+        let slot = scorer.admit().await.unwrap();
+        assert!(!scorer.hopeless(), "no hold time measured yet");
+        std::thread::sleep(Duration::from_millis(40));
+        drop(slot);
+        assert!(!scorer.hopeless(), "a free slot again");
+        let _held = scorer.admit().await.unwrap();
+        assert!(
+            scorer.hopeless(),
+            "a 40 ms hold ahead outlasts a 20 ms queue wait"
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_request_waits_for_a_slot_at_most_the_queue_wait() {
         let scorer = scorer("models", limits(1, 200, 60_000));

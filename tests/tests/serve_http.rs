@@ -493,6 +493,47 @@ fn values_that_do_not_fit_the_model_are_422_never_500_or_silent() {
     }
 }
 
+#[test]
+fn the_sentence_encoders_client_mistakes_are_422_with_the_engines_reason() {
+    if !modelpod_tests::ort_available() {
+        return;
+    }
+    let examples = modelpod_tests::workspace_root().join("examples/models");
+    assert!(examples.join("minilm").is_dir(), "run scripts/setup.sh");
+    let server = start(serve_args(&examples));
+    let http = client();
+    let score = server.url("/score?model=minilm");
+    let tokens = |ids: Vec<i64>, mask: usize| json!({"data": {"input_ids": [ids.clone()], "attention_mask": [vec![1; mask]], "token_type_ids": [vec![0; ids.len()]]}});
+    assert_eq!(
+        http.post(&score)
+            .json(&tokens(vec![101, 7592, 102], 3))
+            .send()
+            .unwrap()
+            .status(),
+        200
+    );
+    let long: Vec<i64> = std::iter::once(101)
+        .chain(std::iter::repeat_n(7592, 4094))
+        .chain([102])
+        .collect();
+    for (what, body) in [
+        (
+            "a token id past the vocabulary",
+            tokens(vec![101, 99_999, 102], 3),
+        ),
+        (
+            "a mask shorter than the ids",
+            tokens(vec![101, 7592, 102], 2),
+        ),
+        ("no tokens at all", tokens(vec![], 0)),
+        ("4 096 tokens, past the 512 positions", tokens(long, 4096)),
+    ] {
+        let answer = http.post(&score).json(&body).send().unwrap();
+        let body = expect_error(answer, 422, "cannot run on this input");
+        assert_eq!(body["error_type"], "InvalidInput", "{what}");
+    }
+}
+
 /// Every route of the scoring server, as (method, path, body): what the key check must cover.
 const SERVE_ROUTES: &[(&str, &str, &str)] = &[
     ("GET", "/", ""),

@@ -70,10 +70,6 @@ impl BodyReader {
         }
     }
 
-    pub fn timeout(&self) -> Duration {
-        self.timeout
-    }
-
     /// Reads a body of at most `limit` bytes: 413 past the limit (before reading, when the
     /// header declares more), 408 when it has not all arrived within the timeout, 503 when the
     /// server's budget for bodies in flight is spent.

@@ -154,21 +154,21 @@ async fn forward(
             // The whole body before a replica is leased: a client that sends slowly holds
             // no replica's slot while it does.
             let limit = live.deployments[index].limits().max_request_bytes;
-            match state.bodies.read(&request, payload, limit).await {
-                Ok(body) => {
-                    send(
-                        &request,
-                        body.bytes(),
-                        live,
-                        index,
-                        &forwarder.0,
-                        &route,
-                        &mut timing,
-                    )
-                    .await
-                }
-                Err(e) => Err(e),
+            async {
+                let body = state.bodies.read(&request, payload, limit).await?;
+                let body = body.bytes();
+                send(
+                    &request,
+                    body,
+                    live,
+                    index,
+                    &forwarder.0,
+                    &route,
+                    &mut timing,
+                )
+                .await
             }
+            .await
         }
     };
     let version = chosen.map(|i| live.record.versions[i].name.clone());

@@ -69,11 +69,18 @@ impl Scorer {
         }
     }
 
-    /// Whether a request arriving now can be told 503 before anything else is done for it
-    /// (its body read or decoded): no slot is free and the requests already waiting would,
-    /// at the recent slot hold time, keep it waiting past maxQueueWaitMs. Under heavy overload
-    /// this is what answers within maxQueueWaitMs and keeps the cores for admitted requests.
-    pub fn hopeless(&self) -> bool {
+    /// 503 for a request arriving now, before anything else is done for it (its body read or
+    /// decoded), when no slot is free and the requests already waiting would, at the recent
+    /// slot hold time, keep it waiting past maxQueueWaitMs. Under heavy overload this is what
+    /// answers within maxQueueWaitMs and keeps the cores for admitted requests.
+    pub fn shed_if_hopeless(&self) -> Result<(), ScoringError> {
+        if self.hopeless() {
+            return Err(self.overloaded());
+        }
+        Ok(())
+    }
+
+    fn hopeless(&self) -> bool {
         if self.admission.available_permits() > 0 {
             return false;
         }
@@ -83,9 +90,8 @@ impl Scorer {
         hold.mul_f64(rounds) > self.limits.max_queue_wait
     }
 
-    /// The 503 a request gets when no slot frees within maxQueueWaitMs (or, see
-    /// [`Scorer::hopeless`], when none would).
-    pub fn overloaded(&self) -> ScoringError {
+    /// The 503 a request gets when no slot frees within maxQueueWaitMs (or when none would).
+    fn overloaded(&self) -> ScoringError {
         ScoringError::Overloaded(format!(
             "Too many requests: no scoring slot became free within maxQueueWaitMs = {} ms (maxConcurrentRequestsPerContainer = {})",
             self.limits.max_queue_wait.as_millis(),
@@ -312,6 +318,10 @@ mod tests {
             scorer.hopeless(),
             "a 40 ms hold ahead outlasts a 20 ms queue wait"
         );
+        assert!(matches!(
+            scorer.shed_if_hopeless(),
+            Err(ScoringError::Overloaded(m)) if m.contains("maxQueueWaitMs = 20 ms")
+        ));
     }
 
     #[tokio::test(start_paused = true)]

@@ -392,7 +392,7 @@ async fn score(
         .model(&name, parse_version(query.version.as_deref())?, arrival)
         .await?;
     let result = async {
-        shed_if_hopeless(&state)?;
+        state.scorer.shed_if_hopeless()?;
         let body = state
             .bodies
             .read(&request, payload, state.config.limits.max_request_bytes)
@@ -420,15 +420,6 @@ async fn score(
             format!("{:.3}", arrival.elapsed().as_secs_f64() * 1000.0),
         ))
         .json(reply))
-}
-
-/// 503 at once, before the body is read, for a request the queue ahead of it would keep past
-/// maxQueueWaitMs (see [`modelpod_scoring::Scorer::hopeless`]).
-fn shed_if_hopeless(state: &AppState) -> Result<(), ApiError> {
-    if state.scorer.hopeless() {
-        return Err(state.scorer.overloaded().into());
-    }
-    Ok(())
 }
 
 /// Bodies larger than this are decoded on a blocking thread: a decode of milliseconds on the
@@ -474,7 +465,7 @@ async fn infer(
     };
     let mut parsed = None;
     let result = async {
-        shed_if_hopeless(&state)?;
+        state.scorer.shed_if_hopeless()?;
         let body = state
             .bodies
             .read(&request, payload, state.config.limits.max_request_bytes)

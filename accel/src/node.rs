@@ -148,7 +148,17 @@ pub struct NodeReport {
 impl NodeReport {
     /// Resolves the VM size, runs the probes and plans the engines. `require_accelerator`
     /// leaves the CPU engines out of the plan of a node that has an accelerator.
-    pub fn gather(args: &NodeArgs, require_accelerator: bool) -> NodeReport {
+    /// Probes the node. ONNX Runtime is loaded here if nothing loaded it yet (from
+    /// `ort_library`, else the default locations), so the plan lists only engines that run.
+    pub fn gather(
+        args: &NodeArgs,
+        require_accelerator: bool,
+        ort_library: Option<&std::path::Path>,
+    ) -> NodeReport {
+        let ort = crate::ort_engine::init_ort(ort_library).map_err(|e| match e {
+            crate::EngineError::OrtUnavailable(reason) => reason,
+            other => other.to_string(),
+        });
         let node = args.resolve();
         let expected = node.vm_size.as_deref().map(lookup);
         let cuda = probe::cuda_devices();
@@ -159,6 +169,7 @@ impl NodeReport {
             xilinx: &xilinx,
             vitis_ai_built: crate::VITIS_AI_BUILT,
             require_accelerator,
+            ort_unavailable: ort.as_ref().err().map(String::as_str),
         });
         NodeReport {
             node,

@@ -27,8 +27,10 @@ struct OrtRuntime {
 }
 
 /// Where to look for `libonnxruntime.so`, in order: `explicit` (the `--ort-library` flag),
-/// `ORT_DYLIB_PATH`, next to the executable, `../lib` beside it, `.modelpod/lib` in the
-/// current directory or any parent (where `scripts/setup.sh` puts it), `/opt/modelpod/lib`.
+/// `ORT_DYLIB_PATH`, next to the executable, then the prefix it is installed in (`../lib` and
+/// `../lib/modelpod` beside it), `.modelpod/lib` in the current directory or any parent (where
+/// `scripts/setup.sh` puts it), the `onnxruntime` wheel of the active Python virtualenv, and
+/// `/opt/modelpod/lib` (the image's).
 pub fn ort_library_candidates(explicit: Option<&Path>) -> Vec<PathBuf> {
     if let Some(path) = explicit {
         return vec![path.to_path_buf()];
@@ -43,6 +45,7 @@ pub fn ort_library_candidates(explicit: Option<&Path>) -> Vec<PathBuf> {
     {
         candidates.push(dir.join(LIBRARY_NAME));
         candidates.push(dir.join("../lib").join(LIBRARY_NAME));
+        candidates.push(dir.join("../lib/modelpod").join(LIBRARY_NAME));
     }
     if let Ok(cwd) = std::env::current_dir() {
         candidates.extend(
@@ -50,8 +53,30 @@ pub fn ort_library_candidates(explicit: Option<&Path>) -> Vec<PathBuf> {
                 .map(|d| d.join(".modelpod/lib").join(LIBRARY_NAME)),
         );
     }
+    if let Some(venv) = std::env::var_os("VIRTUAL_ENV").filter(|p| !p.is_empty()) {
+        candidates.extend(wheel_libraries(Path::new(&venv)));
+    }
     candidates.push(PathBuf::from("/opt/modelpod/lib").join(LIBRARY_NAME));
     candidates
+}
+
+/// The library inside a virtualenv's `onnxruntime` wheel, of the release this build expects
+/// (another release's API table would not match `ort`'s).
+fn wheel_libraries(venv: &Path) -> Vec<PathBuf> {
+    let Ok(lib) = std::fs::read_dir(venv.join("lib")) else {
+        return Vec::new();
+    };
+    let mut found: Vec<PathBuf> = lib
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("python3"))
+        .map(|e| {
+            e.path()
+                .join("site-packages/onnxruntime/capi")
+                .join(format!("{LIBRARY_NAME}.{ORT_VERSION}"))
+        })
+        .collect();
+    found.sort();
+    found
 }
 
 /// Loads ONNX Runtime once for the process. Later calls return the first outcome, whatever

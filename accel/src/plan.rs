@@ -7,7 +7,7 @@
 
 use crate::probe::{CudaDevice, Probe};
 use crate::sku::{AcceleratorKind, SkuSpec};
-use crate::{Device, DeviceKind, EngineChoice, EngineError, EngineKind};
+use crate::{Device, DeviceKind, EngineChoice, EngineError, EngineFamily, EngineKind};
 use serde::Serialize;
 
 /// One engine and the devices its instances are spread over.
@@ -65,6 +65,9 @@ pub struct NodeFacts<'a> {
     pub vitis_ai_built: bool,
     /// `--require-accelerator`: on a node with an accelerator, no CPU engine is planned.
     pub require_accelerator: bool,
+    /// Why ONNX Runtime cannot load here (the library tried and its error); its engines are
+    /// then left out of the plan, which never lists an engine that cannot run.
+    pub ort_unavailable: Option<&'a str>,
 }
 
 impl EnginePlan {
@@ -130,6 +133,15 @@ impl EnginePlan {
         let accelerated = !candidates.is_empty();
         if !(accelerated && facts.require_accelerator) {
             candidates.extend(cpu_candidates());
+        }
+        if let Some(reason) = facts.ort_unavailable {
+            let before = candidates.len();
+            candidates.retain(|c| c.engine.family() != EngineFamily::Ort);
+            if candidates.len() < before {
+                notes.push(format!(
+                    "ONNX Runtime engines left out of the plan: {reason}"
+                ));
+            }
         }
         EnginePlan {
             candidates,
@@ -278,6 +290,7 @@ mod tests {
             xilinx,
             vitis_ai_built: false,
             require_accelerator: false,
+            ort_unavailable: None,
         }
     }
 
@@ -339,6 +352,23 @@ mod tests {
         });
         assert_eq!(plan.engine_names(), ["ort-cpu", "tract-cpu"]);
         assert!(plan.mismatch.unwrap().contains("Xilinx"));
+    }
+
+    #[test]
+    fn an_onnx_runtime_that_cannot_load_is_left_out_and_named() {
+        let (cuda, xilinx) = (gpus(1), none());
+        let reason = "/opt/modelpod/lib/libonnxruntime.so: wrong ELF class";
+        let plan = EnginePlan::for_node(NodeFacts {
+            ort_unavailable: Some(reason),
+            ..facts(None, &cuda, &xilinx)
+        });
+        assert_eq!(plan.engine_names(), ["tract-cuda", "tract-cpu"]);
+        assert!(!plan.describe().contains("ort-"), "{}", plan.describe());
+        assert!(
+            plan.notes.iter().any(|n| n.contains(reason)),
+            "{:?}",
+            plan.notes
+        );
     }
 
     #[test]

@@ -76,7 +76,7 @@ async fn open_scorer(
     repository: std::path::PathBuf,
     clients: usize,
 ) -> Result<Scorer, BenchError> {
-    let plan = NodeReport::gather(&Default::default(), false).plan;
+    let plan = NodeReport::gather(&Default::default(), false, None).plan;
     let mut config = RegistryConfig::new(repository, args.backend);
     config.plan = plan;
     let registry = tokio::task::spawn_blocking(move || Registry::open(config))

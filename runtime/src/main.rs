@@ -48,6 +48,10 @@ struct SkuArgs {
     /// Plan as `serve --require-accelerator` would: no CPU engine where an accelerator is found.
     #[arg(long)]
     require_accelerator: bool,
+    /// Path of libonnxruntime.so, as `serve --ort-library` (else ORT_DYLIB_PATH, then the
+    /// default locations).
+    #[arg(long, value_name = "PATH")]
+    ort_library: Option<std::path::PathBuf>,
 }
 
 fn main() {
@@ -94,8 +98,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Sku(args) => {
-            let report =
-                modelpod_accel::node::NodeReport::gather(&args.node, args.require_accelerator);
+            let report = modelpod_accel::node::NodeReport::gather(
+                &args.node,
+                args.require_accelerator,
+                args.ort_library.as_deref(),
+            );
             if args.json {
                 cli_output::print_line(&serde_json::to_string_pretty(&report)?)?;
             } else {

@@ -84,8 +84,16 @@ pub enum PreStep {
 #[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
 pub enum PostStep {
     Softmax,
-    Argmax { labels: Option<String> },
-    Topk { k: usize, labels: Option<String> },
+    Argmax {
+        labels: Option<String>,
+    },
+    Topk {
+        k: usize,
+        labels: Option<String>,
+    },
+    /// Drops the output's last dimension, which must be 1: a regressor's `[[198.95], ...]`
+    /// answers `[198.95, ...]`, as the scikit-learn model it came from did on Azure.
+    Squeeze,
 }
 
 #[derive(Debug, thiserror::Error)]

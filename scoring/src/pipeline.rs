@@ -16,9 +16,10 @@ use std::path::Path;
 fn flatten(
     text: &RawValue,
     dtype: DataType,
+    model_dtype: DataType,
     what: impl Fn() -> String,
 ) -> Result<(Vec<usize>, TensorData), ScoringError> {
-    json::flatten_slice(text.get().as_bytes(), dtype).map_err(|e| match e {
+    json::flatten_slice_as(text.get().as_bytes(), dtype, model_dtype).map_err(|e| match e {
         json::FlattenError::Syntax(e) => ScoringError::BadRequest(format!(
             "the request body is not valid JSON: {}: {e}",
             what()
@@ -32,6 +33,8 @@ fn flatten(
 pub enum Reply<'a> {
     Value(Value),
     Tensor(&'a Tensor),
+    /// The tensor without its last dimension of 1.
+    Squeezed(&'a Tensor),
     Named(Vec<(&'a str, &'a Tensor)>),
 }
 
@@ -40,6 +43,7 @@ impl serde::Serialize for Reply<'_> {
         match self {
             Reply::Value(value) => value.serialize(serializer),
             Reply::Tensor(tensor) => json::NestedTensor(tensor).serialize(serializer),
+            Reply::Squeezed(tensor) => json::SqueezedTensor(tensor).serialize(serializer),
             Reply::Named(outputs) => serializer.collect_map(
                 outputs
                     .iter()
@@ -64,6 +68,7 @@ pub struct ScorePipeline {
 #[derive(Debug, Clone)]
 enum CompiledPost {
     Softmax,
+    Squeeze,
     Argmax(Option<Vec<String>>),
     Topk(usize, Option<Vec<String>>),
 }
@@ -107,12 +112,28 @@ impl ScorePipeline {
         }
         let mut post = Vec::new();
         for (i, step) in section.post.iter().enumerate() {
-            let terminal = matches!(step, PostStep::Argmax { .. } | PostStep::Topk { .. });
+            let terminal = matches!(
+                step,
+                PostStep::Argmax { .. } | PostStep::Topk { .. } | PostStep::Squeeze
+            );
             if terminal && i + 1 != section.post.len() {
-                return Err("argmax and topk must be the last post-processing step".into());
+                return Err(
+                    "argmax, topk and squeeze must be the last post-processing step".into(),
+                );
             }
             post.push(match step {
                 PostStep::Softmax => CompiledPost::Softmax,
+                PostStep::Squeeze => {
+                    let output = &signature.outputs[selected_output.expect("checked above")];
+                    if output.dims.last() != Some(&Some(1)) {
+                        return Err(format!(
+                            "squeeze drops a last dimension of 1, but output \"{}\" is {}",
+                            output.name,
+                            shape_text(&output.dims)
+                        ));
+                    }
+                    CompiledPost::Squeeze
+                }
                 PostStep::Argmax { labels } => {
                     CompiledPost::Argmax(read_labels(model_dir, labels.as_deref())?)
                 }
@@ -246,8 +267,9 @@ impl ScorePipeline {
                             spec.name
                         ))
                     })?;
-                    let (shape, values) =
-                        flatten(value, spec.dtype, || format!("input \"{}\"", spec.name))?;
+                    let (shape, values) = flatten(value, spec.dtype, spec.dtype, || {
+                        format!("input \"{}\"", spec.name)
+                    })?;
                     let tensor = Tensor::new(shape, values)?;
                     self.check_shape(spec, &tensor)?;
                     Ok(tensor)
@@ -279,7 +301,13 @@ impl ScorePipeline {
             }
             _ => spec.dtype,
         };
-        let (shape, values) = flatten(data, parse_as, || "\"data\"".to_string())?;
+        // Errors name what the caller sends: the cast's type, else the model's (never the
+        // FP64 that arithmetic is done in).
+        let shown = match self.pre.first() {
+            Some(PreStep::Cast { to }) => *to,
+            _ => spec.dtype,
+        };
+        let (shape, values) = flatten(data, parse_as, shown, || "\"data\"".to_string())?;
         if self.batched && shape.is_empty() {
             return Err(ScoringError::InvalidInput(format!(
                 "\"data\" must be a list of rows, each of shape {}",
@@ -388,8 +416,10 @@ impl ScorePipeline {
                 let tensor = outputs
                     .get(i)
                     .ok_or_else(|| ScoringError::Engine(format!("output {i} missing")))?;
-                if self.post.is_empty() {
-                    return Ok(Reply::Tensor(tensor));
+                match self.post.as_slice() {
+                    [] => return Ok(Reply::Tensor(tensor)),
+                    [CompiledPost::Squeeze] => return Ok(Reply::Squeezed(tensor)),
+                    _ => {}
                 }
                 Ok(Reply::Value(self.post_process(tensor)))
             }
@@ -409,9 +439,11 @@ impl ScorePipeline {
         let mut values = tensor.data().to_f64_vec();
         let mut results: Vec<Value> = Vec::new();
         let mut terminal = false;
+        let mut out_shape = shape;
         for step in &self.post {
             match step {
                 CompiledPost::Softmax => values.chunks_mut(classes).for_each(softmax),
+                CompiledPost::Squeeze => out_shape = json::squeezed(shape),
                 CompiledPost::Argmax(labels) => {
                     terminal = true;
                     results = values
@@ -454,7 +486,9 @@ impl ScorePipeline {
             } else {
                 DataType::Fp64
             });
-            json::to_nested_json(&Tensor::new(shape.to_vec(), data).expect("same element count"))
+            json::to_nested_json(
+                &Tensor::new(out_shape.to_vec(), data).expect("same element count"),
+            )
         }
     }
 }
@@ -604,6 +638,57 @@ mod tests {
         assert_eq!(out[0][0]["index"], json!(1));
         assert_eq!(out[0][1]["index"], json!(2));
         assert_eq!(out[1].as_array().unwrap().len(), 2);
+    }
+
+    fn regressor_signature() -> Signature {
+        Signature {
+            inputs: vec![spec("x", DataType::Fp32, &[None, Some(2)])],
+            outputs: vec![spec("variable", DataType::Fp32, &[None, Some(1)])],
+        }
+    }
+
+    #[test]
+    fn squeeze_answers_a_regressor_as_a_flat_list() {
+        let section: ScoreSection = toml::from_str(r#"post = [{ op = "squeeze" }]"#).unwrap();
+        let p = ScorePipeline::new(&section, &regressor_signature(), true, Path::new(".")).unwrap();
+        let predictions = Tensor::new(vec![3, 1], vec![198.95f32, 1.5, -2.0]).unwrap();
+        assert_eq!(
+            encoded(p.encode(std::slice::from_ref(&predictions)).unwrap()),
+            json!([198.95f32, 1.5, -2.0])
+        );
+        // Without it, the model's own shape.
+        let plain = ScorePipeline::new(
+            &ScoreSection::default(),
+            &regressor_signature(),
+            true,
+            Path::new("."),
+        )
+        .unwrap();
+        assert_eq!(
+            encoded(plain.encode(&[predictions]).unwrap()),
+            json!([[198.95f32], [1.5], [-2.0]])
+        );
+        // Only a last dimension of 1 can go, and only as the last step.
+        let err =
+            ScorePipeline::new(&section, &image_signature(), true, Path::new(".")).unwrap_err();
+        assert!(err.contains("\"scores\""), "{err}");
+        let section: ScoreSection =
+            toml::from_str(r#"post = [{ op = "squeeze" }, { op = "softmax" }]"#).unwrap();
+        assert!(
+            ScorePipeline::new(&section, &regressor_signature(), true, Path::new(".")).is_err()
+        );
+    }
+
+    #[test]
+    fn type_errors_name_the_models_type_not_the_arithmetics() {
+        let section: ScoreSection =
+            toml::from_str(r#"pre = [{ op = "scale", factor = 0.5 }]"#).unwrap();
+        let p = ScorePipeline::new(&section, &regressor_signature(), true, Path::new(".")).unwrap();
+        let err = p
+            .decode(&json!({"data": [[1, "two"]]}))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("FP32") && !err.contains("FP64"), "{err}");
     }
 
     #[test]

@@ -32,10 +32,21 @@ pub fn flatten_slice(
     text: &[u8],
     dtype: DataType,
 ) -> Result<(Vec<usize>, TensorData), FlattenError> {
+    flatten_slice_as(text, dtype, dtype)
+}
+
+/// [`flatten_slice`] into `dtype` for a model input of type `shown`, which errors name (a
+/// pre-processing step may parse an FP32 input as FP64 first; the caller knows only FP32).
+pub fn flatten_slice_as(
+    text: &[u8],
+    dtype: DataType,
+    shown: DataType,
+) -> Result<(Vec<usize>, TensorData), FlattenError> {
     if let Some(flat) = scan::flatten(text, dtype) {
         return Ok(flat);
     }
     let mut flattener = Flattener::new(dtype);
+    flattener.shown = shown;
     let mut deserializer = serde_json::Deserializer::from_slice(text);
     let parsed =
         serde::de::DeserializeSeed::deserialize(Level::top(&mut flattener), &mut deserializer)
@@ -51,7 +62,8 @@ pub fn flatten_slice(
 
 /// The state of one flattening: the shape found so far and the typed leaves.
 struct Flattener {
-    dtype: DataType,
+    /// The type errors name: the model input's (the buffer's may differ).
+    shown: DataType,
     /// Each depth's length, known once the first array at that depth has ended.
     dims: Vec<Option<usize>>,
     /// The depth scalars sit at, once one has been seen.
@@ -123,7 +135,7 @@ fn empty_data(dtype: DataType) -> TensorData {
 impl Flattener {
     fn new(dtype: DataType) -> Flattener {
         Flattener {
-            dtype,
+            shown: dtype,
             dims: Vec::new(),
             leaf_depth: None,
             data: empty_data(dtype),
@@ -189,7 +201,7 @@ impl Flattener {
                 "element {} ({}) is not a valid {} value",
                 self.data.len(),
                 leaf.shown(),
-                self.dtype
+                self.shown
             );
             return Err(self.fail(message));
         }
@@ -307,7 +319,7 @@ impl<'de> serde::de::Visitor<'de> for Level<'_> {
         Err(self.flattener.fail(format!(
             "element {} (an object) is not a valid {} value",
             self.flattener.data.len(),
-            self.flattener.dtype
+            self.flattener.shown
         )))
     }
 }
@@ -325,6 +337,24 @@ impl serde::Serialize for FlatData<'_> {
 /// A tensor serialised as nested JSON arrays following its shape (the Azure form), straight
 /// from its buffer.
 pub struct NestedTensor<'a>(pub &'a Tensor);
+
+/// A tensor as nested JSON arrays without its last dimension, which is 1 (a `squeeze`).
+pub struct SqueezedTensor<'a>(pub &'a Tensor);
+
+impl serde::Serialize for SqueezedTensor<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let shape = squeezed(self.0.shape());
+        modelpod_accel::with_tensor_data!(self.0.data(), v => Nested { values: v.as_slice(), shape }.serialize(serializer))
+    }
+}
+
+/// `shape` without a last dimension of 1.
+pub fn squeezed(shape: &[usize]) -> &[usize] {
+    match shape.split_last() {
+        Some((1, rest)) => rest,
+        _ => shape,
+    }
+}
 
 impl serde::Serialize for NestedTensor<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {

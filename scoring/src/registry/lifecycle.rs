@@ -260,6 +260,17 @@ impl Registry {
                         elapsed_ms = started.elapsed().as_millis() as u64,
                         "model ready"
                     );
+                    if served.policy.max_batch_size > 1
+                        && self.config.concurrent_requests == Some(1)
+                    {
+                        tracing::warn!(
+                            model = name,
+                            "the model batches up to {} rows, but maxConcurrentRequestsPerContainer \
+                             is 1 (Azure's default): one request is scored at a time, so no batch \
+                             can form; raise it (--max-concurrent-requests) to batch",
+                            served.policy.max_batch_size
+                        );
+                    }
                     metrics::histogram!("modelpod_model_load_duration_seconds")
                         .record(started.elapsed().as_secs_f64());
                     entry.measured = Some(served.footprint.clone());

@@ -97,6 +97,9 @@ pub struct RegistryConfig {
     pub meter: Option<Arc<dyn AllocationMeter>>,
     /// Measures what loads take of accelerator memory; without one, it is not charged.
     pub device_meter: Option<Arc<dyn DeviceMemoryMeter>>,
+    /// Requests scored at once in front of the batcher (maxConcurrentRequestsPerContainer),
+    /// when known: with 1, a batching model is warned about at load, as it can never batch.
+    pub concurrent_requests: Option<usize>,
 }
 
 impl RegistryConfig {
@@ -110,6 +113,7 @@ impl RegistryConfig {
             budget: MemoryBudget::unlimited(),
             meter: None,
             device_meter: None,
+            concurrent_requests: None,
         }
     }
 }

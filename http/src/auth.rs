@@ -1,7 +1,7 @@
 //! Bearer credentials: the scoring server's keys, and the parts the router's key, token and
 //! admin checks share.
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Credential};
 use actix_web::HttpRequest;
 use subtle::ConstantTimeEq;
 
@@ -31,7 +31,7 @@ impl KeyAuth {
         if matches_any(bearer(request).unwrap_or(""), &keys) {
             Ok(())
         } else {
-            Err(ApiError::Unauthorized)
+            Err(ApiError::Unauthorized(Credential::Key))
         }
     }
 }

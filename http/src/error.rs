@@ -9,10 +9,21 @@ use modelpod_scoring::ScoringError;
 use serde_json::json;
 use std::fmt;
 
+/// What a 401 asks for, so the message names the credential the route really takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential {
+    /// A service key (Azure's primary or secondary key).
+    Key,
+    /// A token from the management API (`tokenAuthEnabled`).
+    Token,
+    /// The router's admin key.
+    AdminKey,
+}
+
 #[derive(Debug)]
 pub enum ApiError {
     Scoring(ScoringError),
-    Unauthorized,
+    Unauthorized(Credential),
     PayloadTooLarge {
         limit: usize,
     },
@@ -42,7 +53,7 @@ impl ApiError {
     pub fn kind(&self) -> &'static str {
         match self {
             ApiError::Scoring(e) => e.kind(),
-            ApiError::Unauthorized => "Unauthorized",
+            ApiError::Unauthorized(_) => "Unauthorized",
             ApiError::PayloadTooLarge { .. } => "PayloadTooLarge",
             ApiError::NotFound(_) => "NotFound",
             ApiError::Forbidden(_) => "Forbidden",
@@ -59,8 +70,15 @@ impl fmt::Display for ApiError {
         match self {
             ApiError::Scoring(e) => write!(f, "{e}"),
             // Never say which part of the credential was wrong.
-            ApiError::Unauthorized => {
+            ApiError::Unauthorized(Credential::Key) => {
                 f.write_str("authentication required: send Authorization: Bearer <key>")
+            }
+            ApiError::Unauthorized(Credential::Token) => f.write_str(
+                "authentication required: this service takes tokens, not keys: send \
+                 Authorization: Bearer <token> (a token comes from the service's token endpoint)",
+            ),
+            ApiError::Unauthorized(Credential::AdminKey) => {
+                f.write_str("authentication required: send Authorization: Bearer <admin key>")
             }
             ApiError::PayloadTooLarge { limit } => {
                 write!(f, "the request body exceeds the limit of {limit} bytes")
@@ -95,7 +113,7 @@ impl ResponseError for ApiError {
                 ScoringError::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
                 ScoringError::Engine(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -109,7 +127,7 @@ impl ResponseError for ApiError {
     fn error_response(&self) -> HttpResponse {
         let message = self.to_string();
         let mut response = HttpResponse::build(self.status_code());
-        if matches!(self, ApiError::Unauthorized) {
+        if matches!(self, ApiError::Unauthorized(_)) {
             response.insert_header(("WWW-Authenticate", "Bearer"));
         }
         // The rest of a body that stalled cannot be told from the next request.
@@ -134,7 +152,7 @@ mod tests {
             (ScoringError::Overloaded("x".into()).into(), 503),
             (ScoringError::DeadlineExceeded("x".into()).into(), 504),
             (ScoringError::Engine("x".into()).into(), 500),
-            (ApiError::Unauthorized, 401),
+            (ApiError::Unauthorized(Credential::Key), 401),
             (ApiError::PayloadTooLarge { limit: 1 }, 413),
             (ApiError::Forbidden("x".into()), 403),
             (ApiError::RequestTimeout("x".into()), 408),

@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod body;
+pub mod cors;
 pub mod error;
 pub mod health;
 pub mod metrics;

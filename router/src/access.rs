@@ -7,6 +7,7 @@ use actix_web::HttpRequest;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use modelpod_http::ApiError;
 use modelpod_http::auth::{bearer, matches_any};
+use modelpod_http::error::Credential;
 use std::time::Duration;
 
 const ISSUER: &str = "modelpod";
@@ -117,10 +118,10 @@ pub fn authorize(
         ),
         AuthMode::Token => tokens.accepts(presented, name, webservice),
     };
-    if allowed {
-        Ok(())
-    } else {
-        Err(ApiError::Unauthorized)
+    match (allowed, webservice.auth) {
+        (true, _) => Ok(()),
+        (false, AuthMode::Token) => Err(ApiError::Unauthorized(Credential::Token)),
+        (false, _) => Err(ApiError::Unauthorized(Credential::Key)),
     }
 }
 
@@ -129,7 +130,7 @@ pub fn authorize_admin(request: &HttpRequest, admin_key: &str) -> Result<(), Api
     if matches_any(bearer(request).unwrap_or(""), &[admin_key.as_bytes()]) {
         Ok(())
     } else {
-        Err(ApiError::Unauthorized)
+        Err(ApiError::Unauthorized(Credential::AdminKey))
     }
 }
 

@@ -175,6 +175,22 @@ impl Webservice {
         self.versions.iter().position(|v| v.is_default)
     }
 
+    /// The share of traffic version `index` takes, in percent: its own percentile, or for
+    /// the default version whatever the others leave (what [`Webservice::pick`] sends it).
+    pub fn traffic_share(&self, index: usize) -> f64 {
+        let version = &self.versions[index];
+        if !version.is_default {
+            return version.traffic_percentile;
+        }
+        let others: f64 = self
+            .versions
+            .iter()
+            .filter(|v| !v.is_default)
+            .map(|v| v.traffic_percentile)
+            .sum();
+        (100.0 - others).max(0.0)
+    }
+
     fn check(&self, name: &str) -> Result<(), CatalogError> {
         match self.kind {
             Kind::Service => {
@@ -651,6 +667,9 @@ mod tests {
         assert_eq!(endpoint.pick(19.99), Some(1));
         assert_eq!(endpoint.pick(20.0), Some(0));
         assert_eq!(endpoint.pick(99.99), Some(0));
+        // What the listing shows is what pick does: the default takes the other 80 %.
+        assert_eq!(endpoint.traffic_share(0), 80.0);
+        assert_eq!(endpoint.traffic_share(1), 20.0);
     }
 
     #[test]

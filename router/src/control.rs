@@ -60,13 +60,15 @@ impl LiveWebservice {
             .versions
             .iter()
             .zip(&self.deployments)
-            .map(|(version, deployment)| {
+            .enumerate()
+            .map(|(index, (version, deployment))| {
                 let mut status = deployment.status();
                 let fields = status.as_object_mut().expect("an object");
                 fields.insert("name".into(), version.name.clone().into());
+                // What the version takes: the default's is the rest, whatever it was given.
                 fields.insert(
                     "traffic_percentile".into(),
-                    version.traffic_percentile.into(),
+                    record.traffic_share(index).into(),
                 );
                 fields.insert("is_default".into(), version.is_default.into());
                 fields.insert(

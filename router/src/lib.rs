@@ -91,7 +91,7 @@ pub struct RouteArgs {
     pub admin_key: Option<String>,
     /// How long a token from the management API is valid, in seconds; clients should refresh
     /// it after half of that [default: 3600].
-    #[arg(long)]
+    #[arg(long, env = "MODELPOD_TOKEN_LIFETIME_S")]
     pub token_lifetime_s: Option<u64>,
     /// The service's name, as in its scoring URI /api/v1/service/{name}/score.
     #[arg(long, env = "MODELPOD_SERVICE", default_value = "default")]
@@ -107,19 +107,21 @@ pub struct RouteArgs {
     pub deployment_config: Option<PathBuf>,
     /// How callers of the service authenticate [default: from deploymentconfig.json, else
     /// key].
-    #[arg(long, value_enum)]
+    #[arg(long, env = "MODELPOD_AUTH", value_enum)]
     pub auth: Option<AuthMode>,
+    /// Address the router listens on [default: 0.0.0.0].
     #[arg(long, env = "MODELPOD_HOST")]
     pub host: Option<String>,
-    /// Port the router listens on; 0 picks a free one [default: 8080].
-    #[arg(long, env = "MODELPOD_ROUTER_PORT")]
+    /// Port the router listens on; 0 picks a free one [default: 8080]. The same variable as
+    /// `serve --port`'s: local replicas are given their ports as flags, which win over it.
+    #[arg(long, env = "MODELPOD_PORT")]
     pub port: Option<u16>,
     /// How long utilization must stay low before replicas are removed, in seconds
     /// [default: 60].
-    #[arg(long)]
+    #[arg(long, env = "MODELPOD_SCALE_DOWN_WINDOW_S")]
     pub scale_down_window_s: Option<u64>,
     /// A dev/test cluster: autoscaling is off and numReplicas (default 1) replicas run.
-    #[arg(long)]
+    #[arg(long, env = "MODELPOD_DEV_TEST")]
     pub dev_test: bool,
     /// Serve HTTPS (TLS 1.2 and 1.3) with this PEM certificate chain, leaf first.
     #[arg(long, env = "MODELPOD_TLS_CERT", requires = "tls_key")]
@@ -156,7 +158,7 @@ pub struct RouteArgs {
     #[arg(long, env = "MODELPOD_KUBE_NAMESPACE", default_value = "default")]
     pub kube_namespace: String,
     /// The scoring port of the Deployment's pods.
-    #[arg(long, default_value_t = modelpod_scoring::deployment::defaults::SCORING_SERVER_PORT)]
+    #[arg(long, env = "MODELPOD_KUBE_PORT", default_value_t = modelpod_scoring::deployment::defaults::SCORING_SERVER_PORT)]
     pub kube_port: u16,
 }
 

@@ -311,7 +311,8 @@ pub fn render(args: &ManifestArgs) -> anyhow::Result<Value> {
                 "apps",
                 "deployments/scale",
                 Some(name),
-                &["get", "patch", "update"],
+                // The scaler reads and patches the scale subresource; it never replaces it.
+                &["get", "patch"],
             ),
             rule("", "endpoints", Some(name), &["get", "watch"]),
             rule("autoscaling", "horizontalpodautoscalers", None, &["list"]),

@@ -103,13 +103,18 @@ fn no_replica(why: NoReplica, service: &str) -> ScoringError {
 }
 
 /// Headers passed through in each direction; hop-by-hop ones never are.
-const FORWARDED_HEADERS: [&str; 5] = [
+const FORWARDED_HEADERS: [&str; 6] = [
     "content-type",
     "accept",
     "x-ms-request-id",
     "x-request-id",
+    "x-ms-client-request-id",
     "inference-header-content-length",
 ];
+
+/// Headers only replicas send, passed back to the caller as Azure's front end does: the
+/// scoring function's own time.
+const REPLY_HEADERS: [&str; 1] = ["x-ms-run-fn-exec-ms"];
 
 /// Authenticates the request for the webservice its path names, picks the version by the
 /// traffic split, and sends it to that version's least-busy ready replica. Every answer,
@@ -293,6 +298,7 @@ async fn send(
             StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
         let headers: Vec<(String, Vec<u8>)> = FORWARDED_HEADERS
             .iter()
+            .chain(&REPLY_HEADERS)
             .filter_map(|h| {
                 response
                     .headers()

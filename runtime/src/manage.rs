@@ -147,7 +147,8 @@ pub enum Common {
     /// Replace one of its keys with a new random one; the other keeps working.
     RegenKey {
         name: String,
-        #[arg(long, value_enum)]
+        /// `primary` or `secondary`; any case, so Azure's `Primary` works as written.
+        #[arg(long, value_enum, ignore_case = true)]
         key: KeyArg,
     },
     /// Issue a token (token auth only), with its expiry and when to refresh it.

@@ -2,7 +2,7 @@
 # The long parts of the hostile-input and fault suite, on the release binary and the example
 # models: 1 500 header-only connections, peak memory per MB of JSON body, the time to answer a
 # body that stalls, shedding at 3x and 10x overload, and an unstartable replica's restarts.
-# The short parts run in CI: cargo test -p modelpod --test hostile -- --nocapture.
+# The short parts run in CI: cargo test --workspace --test end_to_end hostile -- --nocapture.
 #
 #   bash benches/reliability.sh            (OVERLOAD_SECONDS=10 RESTART_SECONDS=60)
 #

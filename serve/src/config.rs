@@ -74,7 +74,7 @@ pub struct ServeArgs {
     pub api_keys: Vec<String>,
     /// No route takes a key, whatever deploymentconfig.json says (authEnabled,
     /// tokenAuthEnabled, keys): for a server nothing but a trusted caller can reach.
-    #[arg(long, conflicts_with = "api_keys")]
+    #[arg(long, env = "MODELPOD_NO_AUTH", conflicts_with = "api_keys")]
     pub no_auth: bool,
     /// Whether the v2 repository API may load and unload models: none (Triton's default:
     /// load and unload are refused with 403) or explicit [default: none].
@@ -83,6 +83,14 @@ pub struct ServeArgs {
     /// How long a client may take to send a request body before 408 [default: 10000].
     #[arg(long, env = "MODELPOD_BODY_TIMEOUT_MS")]
     pub body_timeout_ms: Option<u64>,
+    /// Origins browsers may call from (comma-separated, or `*`), as Azure's AML_CORS_ORIGINS,
+    /// which is read too [default: none, no CORS headers].
+    #[arg(long, env = "MODELPOD_CORS_ORIGINS")]
+    pub cors_origins: Option<String>,
+    /// Also listen on this port, for the health probes only (`GET /`, `/v2/health/live`,
+    /// `/v2/health/ready`), as Azure's `--health-port`; every other route there is 404.
+    #[arg(long, env = "MODELPOD_HEALTH_PORT")]
+    pub health_port: Option<u16>,
     /// Model `POST /score` uses when no ?model= is given [default: the only model].
     #[arg(long, env = "MODELPOD_DEFAULT_MODEL")]
     pub default_model: Option<String>,
@@ -209,6 +217,10 @@ struct Layer {
     model_control_mode: Option<ModelControl>,
     #[serde(skip_serializing_if = "Option::is_none")]
     body_timeout_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cors_origins: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    health_port: Option<u16>,
 }
 
 impl Layer {
@@ -239,6 +251,8 @@ impl Layer {
             repository_poll: args.repository_poll,
             model_control_mode: args.model_control_mode,
             body_timeout_ms: args.body_timeout_ms,
+            cors_origins: args.cors_origins.clone(),
+            health_port: args.health_port,
         }
     }
 
@@ -267,6 +281,10 @@ pub struct ServeConfig {
     pub api_keys: Vec<String>,
     pub model_control: ModelControl,
     pub body_timeout: Duration,
+    /// Origins allowed to call cross-origin; empty: no CORS.
+    pub cors_origins: Vec<String>,
+    /// The probes-only listener's port.
+    pub health_port: Option<u16>,
     pub default_model: Option<String>,
     pub load_parallelism: usize,
     pub http_workers: usize,
@@ -364,6 +382,11 @@ impl ServeConfig {
             .merge(Env::raw().only(&["SCORING_TIMEOUT_MS"]))
             .merge(
                 Env::raw()
+                    .only(&["AML_CORS_ORIGINS"])
+                    .map(|_| "cors_origins".into()),
+            )
+            .merge(
+                Env::raw()
                     .only(&["AZUREML_MODEL_DIR"])
                     .map(|_| "model_repository".into()),
             )
@@ -411,6 +434,12 @@ impl ServeConfig {
                     .body_timeout_ms
                     .unwrap_or(modelpod_http::body::DEFAULT_BODY_TIMEOUT.as_millis() as u64),
             ),
+            cors_origins: layer
+                .cors_origins
+                .as_deref()
+                .map(modelpod_http::cors::origins)
+                .unwrap_or_default(),
+            health_port: layer.health_port,
             default_model: layer.default_model,
             load_parallelism: layer.load_parallelism.unwrap_or(2),
             http_workers: layer

@@ -43,6 +43,8 @@ pub struct AppState {
     pub auth: KeyAuth,
     pub metrics: PrometheusHandle,
     pub bodies: modelpod_http::body::BodyReader,
+    /// The port of the probes-only listener (`--health-port`), once bound.
+    pub probe_port: Option<u16>,
 }
 
 impl AppState {
@@ -70,6 +72,17 @@ impl ScoringServer {
         let metrics = modelpod_http::metrics::install();
         let device_meter: Option<Arc<dyn DeviceMemoryMeter>> =
             (!node.cuda.devices.is_empty()).then(|| Arc::new(crate::memory::CudaMemoryMeter) as _);
+        // Bound before the state is made, so the probes-only check knows its port (0 picks one).
+        let probe_listener = match config.health_port {
+            Some(port) => {
+                let address = format!("{}:{port}", config.host);
+                Some(
+                    std::net::TcpListener::bind(&address)
+                        .map_err(|source| ServeError::Bind { address, source })?,
+                )
+            }
+            None => None,
+        };
         let registry = Arc::new(Registry::open(RegistryConfig {
             repository: config.model_repository.clone(),
             engine_choice: config.backend,
@@ -83,6 +96,7 @@ impl ScoringServer {
             budget: with_device_defaults(config.memory_budget.clone(), &node.cuda.devices),
             meter: Some(Arc::new(crate::memory::JemallocMeter)),
             device_meter,
+            concurrent_requests: Some(config.limits.max_concurrent_requests),
         })?);
         let state = web::Data::new(AppState {
             scorer: Scorer::new(registry, config.limits, config.strict_readiness),
@@ -93,16 +107,23 @@ impl ScoringServer {
                 modelpod_http::body::DEFAULT_BODY_BUDGET,
             ),
             config: config.clone(),
+            probe_port: probe_listener
+                .as_ref()
+                .and_then(|l| l.local_addr().ok())
+                .map(|a| a.port()),
         });
         let app_state = state.clone();
         let address = format!("{}:{}", config.host, config.port);
-        let http = HttpServer::new(move || {
+        let cors_origins = config.cors_origins.clone();
+        let mut http = HttpServer::new(move || {
             App::new()
                 .app_data(app_state.clone())
                 .wrap(actix_web::middleware::from_fn(routes::require_key))
                 .wrap(actix_web::middleware::from_fn(
                     modelpod_http::request_id::request_ids,
                 ))
+                // Outermost: a browser's preflight carries no key and is answered here.
+                .wrap(modelpod_http::cors::middleware(&cors_origins))
                 .configure(routes::configure)
         })
         .workers(config.http_workers)
@@ -114,6 +135,16 @@ impl ScoringServer {
             source,
         })?;
         let address = *http.addrs().first().expect("bound to at least one address");
+        if let Some(listener) = probe_listener {
+            let probes = listener.local_addr().ok();
+            http = http.listen(listener).map_err(|source| ServeError::Bind {
+                address: format!("{probes:?}"),
+                source,
+            })?;
+            if let Some(probes) = probes {
+                tracing::info!("health probes also on http://{probes}");
+            }
+        }
         let server = http.run();
         let loader_state = state.clone();
         std::thread::Builder::new()
@@ -204,8 +235,8 @@ fn prepare_engines(config: &ServeConfig) -> Result<(), ServeError> {
         (Err(e), EngineChoice::Exactly(engine)) if engine.family() == EngineFamily::Ort => {
             return Err(ServeError::OrtRequired(e));
         }
-        (Err(e), EngineChoice::Auto) => tracing::info!("{e}; serving with tract"),
-        (Err(_), EngineChoice::Tract | EngineChoice::Exactly(_)) => {}
+        // The plan drops ONNX Runtime's engines and says why at WARN (check_node).
+        (Err(_), EngineChoice::Auto | EngineChoice::Tract | EngineChoice::Exactly(_)) => {}
     }
     Ok(())
 }
@@ -234,7 +265,11 @@ fn with_device_defaults(
 /// a warning, or fatal with `--require-accelerator`. Returns the report, whose plan the
 /// registry loads models by.
 fn check_node(config: &ServeConfig) -> Result<NodeReport, ServeError> {
-    let report = NodeReport::gather(&config.node, config.require_accelerator);
+    let report = NodeReport::gather(
+        &config.node,
+        config.require_accelerator,
+        config.ort_library.as_deref(),
+    );
     tracing::info!(
         vm_size = report.node.vm_size.as_deref().unwrap_or("unknown"),
         source = ?report.node.source,
@@ -309,6 +344,11 @@ impl RunningServer {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.address)
+    }
+
+    /// The probes-only listener's port (`--health-port`), when there is one.
+    pub fn probe_port(&self) -> Option<u16> {
+        self.state.probe_port
     }
 
     /// Waits until start-up loading has finished (or `timeout` passes).

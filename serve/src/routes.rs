@@ -19,19 +19,38 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
-/// The routes anyone may call, keys or not: probes and the swagger document.
+/// The routes anyone may call with GET, keys or not: probes and the swagger document.
 pub const PUBLIC_ROUTES: [&str; 4] = ["/", "/v2/health/live", "/v2/health/ready", "/swagger.json"];
 
+/// What the probes-only listener (`--health-port`) answers; anything else there is 404.
+pub const PROBE_ROUTES: [&str; 3] = ["/", "/v2/health/live", "/v2/health/ready"];
+
 /// Refuses every request without a valid key, when keys are configured, before its handler
-/// runs; public routes pass. A path is public only if it is exactly one of them.
+/// runs; public routes pass. A path is public only if it is exactly one of them. `OPTIONS
+/// /score` is public too: Azure answers it 200 for browsers, which send no credentials.
 pub async fn require_key(
     request: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let public =
-        request.method() == actix_web::http::Method::GET && PUBLIC_ROUTES.contains(&request.path());
-    if !public && let Some(state) = request.app_data::<web::Data<AppState>>() {
-        state.auth.check(request.request())?;
+    use actix_web::http::Method;
+    let path = request.path();
+    let get = request.method() == Method::GET;
+    let public = (get && PUBLIC_ROUTES.contains(&path))
+        || (request.method() == Method::OPTIONS && path == "/score");
+    if let Some(state) = request.app_data::<web::Data<AppState>>() {
+        let on_probe_port = state
+            .probe_port
+            .is_some_and(|port| request.app_config().local_addr().port() == port);
+        if on_probe_port && !(get && PROBE_ROUTES.contains(&path)) {
+            return Err(ApiError::NotFound(format!(
+                "{path}: the health port answers only GET {}",
+                PROBE_ROUTES.join(", ")
+            ))
+            .into());
+        }
+        if !public {
+            state.auth.check(request.request())?;
+        }
     }
     next.call(request).await
 }
@@ -40,6 +59,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.app_data(modelpod_http::error::query_config())
         .route("/", web::get().to(azure_health))
         .route("/score", web::post().to(score))
+        // Azure's server answers a bare OPTIONS /score with an empty 200 (with CORS on, the
+        // middleware answers preflights before this).
+        .route(
+            "/score",
+            web::method(actix_web::http::Method::OPTIONS).to(HttpResponse::Ok),
+        )
         .route("/swagger.json", web::get().to(super::swagger::swagger))
         .route("/metrics", web::get().to(metrics))
         .route("/v2", web::get().to(server_metadata))

@@ -340,6 +340,7 @@ impl ServeBuilder {
         ServeProcess {
             child,
             address,
+            startup_log: seen,
             lines,
         }
     }
@@ -350,6 +351,8 @@ pub struct ServeProcess {
     pub child: Child,
     /// `HOST:PORT` it listens on.
     pub address: String,
+    /// Its log lines up to the end of start-up loading.
+    pub startup_log: Vec<String>,
     /// Its log lines from after start-up, as they come.
     pub lines: std::sync::mpsc::Receiver<String>,
 }

@@ -944,3 +944,127 @@ fn azure_single_model_layout_scores_without_naming_the_model() {
     );
     assert_eq!(status, 200);
 }
+
+/// `AML_CORS_ORIGINS`' behaviour: a listed origin's preflight and calls get CORS headers,
+/// other origins none; a bare `OPTIONS /score` is 200 as on Azure, key or not.
+#[test]
+fn listed_origins_may_call_cross_origin_and_others_may_not() {
+    let mut args = serve_args(&fixtures());
+    args.cors_origins = Some("https://app.example, https://other.example".into());
+    args.api_keys = vec!["k".into()];
+    let server = start(args);
+    let http = client();
+    let preflight = |origin: &str| {
+        http.request(reqwest::Method::OPTIONS, server.url("/score"))
+            .header("Origin", origin)
+            .header("Access-Control-Request-Method", "POST")
+            .header(
+                "Access-Control-Request-Headers",
+                "authorization, content-type",
+            )
+            .send()
+            .unwrap()
+    };
+    let allowed = preflight("https://app.example");
+    assert_eq!(allowed.status(), 200);
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let methods = allowed.headers()["access-control-allow-methods"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(methods.contains("POST"), "{methods}");
+    let refused = preflight("https://evil.example");
+    assert!(
+        !refused
+            .headers()
+            .contains_key("access-control-allow-origin"),
+        "{:?}",
+        refused.headers()
+    );
+    // The call itself still needs the key; with it, the origin is allowed.
+    let call = http
+        .post(server.url("/score?model=mlp"))
+        .header("Origin", "https://app.example")
+        .bearer_auth("k")
+        .json(&json!({"data": [[1, 2, 3, 4]]}))
+        .send()
+        .unwrap();
+    assert_eq!(call.status(), 200);
+    assert_eq!(
+        call.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let bare = http
+        .request(reqwest::Method::OPTIONS, server.url("/score"))
+        .send()
+        .unwrap();
+    assert_eq!(bare.status(), 200);
+
+    // Without origins, no CORS headers at all.
+    let plain = start(serve_args(&fixtures()));
+    let response = http
+        .post(plain.url("/score?model=mlp"))
+        .header("Origin", "https://app.example")
+        .json(&json!({"data": [[1, 2, 3, 4]]}))
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        !response
+            .headers()
+            .contains_key("access-control-allow-origin")
+    );
+}
+
+/// `--health-port`: the probes answer there without a key; nothing else does, not even with
+/// the key, so the port can be opened to the kubelet alone.
+#[test]
+fn the_health_port_answers_the_probes_and_nothing_else() {
+    let mut args = serve_args(&fixtures());
+    args.health_port = Some(0);
+    args.api_keys = vec!["k".into()];
+    args.strict_readiness = Some(false);
+    let server = start(args);
+    let port = server.probe_port().expect("a probes listener");
+    assert_ne!(port, server.address.port());
+    let probe = |path: &str| format!("http://127.0.0.1:{port}{path}");
+    let http = client();
+    let health = http.get(probe("/")).send().unwrap();
+    assert_eq!(health.status(), 200);
+    assert_eq!(health.text().unwrap(), "Healthy");
+    assert_eq!(
+        http.get(probe("/v2/health/live")).send().unwrap().status(),
+        200
+    );
+    assert_eq!(
+        http.get(probe("/v2/health/ready")).send().unwrap().status(),
+        200
+    );
+    for (method, path) in [
+        (reqwest::Method::POST, "/score?model=mlp"),
+        (reqwest::Method::GET, "/metrics"),
+        (reqwest::Method::GET, "/swagger.json"),
+        (reqwest::Method::GET, "/v2/models/mlp"),
+    ] {
+        let (status, body) = json_of(
+            http.request(method.clone(), probe(path))
+                .bearer_auth("k")
+                .json(&json!({"data": [[1, 2, 3, 4]]}))
+                .send()
+                .unwrap(),
+        );
+        assert_eq!(status, 404, "{method} {path}: {body}");
+        assert!(body["error"].as_str().unwrap().contains("health port"));
+    }
+    // The main port is unchanged.
+    let scored = http
+        .post(server.url("/score?model=mlp"))
+        .bearer_auth("k")
+        .json(&json!({"data": [[1, 2, 3, 4]]}))
+        .send()
+        .unwrap();
+    assert_eq!(scored.status(), 200);
+}

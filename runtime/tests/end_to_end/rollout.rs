@@ -111,6 +111,13 @@ fn an_endpoint_splits_traffic_refuses_bad_changes_and_survives_a_restart() {
     let keys: Value = serde_json::from_str(&keys).unwrap();
     let primary = keys["primaryKey"].as_str().unwrap().to_string();
     assert!(primary.len() >= 32, "keys are long random strings");
+    // Azure's spelling of the key's name works as written.
+    let (ok, rotated) = router.cli(&["endpoint", "regen-key", "ep", "--key", "Primary"]);
+    assert!(ok, "{rotated}");
+    let rotated: Value = serde_json::from_str(&rotated).unwrap();
+    let primary = rotated["primaryKey"].as_str().unwrap().to_string();
+    assert_ne!(primary, keys["primaryKey"].as_str().unwrap());
+    assert_eq!(rotated["secondaryKey"], keys["secondaryKey"]);
 
     // 80/20: the default (blue, 0 %) takes what green (20 %) does not claim. Binomial with
     // n = 1000, p = 0.2: sd 12.6, so 200 +/- 60 fails by chance about once in 10^6 runs.
@@ -133,6 +140,20 @@ fn an_endpoint_splits_traffic_refuses_bad_changes_and_survives_a_restart() {
     // Refused changes say why and change nothing.
     use reqwest::Method;
     let before = router.admin(Method::GET, "/modelpod/endpoints/ep", None).1;
+    // The listing shows what each version takes: the default blue the 80 % green leaves.
+    let shares: BTreeMap<String, f64> = before["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            let name = v["name"].as_str().unwrap().to_string();
+            (name, v["traffic_percentile"].as_f64().unwrap())
+        })
+        .collect();
+    assert_eq!(
+        shares,
+        BTreeMap::from([("blue".into(), 80.0), ("green".into(), 20.0)])
+    );
     let refusals = [
         (
             Method::POST,
@@ -309,8 +330,8 @@ fn an_endpoint_takes_six_versions_and_refuses_a_seventh_without_a_trace() {
 }
 
 /// Every route, every kind of credential (a service's keys do not open another's routes, nor
-/// the admin key a scoring route): only the right one opens a route, and every refusal is the
-/// same 401 body.
+/// the admin key a scoring route): only the right one opens a route, and each route refuses
+/// every wrong credential with the same 401 body, which names the kind of credential it takes.
 #[test]
 fn auth_matrix_over_every_route() {
     let dir = tempfile::tempdir().unwrap();
@@ -527,7 +548,8 @@ fn auth_matrix_over_every_route() {
         ),
         (Method::GET, "/modelpod/anything-else".into(), &["admin"]),
     ];
-    let mut refusals = std::collections::BTreeSet::new();
+    // path → the distinct 401 bodies it gave.
+    let mut refusals: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
     for (method, path, allowed) in &routes {
         for (who, credential) in &credentials {
             let mut request = http().request(method.clone(), router.url(path));
@@ -548,13 +570,28 @@ fn auth_matrix_over_every_route() {
                 assert_ne!(status, 401, "{method} {path} with {who}: {text}");
             } else {
                 assert_eq!(status, 401, "{method} {path} with {who}: {text}");
-                refusals.insert(text);
+                refusals.entry(path.clone()).or_default().insert(text);
             }
         }
     }
-    assert_eq!(refusals.len(), 1, "every 401 says the same: {refusals:?}");
-    let refusal: Value = serde_json::from_str(refusals.iter().next().unwrap()).unwrap();
-    assert!(refusal["error"].is_string());
+    // A route refuses every wrong credential alike, naming only what it takes.
+    for (path, texts) in &refusals {
+        assert_eq!(
+            texts.len(),
+            1,
+            "{path} refuses in different words: {texts:?}"
+        );
+        let refusal: Value = serde_json::from_str(texts.first().unwrap()).unwrap();
+        let message = refusal["error"].as_str().unwrap();
+        let expected = if path.starts_with("/modelpod/") {
+            "Bearer <admin key>"
+        } else if path.contains("/tokened/") {
+            "Bearer <token>"
+        } else {
+            "Bearer <key>"
+        };
+        assert!(message.contains(expected), "{path}: {message}");
+    }
 
     // Regenerating the primary key retires it and leaves the secondary working.
     let (status, rotated) = router.admin(

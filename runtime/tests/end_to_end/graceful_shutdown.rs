@@ -86,3 +86,33 @@ fn sigterm_finishes_accepted_requests_then_exits() {
         "still accepting after exit"
     );
 }
+
+/// Azure's default of one request at a time leaves the batcher nothing to batch: a model that
+/// batches is warned about at load, and not once the limit allows batches.
+#[test]
+fn a_batching_model_behind_one_request_at_a_time_is_warned_about() {
+    let fixtures = modelpod_tests::fixtures();
+    let warned = |server: &modelpod_tests::process::ServeProcess| {
+        server
+            .startup_log
+            .iter()
+            .any(|l| l.contains("no batch can form") && l.contains("mlp"))
+    };
+    let one_at_a_time = ServeBuilder::new(env!("CARGO_BIN_EXE_modelpod"), &fixtures)
+        .args(["--strict-readiness", "false"])
+        .start();
+    assert!(
+        warned(&one_at_a_time),
+        "{}",
+        one_at_a_time.startup_log.join("\n")
+    );
+    let batched = ServeBuilder::new(env!("CARGO_BIN_EXE_modelpod"), &fixtures)
+        .args([
+            "--strict-readiness",
+            "false",
+            "--max-concurrent-requests",
+            "8",
+        ])
+        .start();
+    assert!(!warned(&batched), "{}", batched.startup_log.join("\n"));
+}

@@ -377,6 +377,22 @@ fn one_router_fronts_several_services_each_at_its_own_uri() {
     );
     assert_eq!(status, 200);
     assert_eq!(body["model_name"], "mlp");
+    // Azure's /score: the scoring function's time and the caller's request id come back
+    // through the router, as through Azure's front end.
+    let response = http
+        .post(router.url("/api/v1/service/fixtures/score?model=mlp"))
+        .header("x-ms-client-request-id", "client-42")
+        .json(&json!({"data": [[1.0, 2.0, 3.0, 4.0]]}))
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let exec_ms: f64 = response.headers()["x-ms-run-fn-exec-ms"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(exec_ms > 0.0);
+    assert_eq!(response.headers()["x-ms-client-request-id"], "client-42");
     // The slow service has its own replica: the same model name is not found there.
     let (status, _) = post_json(
         &http,

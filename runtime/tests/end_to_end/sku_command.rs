@@ -101,3 +101,83 @@ fn a_reader_that_went_away_is_not_a_crash() {
     assert!(output.status.success(), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// `modelpod sku --json` with `extra` flags.
+fn sku_json(command: &mut Command, extra: &[&std::ffi::OsStr]) -> serde_json::Value {
+    let output = command
+        .args(["sku", "--json"])
+        .args(extra)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+fn planned_engines(report: &serde_json::Value) -> Vec<String> {
+    report["plan"]["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["engine"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Run from outside the checkout, with nothing pointing at ONNX Runtime: the plan leaves its
+/// engines out and says where it looked; with the checkout's virtualenv active, its
+/// `onnxruntime` wheel is found.
+#[test]
+fn onnx_runtime_is_found_from_anywhere_or_left_out_of_the_plan_with_the_places_tried() {
+    let elsewhere = tempfile::tempdir().unwrap();
+    let mut bare = modelpod();
+    bare.current_dir(elsewhere.path())
+        .env_remove("ORT_DYLIB_PATH")
+        .env_remove("VIRTUAL_ENV");
+    let report = sku_json(&mut bare, &[]);
+    let notes = report["plan"]["notes"].to_string();
+    assert!(
+        !planned_engines(&report)
+            .iter()
+            .any(|e| e.starts_with("ort-")),
+        "{report}"
+    );
+    assert!(
+        notes.contains("ONNX Runtime engines left out") && notes.contains("/opt/modelpod/lib"),
+        "{notes}"
+    );
+
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv");
+    if !venv.join("lib").is_dir() {
+        assert!(
+            std::env::var_os("MODELPOD_TEST_REQUIRE_ORT").is_none(),
+            "no virtualenv at {}: run scripts/setup.sh",
+            venv.display()
+        );
+        return;
+    }
+    let mut in_venv = modelpod();
+    in_venv
+        .current_dir(elsewhere.path())
+        .env_remove("ORT_DYLIB_PATH")
+        .env("VIRTUAL_ENV", &venv);
+    let report = sku_json(&mut in_venv, &[]);
+    assert!(
+        planned_engines(&report).contains(&"ort-cpu".to_string()),
+        "{report}"
+    );
+}
+
+/// A library that is there but does not load is named with its error, and only tract is planned.
+#[test]
+fn a_library_that_does_not_load_is_named_with_its_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let library = dir.path().join("libonnxruntime.so");
+    std::fs::write(&library, b"not a shared object").unwrap();
+    let report = sku_json(
+        &mut modelpod(),
+        &["--ort-library".as_ref(), library.as_ref()],
+    );
+    assert_eq!(planned_engines(&report), ["tract-cpu"], "{report}");
+    let notes = report["plan"]["notes"].to_string();
+    assert!(notes.contains(&library.display().to_string()), "{notes}");
+}

@@ -3,7 +3,7 @@
 //! can lie about their length or never end). Each test prints its figures; `benches/
 //! reliability.sh` runs the long parts (1 500 connections, overload, a minute of crashes).
 //!
-//! Run them with their figures: `cargo test -p modelpod --test hostile -- --nocapture`.
+//! Run them with their figures: `cargo test --workspace --test end_to_end hostile -- --nocapture`.
 
 use modelpod_tests::process::{RouterBuilder, RouterProcess, ServeBuilder, serve_pid};
 use modelpod_tests::records::files_under;

@@ -1,0 +1,11 @@
+//! The `modelpod` binary as users and operators run it: real processes spoken to over HTTP,
+//! TLS and raw TCP. One test binary rather than one per file, because each links the whole
+//! runtime and a clean build's disk is mostly test binaries.
+
+mod graceful_shutdown;
+mod hostile;
+mod kubernetes;
+mod rollout;
+mod router;
+mod sku_command;
+mod tls;

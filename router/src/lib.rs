@@ -21,6 +21,7 @@ pub mod manifests;
 mod proxy;
 pub mod replicas;
 pub mod store;
+mod swagger;
 
 use catalog::{AuthMode, DeploymentSpec, Kind, Version};
 use futures_util::future::BoxFuture;
@@ -433,6 +434,7 @@ impl Router {
         let state = actix_web::web::Data::new(proxy::RouterState {
             control: control.clone(),
             metrics,
+            public_host: config.public_host.clone(),
             bodies: modelpod_http::body::BodyReader::new(
                 Duration::from_millis(config.body_timeout_ms),
                 modelpod_http::body::DEFAULT_BODY_BUDGET,

@@ -20,6 +20,8 @@ pub struct RouterState {
     pub control: Arc<Control>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     pub bodies: BodyReader,
+    /// The host name callers reach the router by (`--public-host`), for swagger documents.
+    pub public_host: Option<String>,
 }
 
 /// The HTTP client that forwards requests, one per worker.
@@ -162,7 +164,7 @@ async fn forward(
             async {
                 let body = state.bodies.read(&request, payload, limit).await?;
                 let body = body.bytes();
-                send(
+                let reply = send(
                     &request,
                     body,
                     live,
@@ -171,7 +173,13 @@ async fn forward(
                     &route,
                     &mut timing,
                 )
-                .await
+                .await?;
+                Ok(match reply {
+                    Sent::Swagger(status, document) => {
+                        swagger_reply(&request, &state, kind, name, status, document)
+                    }
+                    Sent::Response(response) => response,
+                })
             }
             .await
         }
@@ -223,6 +231,40 @@ struct Timing {
     upstream_us: u64,
 }
 
+/// What a replica answered: a response to pass on, or a swagger document to rewrite first.
+enum Sent {
+    Response(HttpResponse),
+    Swagger(StatusCode, bytes::Bytes),
+}
+
+/// The replica's swagger.json with the router's address, the webservice's base path and the
+/// caller's scheme (`--public-host`, else the `Host` the caller used: the document only tells
+/// that caller where it already is).
+fn swagger_reply(
+    request: &HttpRequest,
+    state: &RouterState,
+    kind: Kind,
+    name: &str,
+    status: StatusCode,
+    document: bytes::Bytes,
+) -> HttpResponse {
+    let info = request.connection_info();
+    let host = state.public_host.as_deref().unwrap_or(info.host());
+    let base_path = format!("/api/v1/{}/{name}", kind.singular());
+    let view = super::swagger::CallerView {
+        scheme: info.scheme(),
+        host,
+        base_path: &base_path,
+        title: name,
+    };
+    let mut reply = HttpResponse::build(status);
+    reply.content_type("application/json");
+    match super::swagger::for_callers(&document, &view) {
+        Some(rewritten) if status.is_success() => reply.body(rewritten),
+        _ => reply.body(document),
+    }
+}
+
 async fn send(
     request: &HttpRequest,
     body: bytes::Bytes,
@@ -231,7 +273,7 @@ async fn send(
     client: &reqwest::Client,
     route: &ReplicaRoute,
     timing: &mut Timing,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<Sent, ApiError> {
     let service: &Deployment = &live.deployments[version];
     let designation = live.record.versions[version].designation(live.record.kind);
     let limits = service.limits();
@@ -335,11 +377,14 @@ async fn send(
                 &bytes,
             ));
         }
+        if *route == ReplicaRoute::Swagger {
+            return Ok(Sent::Swagger(status, bytes));
+        }
         let mut reply = HttpResponse::build(status);
         for (name, value) in headers {
             reply.insert_header((name, value));
         }
-        return Ok(reply.body(bytes));
+        return Ok(Sent::Response(reply.body(bytes)));
     }
 }
 

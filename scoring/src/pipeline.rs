@@ -197,6 +197,28 @@ impl ScorePipeline {
         }
     }
 
+    /// What `/score` answers to [`ScorePipeline::example_request`], for swagger: the reply
+    /// to one row of zeros, post-processing included (labels, top-k objects, a squeeze).
+    pub fn example_reply(&self) -> Value {
+        let outputs: Vec<Tensor> = self
+            .outputs
+            .iter()
+            .map(|spec| {
+                let mut shape: Vec<usize> =
+                    self.row_dims(spec).iter().map(|d| d.unwrap_or(1)).collect();
+                if self.batched {
+                    shape.insert(0, 1);
+                }
+                let data = TensorData::Fp64(vec![0.0; shape.iter().product()]).cast(spec.dtype);
+                Tensor::new(shape, data).expect("shape matches")
+            })
+            .collect();
+        self.encode(&outputs)
+            .ok()
+            .and_then(|reply| serde_json::to_value(reply).ok())
+            .unwrap_or(Value::Null)
+    }
+
     /// The row shape callers send when a reshape step changes it: the element count of the
     /// model's row, flat.
     fn input_row_shape_before_pre(&self) -> Option<Vec<usize>> {

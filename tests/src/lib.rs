@@ -179,3 +179,50 @@ pub fn client() -> reqwest::blocking::Client {
         .build()
         .expect("http client")
 }
+
+/// A repository holding only the `mlp` fixture (string labels out): one model, so
+/// swagger.json's `ServiceInput` and `ServiceOutput` are that model's.
+pub fn single_model_repository() -> tempfile::TempDir {
+    let repository = tempfile::tempdir().expect("a temporary directory");
+    let model = repository.path().join("mlp");
+    std::fs::create_dir_all(model.join("1")).expect("model directory");
+    for file in ["model.toml", "labels.txt", "1/model.onnx"] {
+        std::fs::copy(fixtures().join("mlp").join(file), model.join(file)).expect("fixture copies");
+    }
+    repository
+}
+
+/// Runs `tests/python/swagger_client_check.py` against the service at `base_url`: both
+/// swagger documents validate, and a client generated from the OpenAPI 3 one scores
+/// `request` and gets what a plain POST gets. Skipped without `.venv` unless Python is required.
+pub fn check_generated_client(base_url: &str, key: Option<&str>, request: &serde_json::Value) {
+    let python = workspace_root().join(".venv/bin/python");
+    if !python.exists() {
+        assert!(
+            std::env::var_os("MODELPOD_TEST_REQUIRE_PYTHON").is_none_or(|v| v != "1"),
+            "MODELPOD_TEST_REQUIRE_PYTHON=1 but .venv is missing: run scripts/setup.sh"
+        );
+        eprintln!("no .venv (scripts/setup.sh): skipped");
+        return;
+    }
+    let mut direct = client().post(format!("{base_url}/score")).json(request);
+    if let Some(key) = key {
+        direct = direct.bearer_auth(key);
+    }
+    let direct = direct.send().expect("/score answers");
+    assert_eq!(direct.status(), 200);
+    let reply: serde_json::Value = direct.json().expect("a JSON reply");
+    let expected = serde_json::json!({ "request": request, "reply": reply });
+    let output = std::process::Command::new(python)
+        .arg(workspace_root().join("tests/python/swagger_client_check.py"))
+        .args([base_url, key.unwrap_or(""), &expected.to_string()])
+        .output()
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains(" passed, 0 failed"),
+        "generated-client checks failed:\n{stdout}\n{stderr}"
+    );
+    eprintln!("{stdout}");
+}

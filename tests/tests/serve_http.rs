@@ -1068,3 +1068,65 @@ fn the_health_port_answers_the_probes_and_nothing_else() {
         .unwrap();
     assert_eq!(scored.status(), 200);
 }
+
+/// A user's client generator on the served swagger.json: validated in both versions, and a
+/// generated client scores with the key and is refused without it.
+#[test]
+fn a_client_generated_from_swagger_scores() {
+    let repository = modelpod_tests::single_model_repository();
+    let mut args = serve_args(repository.path());
+    args.api_keys = vec!["generated-client-key".into()];
+    let server = start(args);
+    modelpod_tests::check_generated_client(
+        &server.url(""),
+        Some("generated-client-key"),
+        &json!({"data": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}),
+    );
+}
+
+/// What Azure's server answers for swagger versions: 2 by default, 3 on request, 404 else;
+/// each model's input and output are described, and the 200 reply is not "object" for a
+/// model that answers a list.
+#[test]
+fn swagger_versions_and_schemas_are_azures() {
+    let server = start(serve_args(&fixtures()));
+    let http = client();
+    let fetch = |query: &str| {
+        json_of(
+            http.get(server.url(&format!("/swagger.json{query}")))
+                .send()
+                .unwrap(),
+        )
+    };
+    let (status, v2) = fetch("");
+    assert_eq!(status, 200);
+    assert_eq!(v2["swagger"], "2.0");
+    assert!(
+        v2.get("host").is_none(),
+        "the replica does not know its callers' address"
+    );
+    assert_eq!(
+        v2["paths"]["/score"]["post"]["security"],
+        json!([{"Bearer": []}])
+    );
+    assert_eq!(v2["definitions"]["mlpOutput"]["type"], "array");
+    assert_eq!(v2["definitions"]["mlpOutput"]["items"]["type"], "string");
+    let (status, v3) = fetch("?version=3");
+    assert_eq!(status, 200);
+    assert_eq!(v3["openapi"], "3.0.3");
+    let one_of = v3["components"]["schemas"]["ServiceInput"]["oneOf"]
+        .as_array()
+        .unwrap();
+    assert!(
+        one_of.contains(&json!({"$ref": "#/components/schemas/mlpInput"})),
+        "{one_of:?}"
+    );
+    let (status, refused) = fetch("?version=4");
+    assert_eq!(status, 404);
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("Supported versions")
+    );
+}

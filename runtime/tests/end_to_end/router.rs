@@ -571,3 +571,21 @@ fn a_replica_that_stops_answering_is_taken_out_and_back_when_it_answers() {
         replica(s)["routable"] == true
     });
 }
+
+/// The generated client through the router: the swagger document names the router's address
+/// and the service's base path, not the replica's loopback port.
+#[test]
+fn a_client_generated_from_the_routers_swagger_scores_through_it() {
+    let repository = modelpod_tests::single_model_repository();
+    let router = start_service(repository.path(), json!({"numReplicas": 1}), &[], 1);
+    let base = router.url("/api/v1/service/svc");
+    let swagger: Value = client()
+        .get(format!("{base}/swagger.json"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(swagger["basePath"], "/api/v1/service/svc");
+    assert_eq!(swagger["info"]["title"], "svc");
+    modelpod_tests::check_generated_client(&base, None, &json!({"data": [[5.1, 3.5, 1.4, 0.2]]}));
+}

@@ -87,6 +87,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Endpoint(command) => manage::run_endpoint(command),
         Command::Manifests(args) => {
             let list = modelpod_router::manifests::render(&args)?;
+            if let Some(dir) = &args.kustomize {
+                let files = modelpod_router::manifests::write_kustomize_base(&list, dir)?;
+                let dir = dir.display();
+                eprintln!(
+                    "wrote a kustomize base of {} objects in {dir} (kubectl apply -k {dir})",
+                    files.len()
+                );
+            }
             cli_output::print_line(&serde_json::to_string_pretty(&list)?)?;
             Ok(())
         }

@@ -122,9 +122,39 @@ impl Scorer {
         self.loaded.load(Ordering::Acquire)
     }
 
-    /// Readiness: start-up loading done, and with strict readiness every model ready.
+    /// Readiness: start-up loading done, at least one model that can serve (a pod with an
+    /// empty or wholly broken repository must not take traffic), and with strict readiness
+    /// every model ready.
     pub fn ready(&self) -> bool {
-        self.started_up() && (!self.strict_readiness || self.registry.all_ready())
+        self.unready_reason().is_none()
+    }
+
+    /// Why the server is not ready, or `None` when it is.
+    pub fn unready_reason(&self) -> Option<String> {
+        if !self.started_up() {
+            return Some("loading models at start-up".into());
+        }
+        let (total, failed) = self.registry.failure_counts();
+        if total == 0 {
+            return Some(format!(
+                "the model repository {} holds no model (a model is \
+                 <repository>/<name>/<version>/model.onnx)",
+                self.registry.repository().display()
+            ));
+        }
+        if failed == total {
+            return Some(format!(
+                "no model could be loaded (failed: {})",
+                self.registry.failed_versions().join(", ")
+            ));
+        }
+        if self.strict_readiness && failed > 0 {
+            return Some(format!(
+                "strict readiness: models failed to load: {}",
+                self.registry.failed_versions().join(", ")
+            ));
+        }
+        None
     }
 
     pub fn busy(&self) -> &BusyBoard {

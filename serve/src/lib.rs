@@ -160,6 +160,9 @@ impl ScoringServer {
                     .filter(|e| e.state == modelpod_scoring::ModelState::Ready)
                     .count();
                 tracing::info!(ready, total = index.len(), "start-up loading finished");
+                if let Some(reason) = loader_state.scorer.unready_reason() {
+                    tracing::warn!("not ready: {reason}");
+                }
             })
             .expect("spawning the loader thread");
         if let Some(period) = config.repository_poll {

@@ -108,10 +108,11 @@ async fn live() -> HttpResponse {
 }
 
 async fn ready(state: web::Data<AppState>) -> HttpResponse {
-    if state.scorer.ready() {
-        HttpResponse::Ok().json(json!({ "ready": true }))
-    } else {
-        HttpResponse::ServiceUnavailable().json(json!({ "ready": false }))
+    match state.scorer.unready_reason() {
+        None => HttpResponse::Ok().json(json!({ "ready": true })),
+        Some(reason) => {
+            HttpResponse::ServiceUnavailable().json(json!({ "ready": false, "reason": reason }))
+        }
     }
 }
 

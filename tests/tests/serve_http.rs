@@ -1130,3 +1130,27 @@ fn swagger_versions_and_schemas_are_azures() {
             .contains("Supported versions")
     );
 }
+
+/// A pod whose repository is empty, or holds nothing that loads, must not take traffic: it is
+/// not ready, and says why.
+#[test]
+fn a_repository_with_nothing_to_serve_is_not_ready_and_says_why() {
+    let empty = tempfile::tempdir().unwrap();
+    let server = start(serve_args(empty.path()));
+    let (status, body) = json_of(client().get(server.url("/v2/health/ready")).send().unwrap());
+    assert_eq!(status, 503);
+    assert!(
+        body["reason"].as_str().unwrap().contains("holds no model"),
+        "{body}"
+    );
+
+    let broken = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(broken.path().join("bad/1")).unwrap();
+    std::fs::write(broken.path().join("bad/1/model.onnx"), b"not a model").unwrap();
+    let mut args = serve_args(broken.path());
+    args.strict_readiness = Some(false);
+    let server = start(args);
+    let (status, body) = json_of(client().get(server.url("/v2/health/ready")).send().unwrap());
+    assert_eq!(status, 503);
+    assert!(body["reason"].as_str().unwrap().contains("bad/1"), "{body}");
+}

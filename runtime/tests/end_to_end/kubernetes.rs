@@ -139,6 +139,18 @@ impl Drop for RunningPod {
     }
 }
 
+/// The scoring container's environment variables that have plain values.
+fn pod_env(pod: &Pod) -> Vec<(String, String)> {
+    pod.spec
+        .as_ref()
+        .and_then(|spec| spec.containers.first())
+        .and_then(|container| container.env.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|var| Some((var.name, var.value?)))
+        .collect()
+}
+
 /// Plays kubelet until `stop`: binds new pods of the service, starts a scoring server for
 /// each on an address of its own, reports them Running and Ready; stops and force-deletes pods
 /// that are being deleted.
@@ -174,18 +186,17 @@ async fn kubelet(client: kube::Client, subnet: u8, replica_key: String, stop: Ar
                 .status()
                 .unwrap();
             assert!(added.success(), "cannot add {ip} to lo");
-            // As the pod spec says: its API key from the replica-key Secret.
-            let server = modelpod()
+            // As the pod spec says: its plain environment (the limits, the VM size), its API
+            // key from the replica-key Secret; the models are the test's.
+            let mut server = modelpod();
+            for var in pod_env(&pod) {
+                server.env(var.0, var.1);
+            }
+            let server = server
                 .env("MODELPOD_API_KEYS", &replica_key)
                 .args(["serve", "--host", &ip, "--port", "5001"])
                 .arg("--model-repository")
                 .arg(workspace().join("tests/fixtures/slow-models"))
-                .args([
-                    "--max-concurrent-requests",
-                    "1",
-                    "--max-queue-wait-ms",
-                    "10000",
-                ])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -302,20 +313,32 @@ async fn the_router_scales_a_deployment_through_its_scale_subresource_with_least
     let manifests = modelpod()
         .args(["manifests", "--service", SERVICE, "--image", "modelpod:cpu"])
         .args(["--namespace", NAMESPACE, "--node-sku", "Standard_D4s_v3"])
+        .args(["--model-image", "registry.example/slow-models:1"])
         .arg("--deployment-config")
         .arg(&deployment_config)
+        .arg("--kustomize")
+        .arg(dir.path().join("base"))
         .output()
         .unwrap();
     assert!(manifests.status.success());
-    let file = dir.path().join("manifests.json");
-    std::fs::write(&file, &manifests.stdout).unwrap();
-    let applied = cluster.kubectl(&["apply", "-f", file.to_str().unwrap()]);
+    // As a kustomize base, the way an operator applies it (the JSON List is the same objects).
+    let applied = cluster.kubectl(&["apply", "-k", dir.path().join("base").to_str().unwrap()]);
     assert!(
         applied.status.success(),
         "{}",
         String::from_utf8_lossy(&applied.stderr)
     );
 
+    // The router's own Deployment runs as the ServiceAccount the Role is bound to.
+    let router_deployment = Api::<Deployment>::namespaced(admin.clone(), NAMESPACE)
+        .get(&format!("modelpod-router-{SERVICE}"))
+        .await
+        .expect("the router's Deployment");
+    let router_pod = router_deployment.spec.unwrap().template.spec.unwrap();
+    assert_eq!(
+        router_pod.service_account_name.as_deref(),
+        Some("modelpod-router")
+    );
     let secrets: Api<Secret> = Api::namespaced(admin.clone(), NAMESPACE);
     let replica_key = secrets
         .get(&format!("{SERVICE}-replica-key"))
@@ -427,6 +450,17 @@ async fn the_router_scales_a_deployment_through_its_scale_subresource_with_least
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(replicas().await, 1);
+    // deploymentconfig.json's limits reached the pod through its environment: it enforces
+    // and reports them (the defaults are 500 ms and 60 s).
+    let limits = status(base.clone()).await.unwrap()["replicas"][0]["report"]["limits"].clone();
+    assert_eq!(
+        (
+            limits["max_queue_wait"].as_u64(),
+            limits["scoring_timeout"].as_u64()
+        ),
+        (Some(10000), Some(30000)),
+        "{limits}"
+    );
     // The pod answers the router (through which scoring works below), and nobody else.
     let pod_url = status(base.clone()).await.unwrap()["replicas"][0]["url"]
         .as_str()
@@ -501,4 +535,92 @@ async fn the_router_scales_a_deployment_through_its_scale_subresource_with_least
     router.stop();
     stop.store(true, Ordering::Relaxed);
     kubelet.await.unwrap();
+}
+
+/// Every object `modelpod manifests` writes passes Kubernetes' own schemas, strictly (no field
+/// the API does not know), checked offline by `kubernetes-validate` on the kustomize base.
+#[test]
+fn manifests_pass_the_kubernetes_schemas() {
+    let validate = workspace().join(".venv/bin/kubernetes-validate");
+    if !validate.exists() {
+        assert!(
+            std::env::var_os("MODELPOD_TEST_REQUIRE_PYTHON").is_none_or(|v| v != "1"),
+            "MODELPOD_TEST_REQUIRE_PYTHON=1 but .venv is missing: run scripts/setup.sh"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("deploymentconfig.json");
+    std::fs::write(
+        &config,
+        json!({"containerResourceRequirements": {"cpu": 2, "memoryInGB": 8, "gpu": 1},
+               "maxConcurrentRequestsPerContainer": 8, "autoScaler": {"maxReplicas": 4}})
+        .to_string(),
+    )
+    .unwrap();
+    for source in [
+        &["--model-image", "registry.example/models:1"][..],
+        &["--model-pvc", "models"][..],
+        &["--models-in-image"][..],
+    ] {
+        let base = dir.path().join(source[0].trim_start_matches('-'));
+        let output = modelpod()
+            .args([
+                "manifests",
+                "--service",
+                "resnet",
+                "--image",
+                "modelpod:cuda",
+            ])
+            .args([
+                "--namespace",
+                "ml",
+                "--node-sku",
+                "Standard_NC24ads_A100_v4",
+            ])
+            .args([
+                "--router-service-type",
+                "LoadBalancer",
+                "--deployment-config",
+            ])
+            .arg(&config)
+            .args(source)
+            .arg("--kustomize")
+            .arg(&base)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let files: Vec<PathBuf> = std::fs::read_dir(&base)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .collect();
+        assert_eq!(files.len(), 9, "{files:?}");
+        let checked = Command::new(&validate)
+            .args(["--strict", "-k", "1.30"])
+            .args(&files)
+            .output()
+            .unwrap();
+        let report = String::from_utf8_lossy(&checked.stdout).to_string()
+            + &String::from_utf8_lossy(&checked.stderr);
+        assert!(checked.status.success(), "{report}");
+        assert_eq!(report.matches("passed for resource").count(), 9, "{report}");
+    }
+    // Without a model source nothing is written: an empty repository would serve nothing.
+    let refused = modelpod()
+        .args([
+            "manifests",
+            "--service",
+            "resnet",
+            "--image",
+            "modelpod:cuda",
+        ])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--model-pvc"));
 }

@@ -473,6 +473,33 @@ impl Registry {
 
     /// Strict readiness: no version failed to load. Versions that are registered but not
     /// loaded (lazy, evicted, unloaded or beyond the budget) load on demand and do not count.
+    /// How many model versions are registered, and how many of them failed to load; no
+    /// allocation, as readiness is asked on every busy-state report.
+    pub fn failure_counts(&self) -> (usize, usize) {
+        let models = self.models.read();
+        let versions = models.values().flat_map(|m| m.versions.values());
+        versions.fold((0, 0), |(total, failed), v| {
+            (
+                total + 1,
+                failed + usize::from(v.state == ModelState::Failed),
+            )
+        })
+    }
+
+    /// The versions that failed to load, as `name/version`.
+    pub fn failed_versions(&self) -> Vec<String> {
+        self.models
+            .read()
+            .iter()
+            .flat_map(|(name, m)| {
+                m.versions
+                    .iter()
+                    .filter(|(_, v)| v.state == ModelState::Failed)
+                    .map(move |(version, _)| format!("{name}/{version}"))
+            })
+            .collect()
+    }
+
     pub fn all_ready(&self) -> bool {
         self.models
             .read()

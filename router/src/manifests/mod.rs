@@ -13,9 +13,10 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSpec,
-    PodTemplateSpec, Probe, ResourceRequirements, Secret, SecretKeySelector, Service,
-    ServiceAccount, ServicePort, ServiceSpec, Toleration,
+    Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction,
+    PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+    Secret, SecretKeySelector, Service, ServiceAccount, ServicePort, ServiceSpec, Toleration,
+    Volume, VolumeMount,
 };
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -23,10 +24,15 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use modelpod_accel::sku::{AcceleratorKind, lookup};
 use modelpod_scoring::deployment::DeploymentConfig;
-use modelpod_scoring::deployment::defaults::SCORING_SERVER_PORT;
+use modelpod_scoring::deployment::defaults::{self, SCORING_SERVER_PORT};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+
+mod kustomize;
+mod router_objects;
+pub use kustomize::write_kustomize_base;
+pub use router_objects::{ROUTER_PORT, router_name};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ManifestArgs {
@@ -48,7 +54,35 @@ pub struct ManifestArgs {
     /// A dev/test cluster: the autoscaler is off (numReplicas, default 1).
     #[arg(long)]
     pub dev_test: bool,
+    /// Where the pods' models come from, one of three: an image whose `--model-image-path`
+    /// an init container copies into the pod...
+    #[arg(long, group = "model_source")]
+    pub model_image: Option<String>,
+    /// ...the folder of `--model-image` holding the repository.
+    #[arg(long, default_value = "/models", requires = "model_image")]
+    pub model_image_path: String,
+    /// ...a PersistentVolumeClaim holding the repository, mounted read-only...
+    #[arg(long, group = "model_source")]
+    pub model_pvc: Option<String>,
+    /// ...or the scoring image itself (one built `FROM` modelpod's with the models copied into
+    /// /var/azureml-app/azureml-models).
+    #[arg(long, group = "model_source")]
+    pub models_in_image: bool,
+    /// The router's image [default: --image; the router is the same binary].
+    #[arg(long)]
+    pub router_image: Option<String>,
+    /// How the router's Service is exposed: ClusterIP, NodePort or LoadBalancer (azureml-fe's
+    /// on AKS; put TLS in front of it or give the router --tls-cert).
+    #[arg(long, default_value = "ClusterIP", value_parser = ["ClusterIP", "NodePort", "LoadBalancer"])]
+    pub router_service_type: String,
+    /// Also write the objects as a kustomize base in this directory (one file per object and
+    /// a kustomization.yaml), for `kubectl apply -k` and overlays.
+    #[arg(long, value_name = "DIR")]
+    pub kustomize: Option<PathBuf>,
 }
+
+/// Where the scoring image reads its repository (its AZUREML_MODEL_DIR).
+pub const MODEL_DIR: &str = "/var/azureml-app/azureml-models";
 
 /// The Secret with a service's replica key, and its field.
 pub fn replica_key_secret(service: &str) -> String {
@@ -88,7 +122,64 @@ fn cpu(cores: f64) -> String {
     format!("{}m", (cores * 1000.0).round() as u64)
 }
 
+/// The pod's model volume and the init container that fills it, if any.
+fn model_source(args: &ManifestArgs) -> anyhow::Result<(Option<Volume>, Option<Container>)> {
+    let volume = |source: Volume| Some(source);
+    match (&args.model_image, &args.model_pvc, args.models_in_image) {
+        (Some(image), None, false) => Ok((
+            volume(Volume {
+                name: "models".into(),
+                empty_dir: Some(EmptyDirVolumeSource::default()),
+                ..Volume::default()
+            }),
+            Some(Container {
+                name: "copy-models".into(),
+                image: Some(image.clone()),
+                command: Some(vec![
+                    "cp".into(),
+                    "-R".into(),
+                    format!("{}/.", args.model_image_path.trim_end_matches('/')),
+                    MODEL_DIR.into(),
+                ]),
+                volume_mounts: Some(vec![VolumeMount {
+                    name: "models".into(),
+                    mount_path: MODEL_DIR.into(),
+                    ..VolumeMount::default()
+                }]),
+                ..Container::default()
+            }),
+        )),
+        (None, Some(claim), false) => Ok((
+            volume(Volume {
+                name: "models".into(),
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: claim.clone(),
+                    read_only: Some(true),
+                }),
+                ..Volume::default()
+            }),
+            None,
+        )),
+        (None, None, true) => Ok((None, None)),
+        _ => anyhow::bail!(
+            "say where the pods' models come from: --model-image IMAGE (copied in by an init \
+             container), --model-pvc CLAIM (mounted read-only) or --models-in-image (the \
+             scoring image's own {MODEL_DIR}); modelpod's image has no models of its own"
+        ),
+    }
+}
+
+/// A plain environment variable.
+fn env(name: &str, value: impl ToString) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.to_string()),
+        ..EnvVar::default()
+    }
+}
+
 pub fn render(args: &ManifestArgs) -> anyhow::Result<Value> {
+    let (model_volume, model_copy) = model_source(args)?;
     let config = match &args.deployment_config {
         Some(path) => DeploymentConfig::read(path)?,
         None => DeploymentConfig::default(),
@@ -185,17 +276,31 @@ pub fn render(args: &ManifestArgs) -> anyhow::Result<Value> {
             ..ContainerPort::default()
         }]),
         env: Some(vec![
-            EnvVar {
-                name: "MODELPOD_NODE_INSTANCE_TYPE".into(),
-                value_from: Some(EnvVarSource {
-                    field_ref: Some(ObjectFieldSelector {
-                        field_path: "metadata.labels['node.kubernetes.io/instance-type']".into(),
-                        ..ObjectFieldSelector::default()
-                    }),
-                    ..EnvVarSource::default()
-                }),
-                ..EnvVar::default()
+            // The VM size: the node selector pins the pods to the one named, else Azure's
+            // instance metadata service says (a pod's own labels never carry it).
+            match sku.as_ref() {
+                Some(sku) => env("MODELPOD_NODE_SKU", &sku.vm_size),
+                None => env("MODELPOD_IMDS", "true"),
             },
+            // deploymentconfig.json's limits, which the pods enforce and report to the router.
+            env(
+                "MODELPOD_MAX_CONCURRENT_REQUESTS",
+                config
+                    .max_concurrent_requests_per_container
+                    .unwrap_or(defaults::MAX_CONCURRENT_REQUESTS_PER_CONTAINER),
+            ),
+            env(
+                "MODELPOD_MAX_QUEUE_WAIT_MS",
+                config
+                    .max_queue_wait_ms
+                    .unwrap_or(defaults::MAX_QUEUE_WAIT_MS),
+            ),
+            env(
+                "MODELPOD_SCORING_TIMEOUT_MS",
+                config
+                    .scoring_timeout_ms
+                    .unwrap_or(defaults::SCORING_TIMEOUT_MS),
+            ),
             EnvVar {
                 name: "MODELPOD_API_KEYS".into(),
                 value_from: Some(EnvVarSource {
@@ -216,10 +321,20 @@ pub fn render(args: &ManifestArgs) -> anyhow::Result<Value> {
         }),
         liveness_probe: Some(liveness),
         readiness_probe: Some(readiness),
+        volume_mounts: model_volume.as_ref().map(|volume| {
+            vec![VolumeMount {
+                name: volume.name.clone(),
+                mount_path: MODEL_DIR.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            }]
+        }),
         ..Container::default()
     };
     let pod_spec = PodSpec {
         containers: vec![container],
+        init_containers: model_copy.map(|copy| vec![copy]),
+        volumes: model_volume.map(|volume| vec![volume]),
         // As long as the longest request may take, so draining loses nothing.
         termination_grace_period_seconds: Some(
             i64::try_from(
@@ -345,7 +460,7 @@ pub fn render(args: &ManifestArgs) -> anyhow::Result<Value> {
         )])),
         ..Secret::default()
     };
-    let items = vec![
+    let mut items = vec![
         serde_json::to_value(deployment)?,
         serde_json::to_value(service)?,
         serde_json::to_value(account)?,
@@ -353,6 +468,19 @@ pub fn render(args: &ManifestArgs) -> anyhow::Result<Value> {
         serde_json::to_value(binding)?,
         serde_json::to_value(secret)?,
     ];
+    let written_config = match &args.deployment_config {
+        Some(path) => serde_json::from_slice(&std::fs::read(path)?)?,
+        None => json!({}),
+    };
+    items.extend(router_objects::render(&router_objects::RouterObjects {
+        service: name,
+        namespace,
+        image: args.router_image.as_deref().unwrap_or(&args.image),
+        service_type: &args.router_service_type,
+        deployment_config: written_config,
+        scoring_port: SCORING_SERVER_PORT,
+        account: router,
+    })?);
     Ok(json!({ "apiVersion": "v1", "kind": "List", "items": items }))
 }
 
@@ -375,9 +503,43 @@ mod tests {
                 namespace: "ml".into(),
                 node_sku: node_sku.map(String::from),
                 dev_test: false,
+                model_image: Some("registry.example/iris-models:3".into()),
+                model_image_path: "/models".into(),
+                model_pvc: None,
+                models_in_image: false,
+                router_image: None,
+                router_service_type: "ClusterIP".into(),
+                kustomize: None,
             },
             dir,
         )
+    }
+
+    #[test]
+    fn the_models_come_from_a_named_source_or_nothing_is_written() {
+        let (mut args, _dir) = args(None, None);
+        args.model_image = None;
+        let refused = render(&args).unwrap_err().to_string();
+        assert!(refused.contains("--model-pvc"), "{refused}");
+        args.model_pvc = Some("iris-models".into());
+        let list = render(&args).unwrap();
+        let deployment: Deployment = serde_json::from_value(list["items"][0].clone()).unwrap();
+        let pod = deployment.spec.unwrap().template.spec.unwrap();
+        assert!(pod.init_containers.is_none());
+        let claim = pod.volumes.unwrap()[0]
+            .persistent_volume_claim
+            .clone()
+            .unwrap();
+        assert_eq!(
+            (claim.claim_name.as_str(), claim.read_only),
+            ("iris-models", Some(true))
+        );
+        // Without a VM size, the pod asks Azure's instance metadata service.
+        let env = pod.containers[0].env.clone().unwrap();
+        assert!(
+            env.iter()
+                .any(|e| e.name == "MODELPOD_IMDS" && e.value.as_deref() == Some("true"))
+        );
     }
 
     #[test]
@@ -432,6 +594,41 @@ mod tests {
             (key.name.as_str(), key.key.as_str()),
             ("iris-replica-key", REPLICA_KEY_FIELD)
         );
+        let env: BTreeMap<String, Option<String>> = container
+            .env
+            .clone()
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.name, e.value))
+            .collect();
+        // The file's limits and the VM size reach the pods.
+        assert_eq!(env["MODELPOD_SCORING_TIMEOUT_MS"].as_deref(), Some("20000"));
+        assert_eq!(
+            env["MODELPOD_MAX_CONCURRENT_REQUESTS"].as_deref(),
+            Some("1")
+        );
+        assert_eq!(env["MODELPOD_MAX_QUEUE_WAIT_MS"].as_deref(), Some("500"));
+        assert_eq!(
+            env["MODELPOD_NODE_SKU"].as_deref(),
+            Some("Standard_NC12s_v3")
+        );
+        // The models: copied from their image into the pod, mounted read-only where the
+        // scoring image reads them.
+        let copy = &pod.init_containers.as_ref().unwrap()[0];
+        assert_eq!(
+            copy.image.as_deref(),
+            Some("registry.example/iris-models:3")
+        );
+        assert_eq!(
+            copy.command.clone().unwrap(),
+            ["cp", "-R", "/models/.", MODEL_DIR]
+        );
+        let mount = &container.volume_mounts.as_ref().unwrap()[0];
+        assert_eq!(
+            (mount.mount_path.as_str(), mount.read_only),
+            (MODEL_DIR, Some(true))
+        );
+        assert!(pod.volumes.as_ref().unwrap()[0].empty_dir.is_some());
         let resources = container.resources.clone().unwrap();
         assert_eq!(resources.limits.as_ref().unwrap()["nvidia.com/gpu"].0, "2");
         assert_eq!(resources.limits.unwrap()["memory"].0, "12288Mi");

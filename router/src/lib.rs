@@ -141,6 +141,11 @@ pub struct RouteArgs {
     /// How long a client may take to send a request body before 408 [default: 10000].
     #[arg(long, env = "MODELPOD_BODY_TIMEOUT_MS")]
     pub body_timeout_ms: Option<u64>,
+    /// Origins browsers may call the scoring URIs from (comma-separated, or `*`), as a
+    /// scoring server's AML_CORS_ORIGINS; preflights are answered here, without credentials
+    /// [default: none, no CORS headers].
+    #[arg(long, env = "MODELPOD_CORS_ORIGINS")]
+    pub cors_origins: Option<String>,
     /// More arguments for each replica's `modelpod serve` (repeat the flag).
     #[arg(long = "serve-arg", allow_hyphen_values = true)]
     pub serve_args: Vec<String>,
@@ -247,6 +252,9 @@ pub struct RouterConfig {
     /// How long a client may take to send a request body before 408.
     #[serde(default = "default_body_timeout")]
     pub body_timeout_ms: u64,
+    /// Origins allowed to call cross-origin, comma-separated.
+    #[serde(default)]
+    pub cors_origins: Option<String>,
     /// Only from the flag or the environment, never from the file.
     #[serde(skip)]
     pub admin_key: Option<String>,
@@ -304,6 +312,7 @@ impl RouterConfig {
                 token_lifetime_s: default_token_lifetime(),
                 public_host: None,
                 body_timeout_ms: default_body_timeout(),
+                cors_origins: None,
                 admin_key: None,
                 services: Vec::new(),
             },
@@ -345,6 +354,9 @@ impl RouterConfig {
         }
         if let Some(timeout) = args.body_timeout_ms {
             config.body_timeout_ms = timeout;
+        }
+        if args.cors_origins.is_some() {
+            config.cors_origins = args.cors_origins;
         }
         if config.body_timeout_ms == 0 {
             anyhow::bail!("body-timeout-ms must be at least 1");
@@ -440,6 +452,8 @@ impl Router {
                 modelpod_http::body::DEFAULT_BODY_BUDGET,
             ),
         });
+        let cors_origins =
+            modelpod_http::cors::origins(config.cors_origins.as_deref().unwrap_or(""));
         let server = actix_web::HttpServer::new(move || {
             // One client per worker: its pooled connections are driven by this worker's
             // runtime, so forwarding never hands a request to another thread.
@@ -447,6 +461,8 @@ impl Router {
             actix_web::App::new()
                 .app_data(state.clone())
                 .app_data(forwarder)
+                // A browser's preflight carries no credential: answered before auth.
+                .wrap(modelpod_http::cors::middleware(&cors_origins))
                 .configure(admin::configure)
                 .configure(proxy::configure)
         });

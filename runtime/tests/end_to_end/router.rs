@@ -589,3 +589,51 @@ fn a_client_generated_from_the_routers_swagger_scores_through_it() {
     assert_eq!(swagger["info"]["title"], "svc");
     modelpod_tests::check_generated_client(&base, None, &json!({"data": [[5.1, 3.5, 1.4, 0.2]]}));
 }
+
+/// Browsers reach a scoring URI through the router: the listed origin's preflight is answered
+/// there (it carries no credential) and its calls carry the CORS headers; others get none.
+#[test]
+fn listed_origins_may_call_the_scoring_uri_cross_origin() {
+    let repository = modelpod_tests::single_model_repository();
+    let router = start_service(
+        repository.path(),
+        json!({"numReplicas": 1}),
+        &["--cors-origins", "https://app.example"],
+        1,
+    );
+    let http = client();
+    let score = router.url("/api/v1/service/svc/score");
+    let preflight = |origin: &str| {
+        http.request(reqwest::Method::OPTIONS, &score)
+            .header("Origin", origin)
+            .header("Access-Control-Request-Method", "POST")
+            .header(
+                "Access-Control-Request-Headers",
+                "authorization, content-type",
+            )
+            .send()
+            .unwrap()
+    };
+    let allowed = preflight("https://app.example");
+    assert_eq!(allowed.status(), 200);
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    assert!(
+        !preflight("https://evil.example")
+            .headers()
+            .contains_key("access-control-allow-origin")
+    );
+    let call = http
+        .post(&score)
+        .header("Origin", "https://app.example")
+        .json(&json!({"data": [[5.1, 3.5, 1.4, 0.2]]}))
+        .send()
+        .unwrap();
+    assert_eq!(call.status(), 200);
+    assert_eq!(
+        call.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+}

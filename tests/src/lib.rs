@@ -196,15 +196,9 @@ pub fn single_model_repository() -> tempfile::TempDir {
 /// swagger documents validate, and a client generated from the OpenAPI 3 one scores
 /// `request` and gets what a plain POST gets. Skipped without `.venv` unless Python is required.
 pub fn check_generated_client(base_url: &str, key: Option<&str>, request: &serde_json::Value) {
-    let python = workspace_root().join(".venv/bin/python");
-    if !python.exists() {
-        assert!(
-            std::env::var_os("MODELPOD_TEST_REQUIRE_PYTHON").is_none_or(|v| v != "1"),
-            "MODELPOD_TEST_REQUIRE_PYTHON=1 but .venv is missing: run scripts/setup.sh"
-        );
-        eprintln!("no .venv (scripts/setup.sh): skipped");
+    let Some(python) = venv_program("python") else {
         return;
-    }
+    };
     let mut direct = client().post(format!("{base_url}/score")).json(request);
     if let Some(key) = key {
         direct = direct.bearer_auth(key);
@@ -225,4 +219,34 @@ pub fn check_generated_client(base_url: &str, key: Option<&str>, request: &serde
         "generated-client checks failed:\n{stdout}\n{stderr}"
     );
     eprintln!("{stdout}");
+}
+
+/// A browser's CORS preflight for `POST url` from `origin`, with a key and a JSON body.
+pub fn cors_preflight(url: &str, origin: &str) -> reqwest::blocking::Response {
+    client()
+        .request(reqwest::Method::OPTIONS, url)
+        .header("Origin", origin)
+        .header("Access-Control-Request-Method", "POST")
+        .header(
+            "Access-Control-Request-Headers",
+            "authorization, content-type",
+        )
+        .send()
+        .expect("the preflight is answered")
+}
+
+/// The checkout's Python (`.venv`, from scripts/setup.sh), or `None` where it is missing and
+/// Python is not required (`MODELPOD_TEST_REQUIRE_PYTHON=1` makes that a failure).
+pub fn venv_program(name: &str) -> Option<PathBuf> {
+    let program = workspace_root().join(".venv/bin").join(name);
+    if program.exists() {
+        return Some(program);
+    }
+    assert!(
+        std::env::var_os("MODELPOD_TEST_REQUIRE_PYTHON").is_none_or(|v| v != "1"),
+        "MODELPOD_TEST_REQUIRE_PYTHON=1 but {} is missing: run scripts/setup.sh",
+        program.display()
+    );
+    eprintln!("no {} (scripts/setup.sh): skipped", program.display());
+    None
 }

@@ -954,17 +954,7 @@ fn listed_origins_may_call_cross_origin_and_others_may_not() {
     args.api_keys = vec!["k".into()];
     let server = start(args);
     let http = client();
-    let preflight = |origin: &str| {
-        http.request(reqwest::Method::OPTIONS, server.url("/score"))
-            .header("Origin", origin)
-            .header("Access-Control-Request-Method", "POST")
-            .header(
-                "Access-Control-Request-Headers",
-                "authorization, content-type",
-            )
-            .send()
-            .unwrap()
-    };
+    let preflight = |origin: &str| modelpod_tests::cors_preflight(&server.url("/score"), origin);
     let allowed = preflight("https://app.example");
     assert_eq!(allowed.status(), 200);
     assert_eq!(

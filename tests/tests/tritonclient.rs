@@ -6,15 +6,9 @@ use std::process::Command;
 
 #[test]
 fn tritonclient_speaks_to_modelpod() {
-    let python = workspace_root().join(".venv/bin/python");
-    if !python.exists() {
-        assert!(
-            std::env::var_os("MODELPOD_TEST_REQUIRE_PYTHON").is_none_or(|v| v != "1"),
-            "MODELPOD_TEST_REQUIRE_PYTHON=1 but .venv is missing: run scripts/setup.sh"
-        );
-        eprintln!("no .venv (scripts/setup.sh): skipped");
+    let Some(python) = modelpod_tests::venv_program("python") else {
         return;
-    }
+    };
     let server = start(serve_args(&fixtures()));
     let output = Command::new(python)
         .arg(workspace_root().join("tests/python/tritonclient_check.py"))

@@ -541,14 +541,9 @@ async fn the_router_scales_a_deployment_through_its_scale_subresource_with_least
 /// the API does not know), checked offline by `kubernetes-validate` on the kustomize base.
 #[test]
 fn manifests_pass_the_kubernetes_schemas() {
-    let validate = workspace().join(".venv/bin/kubernetes-validate");
-    if !validate.exists() {
-        assert!(
-            std::env::var_os("MODELPOD_TEST_REQUIRE_PYTHON").is_none_or(|v| v != "1"),
-            "MODELPOD_TEST_REQUIRE_PYTHON=1 but .venv is missing: run scripts/setup.sh"
-        );
+    let Some(validate) = modelpod_tests::venv_program("kubernetes-validate") else {
         return;
-    }
+    };
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("deploymentconfig.json");
     std::fs::write(

@@ -603,17 +603,7 @@ fn listed_origins_may_call_the_scoring_uri_cross_origin() {
     );
     let http = client();
     let score = router.url("/api/v1/service/svc/score");
-    let preflight = |origin: &str| {
-        http.request(reqwest::Method::OPTIONS, &score)
-            .header("Origin", origin)
-            .header("Access-Control-Request-Method", "POST")
-            .header(
-                "Access-Control-Request-Headers",
-                "authorization, content-type",
-            )
-            .send()
-            .unwrap()
-    };
+    let preflight = |origin: &str| modelpod_tests::cors_preflight(&score, origin);
     let allowed = preflight("https://app.example");
     assert_eq!(allowed.status(), 200);
     assert_eq!(

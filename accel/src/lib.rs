@@ -26,5 +26,5 @@ pub use device::{Device, DeviceKind, HOST_MEMORY};
 
 /// Whether this build has ONNX Runtime's Vitis AI engine (cargo feature `vitis-ai`).
 pub const VITIS_AI_BUILT: bool = cfg!(feature = "vitis-ai");
-pub use signature::{Signature, TensorSpec};
+pub use signature::{MapKeys, Signature, TensorSpec};
 pub use tensor::{DataType, Tensor, TensorData, TensorError, element_count};

@@ -152,11 +152,17 @@ impl OrtModel {
         options: &EngineOptions,
     ) -> Result<OrtModel, EngineError> {
         init_ort(None)?;
-        let bytes = std::fs::read(path).map_err(|e| EngineError::Load {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-        let signature = Signature::from_onnx_file(path)?;
+        let (graph, signature) = crate::signature::prepared_graph(path)?;
+        // The file's own bytes unless a ZipMap was lifted: re-encoding through tract's
+        // protobuf types would drop fields they do not know.
+        let bytes = if signature.outputs.iter().any(|o| o.map_keys.is_some()) {
+            prost::Message::encode_to_vec(&graph)
+        } else {
+            std::fs::read(path).map_err(|e| EngineError::Load {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?
+        };
         let model = OrtModel {
             bytes,
             signature,
@@ -292,9 +298,13 @@ impl Backend for OrtBackend {
                 name: spec.name.clone(),
                 reason: e.to_string(),
             };
-            let value: SessionInputValue<'_> = crate::with_tensor_data!(tensor.data(), v => {
-                TensorRef::from_array_view((shape, v.as_slice())).map_err(bad)?.into()
-            });
+            let value: SessionInputValue<'_> = crate::with_numeric_data!(
+                tensor.data(),
+                v => TensorRef::from_array_view((shape, v.as_slice())).map_err(bad)?.into(),
+                s => ort::value::Tensor::from_string_array((shape, s.as_slice()))
+                    .map_err(bad)?
+                    .into()
+            );
             values.push((Cow::Borrowed(spec.name.as_str()), value));
         }
         let outputs = self
@@ -342,6 +352,13 @@ fn from_ort(value: &DynValue) -> Result<Tensor, String> {
         TensorElementType::Int64 => take!(i64),
         TensorElementType::Float32 => take!(f32),
         TensorElementType::Float64 => take!(f64),
+        TensorElementType::String => {
+            let (shape, strings) = value.try_extract_strings().map_err(|e| e.to_string())?;
+            (
+                shape.iter().map(|&d| d as usize).collect(),
+                TensorData::Bytes(strings),
+            )
+        }
         other => return Err(format!("element type {other:?} is not served")),
     };
     Tensor::new(shape, data).map_err(|e| e.to_string())

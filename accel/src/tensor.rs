@@ -32,10 +32,14 @@ pub enum DataType {
     Fp32,
     #[serde(rename = "FP64")]
     Fp64,
+    /// Text: ONNX `tensor(string)`, the protocol's `BYTES`. Held as UTF-8, which is what
+    /// ONNX Runtime's string tensors and JSON carry.
+    #[serde(rename = "BYTES")]
+    Bytes,
 }
 
 impl DataType {
-    pub const ALL: [DataType; 11] = [
+    pub const ALL: [DataType; 12] = [
         DataType::Bool,
         DataType::Uint8,
         DataType::Uint16,
@@ -47,6 +51,7 @@ impl DataType {
         DataType::Int64,
         DataType::Fp32,
         DataType::Fp64,
+        DataType::Bytes,
     ];
 
     /// The Open Inference Protocol name (`FP32`, `INT64`, ...).
@@ -63,21 +68,24 @@ impl DataType {
             DataType::Int64 => "INT64",
             DataType::Fp32 => "FP32",
             DataType::Fp64 => "FP64",
+            DataType::Bytes => "BYTES",
         }
     }
 
-    /// Bytes per element in the binary tensor data extension (BOOL is one byte).
-    pub fn size_of(self) -> usize {
+    /// Bytes per element in the binary tensor data extension (BOOL is one byte); `None` for
+    /// BYTES, whose elements each carry their own length.
+    pub fn size_of(self) -> Option<usize> {
         match self {
-            DataType::Bool | DataType::Uint8 | DataType::Int8 => 1,
-            DataType::Uint16 | DataType::Int16 => 2,
-            DataType::Uint32 | DataType::Int32 | DataType::Fp32 => 4,
-            DataType::Uint64 | DataType::Int64 | DataType::Fp64 => 8,
+            DataType::Bool | DataType::Uint8 | DataType::Int8 => Some(1),
+            DataType::Uint16 | DataType::Int16 => Some(2),
+            DataType::Uint32 | DataType::Int32 | DataType::Fp32 => Some(4),
+            DataType::Uint64 | DataType::Int64 | DataType::Fp64 => Some(8),
+            DataType::Bytes => None,
         }
     }
 
     /// The ONNX `TensorProto.DataType` code, or `None` for element types modelpod does not serve
-    /// (strings, float16, bfloat16, complex).
+    /// (float16, bfloat16, complex).
     pub fn from_onnx(code: i32) -> Option<DataType> {
         Some(match code {
             1 => DataType::Fp32,
@@ -91,6 +99,7 @@ impl DataType {
             11 => DataType::Fp64,
             12 => DataType::Uint32,
             13 => DataType::Uint64,
+            8 => DataType::Bytes,
             _ => return None,
         })
     }
@@ -130,6 +139,7 @@ pub enum TensorData {
     Int64(Vec<i64>),
     Fp32(Vec<f32>),
     Fp64(Vec<f64>),
+    Bytes(Vec<String>),
 }
 
 /// Runs `$body` with `$v` bound to the inner `Vec` of a [`TensorData`] (by value, reference or
@@ -149,6 +159,28 @@ macro_rules! with_tensor_data {
             $crate::TensorData::Int64($v) => $body,
             $crate::TensorData::Fp32($v) => $body,
             $crate::TensorData::Fp64($v) => $body,
+            $crate::TensorData::Bytes($v) => $body,
+        }
+    };
+}
+
+/// [`with_tensor_data!`] over the numeric variants only, with `$bytes` for BYTES.
+#[macro_export]
+macro_rules! with_numeric_data {
+    ($data:expr, $v:ident => $body:expr, $s:ident => $bytes:expr) => {
+        match $data {
+            $crate::TensorData::Bool($v) => $body,
+            $crate::TensorData::Uint8($v) => $body,
+            $crate::TensorData::Uint16($v) => $body,
+            $crate::TensorData::Uint32($v) => $body,
+            $crate::TensorData::Uint64($v) => $body,
+            $crate::TensorData::Int8($v) => $body,
+            $crate::TensorData::Int16($v) => $body,
+            $crate::TensorData::Int32($v) => $body,
+            $crate::TensorData::Int64($v) => $body,
+            $crate::TensorData::Fp32($v) => $body,
+            $crate::TensorData::Fp64($v) => $body,
+            $crate::TensorData::Bytes($s) => $bytes,
         }
     };
 }
@@ -167,6 +199,7 @@ impl TensorData {
             TensorData::Int64(_) => DataType::Int64,
             TensorData::Fp32(_) => DataType::Fp32,
             TensorData::Fp64(_) => DataType::Fp64,
+            TensorData::Bytes(_) => DataType::Bytes,
         }
     }
 
@@ -192,6 +225,7 @@ impl TensorData {
             DataType::Int64 => TensorData::Int64(Vec::with_capacity(capacity)),
             DataType::Fp32 => TensorData::Fp32(Vec::with_capacity(capacity)),
             DataType::Fp64 => TensorData::Fp64(Vec::with_capacity(capacity)),
+            DataType::Bytes => TensorData::Bytes(Vec::with_capacity(capacity)),
         }
     }
 
@@ -206,11 +240,13 @@ impl TensorData {
             };
         }
         ext!(
-            Bool, Uint8, Uint16, Uint32, Uint64, Int8, Int16, Int32, Int64, Fp32, Fp64
+            Bool, Uint8, Uint16, Uint32, Uint64, Int8, Int16, Int32, Int64, Fp32, Fp64, Bytes
         )
     }
 
-    /// Values widened to f64, for pre/post-processing arithmetic and comparisons.
+    /// Values widened to f64, for pre/post-processing arithmetic and comparisons. Text parses
+    /// as a number where it is one and is NaN otherwise (steps that do arithmetic refuse
+    /// BYTES outputs when the model loads).
     pub fn to_f64_vec(&self) -> Vec<f64> {
         match self {
             TensorData::Bool(v) => v.iter().map(|&b| if b { 1.0 } else { 0.0 }).collect(),
@@ -224,14 +260,25 @@ impl TensorData {
             TensorData::Int64(v) => v.iter().map(|&x| x as f64).collect(),
             TensorData::Fp32(v) => v.iter().map(|&x| x as f64).collect(),
             TensorData::Fp64(v) => v.clone(),
+            TensorData::Bytes(v) => v
+                .iter()
+                .map(|s| s.trim().parse().unwrap_or(f64::NAN))
+                .collect(),
         }
     }
 
     /// Converts values to `dtype` with Rust's `as` semantics (saturating float-to-int,
-    /// non-zero is true).
+    /// non-zero is true); to BYTES, numbers become their decimal text.
     pub fn cast(&self, dtype: DataType) -> TensorData {
         if self.dtype() == dtype {
             return self.clone();
+        }
+        if dtype == DataType::Bytes {
+            return TensorData::Bytes(with_numeric_data!(
+                self,
+                v => v.iter().map(|x| x.to_string()).collect(),
+                s => s.clone()
+            ));
         }
         let wide = self.to_f64_vec();
         match dtype {
@@ -246,17 +293,28 @@ impl TensorData {
             DataType::Int64 => TensorData::Int64(wide.iter().map(|&x| x as i64).collect()),
             DataType::Fp32 => TensorData::Fp32(wide.iter().map(|&x| x as f32).collect()),
             DataType::Fp64 => TensorData::Fp64(wide),
+            DataType::Bytes => unreachable!("handled above"),
         }
     }
 
-    /// Little-endian bytes, as the binary tensor data extension carries them.
+    /// Little-endian bytes, as the binary tensor data extension carries them: BYTES elements
+    /// each as a 4-byte little-endian length and then the bytes.
     pub fn to_le_bytes(&self) -> Vec<u8> {
         match self {
+            TensorData::Bytes(v) => {
+                let mut out = Vec::with_capacity(v.iter().map(|s| 4 + s.len()).sum());
+                for s in v {
+                    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+                    out.extend_from_slice(s.as_bytes());
+                }
+                out
+            }
             TensorData::Bool(v) => v.iter().map(|&b| b as u8).collect(),
             TensorData::Uint8(v) => v.clone(),
             TensorData::Int8(v) => v.iter().map(|&x| x as u8).collect(),
             other => {
-                let mut out = Vec::with_capacity(other.len() * other.dtype().size_of());
+                let mut out =
+                    Vec::with_capacity(other.len() * other.dtype().size_of().unwrap_or_default());
                 macro_rules! put {
                     ($v:expr) => {
                         for x in $v {
@@ -273,9 +331,10 @@ impl TensorData {
                     TensorData::Int64(v) => put!(v),
                     TensorData::Fp32(v) => put!(v),
                     TensorData::Fp64(v) => put!(v),
-                    TensorData::Bool(_) | TensorData::Uint8(_) | TensorData::Int8(_) => {
-                        unreachable!()
-                    }
+                    TensorData::Bool(_)
+                    | TensorData::Uint8(_)
+                    | TensorData::Int8(_)
+                    | TensorData::Bytes(_) => unreachable!(),
                 }
                 out
             }
@@ -284,7 +343,9 @@ impl TensorData {
 
     /// Parses little-endian bytes; the length must be a whole number of elements.
     pub fn from_le_bytes(dtype: DataType, bytes: &[u8]) -> Result<TensorData, TensorError> {
-        let size = dtype.size_of();
+        let Some(size) = dtype.size_of() else {
+            return bytes_elements(bytes).map(TensorData::Bytes);
+        };
         if !bytes.len().is_multiple_of(size) {
             return Err(TensorError::RawLength {
                 dtype,
@@ -313,8 +374,41 @@ impl TensorData {
             DataType::Int64 => get!(i64, Int64),
             DataType::Fp32 => get!(f32, Fp32),
             DataType::Fp64 => get!(f64, Fp64),
+            DataType::Bytes => unreachable!("handled above"),
         })
     }
+}
+
+/// BYTES elements of the binary extension: each a 4-byte little-endian length, then that
+/// many bytes of UTF-8.
+fn bytes_elements(mut bytes: &[u8]) -> Result<Vec<String>, TensorError> {
+    let mut elements = Vec::new();
+    while !bytes.is_empty() {
+        let index = elements.len();
+        let bad = |reason: String| TensorError::BadBytes { index, reason };
+        let Some((prefix, rest)) = bytes.split_first_chunk::<4>() else {
+            return Err(bad(format!(
+                "{} bytes left where a 4-byte length was expected",
+                bytes.len()
+            )));
+        };
+        let len = u32::from_le_bytes(*prefix) as usize;
+        if len > rest.len() {
+            return Err(bad(format!(
+                "its length says {len} bytes but {} are left",
+                rest.len()
+            )));
+        }
+        let (text, rest) = rest.split_at(len);
+        let text = std::str::from_utf8(text).map_err(|e| {
+            bad(format!(
+                "not UTF-8 ({e}); modelpod's BYTES tensors are text"
+            ))
+        })?;
+        elements.push(text.to_string());
+        bytes = rest;
+    }
+    Ok(elements)
 }
 
 macro_rules! impl_from_vec {
@@ -327,7 +421,7 @@ macro_rules! impl_from_vec {
     };
 }
 impl_from_vec!(bool => Bool, u8 => Uint8, u16 => Uint16, u32 => Uint32, u64 => Uint64, i8 => Int8,
-    i16 => Int16, i32 => Int32, i64 => Int64, f32 => Fp32, f64 => Fp64);
+    i16 => Int16, i32 => Int32, i64 => Int64, f32 => Fp32, f64 => Fp64, String => Bytes);
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum TensorError {
@@ -341,6 +435,8 @@ pub enum TensorError {
     UnsupportedDataType(String),
     #[error("{bytes} bytes is not a whole number of {dtype} elements")]
     RawLength { dtype: DataType, bytes: usize },
+    #[error("BYTES element {index}: {reason}")]
+    BadBytes { index: usize, reason: String },
     #[error("cannot join tensors: {0}")]
     Incompatible(String),
     #[error("a tensor with a batch dimension needs at least one dimension")]
@@ -528,16 +624,41 @@ mod tests {
         for dtype in DataType::ALL {
             let data = TensorData::Fp64(vec![0.0, 1.0, 2.0, 3.0]).cast(dtype);
             let bytes = data.to_le_bytes();
-            assert_eq!(bytes.len(), 4 * dtype.size_of());
+            // BYTES: four one-character strings, each after a 4-byte length.
+            assert_eq!(bytes.len(), 4 * dtype.size_of().unwrap_or(5));
             assert_eq!(TensorData::from_le_bytes(dtype, &bytes).unwrap(), data);
         }
         assert!(TensorData::from_le_bytes(DataType::Fp32, &[0; 7]).is_err());
     }
 
     #[test]
+    fn bytes_elements_are_length_prefixed_utf8() {
+        let data = TensorData::Bytes(vec!["setosa".into(), String::new(), "é".into()]);
+        let wire = data.to_le_bytes();
+        assert_eq!(&wire[..10], b"\x06\0\0\0setosa");
+        assert_eq!(
+            TensorData::from_le_bytes(DataType::Bytes, &wire).unwrap(),
+            data
+        );
+        // A length past the end, a short prefix and non-UTF-8 are refused, naming the element.
+        for (wire, index) in [
+            (&b"\x02\0\0\0ab\x09\0\0\0abc"[..], 1),
+            (&b"\x01\0\0\0a\x01\0"[..], 1),
+            (&b"\x02\0\0\0\xff\xfe"[..], 0),
+        ] {
+            match TensorData::from_le_bytes(DataType::Bytes, wire) {
+                Err(TensorError::BadBytes { index: i, .. }) => assert_eq!(i, index),
+                other => panic!("{wire:?}: {other:?}"),
+            }
+        }
+        assert_eq!(TensorData::Bytes(vec![]).to_le_bytes(), Vec::<u8>::new());
+    }
+
+    #[test]
     fn datatype_names_parse_case_insensitively() {
         assert_eq!("fp32".parse::<DataType>().unwrap(), DataType::Fp32);
         assert_eq!("INT64".parse::<DataType>().unwrap(), DataType::Int64);
-        assert!("BYTES".parse::<DataType>().is_err());
+        assert_eq!("bytes".parse::<DataType>().unwrap(), DataType::Bytes);
+        assert!("STRING".parse::<DataType>().is_err());
     }
 }

@@ -3,7 +3,7 @@
 //! comes from tract's CUDA runtime (`tract-cuda`, over cudarc) and each worker keeps its own
 //! run state, whose stream is the worker thread's.
 
-use crate::signature::read_onnx_proto;
+use crate::signature::prepared_graph;
 use crate::{Backend, Device, EngineError, EngineKind, LoadedModel, Signature, Tensor, TensorData};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
@@ -37,8 +37,7 @@ impl TractModel {
             path: path.to_path_buf(),
             reason: format!("tract: {e:#}"),
         };
-        let mut proto = read_onnx_proto(path)?;
-        let signature = Signature::from_onnx_proto(&proto, path)?;
+        let (mut proto, signature) = prepared_graph(path)?;
         name_unnamed_dimensions(&mut proto);
         let model = tract_onnx::onnx()
             .model_for_proto_model(&proto)
@@ -218,7 +217,11 @@ impl Backend for TractBackend {
 
 fn to_tract(t: Tensor) -> tract_onnx::prelude::TractResult<TValue> {
     let (shape, data) = t.into_parts();
-    let tensor = crate::with_tensor_data!(data, v => TractTensor::from_shape(&shape, &v)?);
+    let tensor = crate::with_numeric_data!(
+        data,
+        v => TractTensor::from_shape(&shape, &v)?,
+        s => tract_onnx::prelude::tract_ndarray::ArrayD::from_shape_vec(shape, s)?.into()
+    );
     Ok(tensor.into_tvalue())
 }
 
@@ -247,6 +250,25 @@ fn from_tract(value: &TValue) -> tract_onnx::prelude::TractResult<Tensor> {
         DatumType::I64 => take!(i64),
         DatumType::F32 => take!(f32),
         DatumType::F64 => take!(f64),
+        // tract types some integer results (skl2onnx's int64 class labels) as symbolic
+        // dimensions; at run time they are plain numbers.
+        DatumType::TDim => TensorData::Int64(
+            value
+                .to_plain_array_view::<tract_onnx::prelude::TDim>()?
+                .iter()
+                .map(|d| {
+                    d.to_i64()
+                        .map_err(|e| tract_onnx::prelude::TractError::msg(format!("{d}: {e}")))
+                })
+                .collect::<TractResult<Vec<i64>>>()?,
+        ),
+        DatumType::String => TensorData::Bytes(
+            value
+                .to_plain_array_view::<String>()?
+                .iter()
+                .cloned()
+                .collect(),
+        ),
         other => {
             return Err(tract_onnx::prelude::TractError::msg(format!(
                 "output element type {other:?} is not served"
@@ -266,7 +288,7 @@ mod tests {
         use tract_onnx::pb::type_proto;
         let fixture =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models/mlp/1/model.onnx");
-        let mut proto = read_onnx_proto(&fixture).unwrap();
+        let mut proto = crate::signature::read_onnx_proto(&fixture).unwrap();
         // As skl2onnx writes them: `[None, 4]`, the batch dimension with no name.
         let graph = proto.graph.as_mut().unwrap();
         for value in graph.input.iter_mut().chain(graph.output.iter_mut()) {

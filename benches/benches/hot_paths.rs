@@ -99,6 +99,7 @@ fn codecs(c: &mut Criterion) {
             name: "y".into(),
             dtype: DataType::Fp32,
             dims: vec![None, Some(1000)],
+            map_keys: None,
         }],
     };
     let output = Tensor::new(vec![1, 1000], vec![0.001f32; 1000]).unwrap();

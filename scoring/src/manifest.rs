@@ -96,6 +96,30 @@ pub enum PostStep {
     Squeeze,
 }
 
+impl PreStep {
+    /// The step's `op`, as the manifest names it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            PreStep::Cast { .. } => "cast",
+            PreStep::Reshape { .. } => "reshape",
+            PreStep::Scale { .. } => "scale",
+            PreStep::Normalize { .. } => "normalize",
+        }
+    }
+}
+
+impl PostStep {
+    /// The step's `op`, as the manifest names it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            PostStep::Softmax => "softmax",
+            PostStep::Argmax { .. } => "argmax",
+            PostStep::Topk { .. } => "topk",
+            PostStep::Squeeze => "squeeze",
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     #[error("{path}: {reason}")]

@@ -5,7 +5,7 @@
 use crate::error::ScoringError;
 use crate::json;
 use crate::manifest::{PostStep, PreStep, ScoreSection};
-use modelpod_accel::{DataType, Signature, Tensor, TensorData, TensorSpec};
+use modelpod_accel::{DataType, MapKeys, Signature, Tensor, TensorData, TensorSpec};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
@@ -35,7 +35,10 @@ pub enum Reply<'a> {
     Tensor(&'a Tensor),
     /// The tensor without its last dimension of 1.
     Squeezed(&'a Tensor),
-    Named(Vec<(&'a str, &'a Tensor)>),
+    /// A ZipMap output: one `{key: value}` object per row.
+    Maps(&'a Tensor, &'a MapKeys),
+    /// Every output by name (ZipMap outputs as their rows' objects).
+    Named(Vec<(&'a str, &'a Tensor, Option<&'a MapKeys>)>),
 }
 
 impl serde::Serialize for Reply<'_> {
@@ -44,11 +47,18 @@ impl serde::Serialize for Reply<'_> {
             Reply::Value(value) => value.serialize(serializer),
             Reply::Tensor(tensor) => json::NestedTensor(tensor).serialize(serializer),
             Reply::Squeezed(tensor) => json::SqueezedTensor(tensor).serialize(serializer),
-            Reply::Named(outputs) => serializer.collect_map(
-                outputs
-                    .iter()
-                    .map(|(name, tensor)| (*name, json::NestedTensor(tensor))),
-            ),
+            Reply::Maps(tensor, keys) => json::MapRows(tensor, keys).serialize(serializer),
+            Reply::Named(outputs) => {
+                use serde::ser::SerializeMap;
+                let mut map = serializer.serialize_map(Some(outputs.len()))?;
+                for (name, tensor, keys) in outputs {
+                    match keys {
+                        Some(keys) => map.serialize_entry(name, &json::MapRows(tensor, keys))?,
+                        None => map.serialize_entry(name, &json::NestedTensor(tensor))?,
+                    }
+                }
+                map.end()
+            }
         }
     }
 }
@@ -94,6 +104,21 @@ impl ScorePipeline {
         if !section.pre.is_empty() && signature.inputs.len() != 1 {
             return Err("score.pre needs a model with exactly one input".into());
         }
+        if let Some(input) = signature.inputs.first()
+            && let Some(step) = section.pre.iter().find(|step| match step {
+                PreStep::Reshape { .. } => false,
+                PreStep::Cast { to } => input.dtype == DataType::Bytes || *to == DataType::Bytes,
+                PreStep::Scale { .. } | PreStep::Normalize { .. } => input.dtype == DataType::Bytes,
+            })
+        {
+            return Err(format!(
+                "score.pre: {} does not apply to input \"{}\" of type {}: only reshape does to \
+                 text",
+                step.name(),
+                input.name,
+                input.dtype
+            ));
+        }
         let selected_output = match &section.output {
             Some(name) => Some(
                 signature
@@ -111,6 +136,31 @@ impl ScorePipeline {
             return Err("score.post needs one output: name it with score.output".into());
         }
         let mut post = Vec::new();
+        if let Some(output) = selected_output.map(|i| &signature.outputs[i])
+            && output.dtype == DataType::Bytes
+            && let Some(step) = section
+                .post
+                .iter()
+                .find(|step| !matches!(step, PostStep::Squeeze))
+        {
+            return Err(format!(
+                "score.post: {} needs numbers, but output \"{}\" is text (BYTES): only \
+                 squeeze applies to it",
+                step.name(),
+                output.name
+            ));
+        }
+        // A ZipMap's keys are the labels of its columns unless a file says otherwise.
+        let map_labels = || -> Option<Vec<String>> {
+            let keys = signature.outputs[selected_output?].map_keys.as_ref()?;
+            Some((0..keys.len()).filter_map(|i| keys.key(i)).collect())
+        };
+        let labels_for = |file: Option<&str>| -> Result<Option<Vec<String>>, String> {
+            match file {
+                Some(_) => read_labels(model_dir, file),
+                None => Ok(map_labels()),
+            }
+        };
         for (i, step) in section.post.iter().enumerate() {
             let terminal = matches!(
                 step,
@@ -134,11 +184,9 @@ impl ScorePipeline {
                     }
                     CompiledPost::Squeeze
                 }
-                PostStep::Argmax { labels } => {
-                    CompiledPost::Argmax(read_labels(model_dir, labels.as_deref())?)
-                }
+                PostStep::Argmax { labels } => CompiledPost::Argmax(labels_for(labels.as_deref())?),
                 PostStep::Topk { k, labels } => {
-                    CompiledPost::Topk(*k, read_labels(model_dir, labels.as_deref())?)
+                    CompiledPost::Topk(*k, labels_for(labels.as_deref())?)
                 }
             });
         }
@@ -438,24 +486,26 @@ impl ScorePipeline {
                 let tensor = outputs
                     .get(i)
                     .ok_or_else(|| ScoringError::Engine(format!("output {i} missing")))?;
-                match self.post.as_slice() {
-                    [] => return Ok(Reply::Tensor(tensor)),
-                    [CompiledPost::Squeeze] => return Ok(Reply::Squeezed(tensor)),
+                let keys = self.outputs[i].map_keys.as_ref();
+                match (self.post.as_slice(), keys) {
+                    ([], Some(keys)) => return Ok(Reply::Maps(tensor, keys)),
+                    ([], None) => return Ok(Reply::Tensor(tensor)),
+                    ([CompiledPost::Squeeze], _) => return Ok(Reply::Squeezed(tensor)),
                     _ => {}
                 }
-                Ok(Reply::Value(self.post_process(tensor)))
+                Ok(Reply::Value(self.post_process(tensor, keys)))
             }
             None => Ok(Reply::Named(
                 self.outputs
                     .iter()
                     .zip(outputs)
-                    .map(|(spec, t)| (spec.name.as_str(), t))
+                    .map(|(spec, t)| (spec.name.as_str(), t, spec.map_keys.as_ref()))
                     .collect(),
             )),
         }
     }
 
-    fn post_process(&self, tensor: &Tensor) -> Value {
+    fn post_process(&self, tensor: &Tensor, keys: Option<&MapKeys>) -> Value {
         let shape = tensor.shape();
         let classes = shape.last().copied().unwrap_or(1).max(1);
         let mut values = tensor.data().to_f64_vec();
@@ -508,9 +558,12 @@ impl ScorePipeline {
             } else {
                 DataType::Fp64
             });
-            json::to_nested_json(
-                &Tensor::new(out_shape.to_vec(), data).expect("same element count"),
-            )
+            let tensor = Tensor::new(out_shape.to_vec(), data).expect("same element count");
+            match keys {
+                Some(keys) => serde_json::to_value(json::MapRows(&tensor, keys))
+                    .expect("numbers and keys serialise"),
+                None => json::to_nested_json(&tensor),
+            }
         }
     }
 }
@@ -582,6 +635,7 @@ mod tests {
             name: name.into(),
             dtype,
             dims: dims.to_vec(),
+            map_keys: None,
         }
     }
 

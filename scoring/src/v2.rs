@@ -370,6 +370,7 @@ mod tests {
             name: name.into(),
             dtype: DataType::Fp32,
             dims: vec![None, Some(2)],
+            map_keys: None,
         };
         Signature {
             inputs: vec![spec("x")],
@@ -474,7 +475,7 @@ mod tests {
         );
         assert_eq!(
             kind(
-                r#"{"inputs":[{"name":"x","shape":[1],"datatype":"BYTES","data":["a"]}]}"#,
+                r#"{"inputs":[{"name":"x","shape":[1],"datatype":"BYTES","data":[1]}]}"#,
                 None
             ),
             "InvalidInput"
@@ -485,6 +486,13 @@ mod tests {
                 None
             ),
             "BadRequest"
+        );
+        assert_eq!(
+            kind(
+                r#"{"inputs":[{"name":"x","shape":[1],"datatype":"STRING","data":["a"]}]}"#,
+                None
+            ),
+            "InvalidInput"
         );
         assert_eq!(kind(r#"{"inputs":[]}"#, Some(99)), "BadRequest");
         let body = r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","parameters":{"binary_data_size":8}}]}"#;

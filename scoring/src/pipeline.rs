@@ -308,17 +308,25 @@ impl ScorePipeline {
             .data
             .filter(|_| opens_object)
             .ok_or_else(not_an_object)?;
+        let columns = self.columns_from_records(data)?;
         let tensors = if self.inputs.len() == 1 {
-            vec![self.decode_single(data)?]
+            vec![self.decode_single(columns.first().map_or(data, |c| c))?]
         } else {
-            let fields: BTreeMap<String, &RawValue> =
+            let fields: BTreeMap<String, &RawValue> = if columns.is_empty() {
                 serde_json::from_str(data.get()).map_err(|_| {
                     ScoringError::InvalidInput(format!(
-                        "this model has {} inputs ({}): \"data\" must be an object keyed by input name",
+                        "this model has {} inputs ({}): \"data\" must be an object keyed by input name, or a list of such objects, one per row",
                         self.inputs.len(),
                         self.input_names()
                     ))
-                })?;
+                })?
+            } else {
+                self.inputs
+                    .iter()
+                    .map(|spec| spec.name.clone())
+                    .zip(columns.iter().map(|c| &**c))
+                    .collect()
+            };
             if let Some(unknown) = fields
                 .keys()
                 .find(|k| !self.inputs.iter().any(|s| &s.name == *k))
@@ -355,6 +363,73 @@ impl ScorePipeline {
             }
         }
         Ok(tensors)
+    }
+
+    /// pandas' `records` form, what Azure's `PandasParameterType` takes: `"data"` as a list of
+    /// row objects keyed by input name. Returns each input's rows as one JSON list, in
+    /// signature order (none when `"data"` is not in that form). A scalar is the row of an
+    /// input whose rows hold one element (a DataFrame column exported as `[N, 1]`).
+    fn columns_from_records(&self, data: &RawValue) -> Result<Vec<Box<RawValue>>, ScoringError> {
+        let mut text = data.get().trim_start().bytes();
+        let opens_records =
+            text.next() == Some(b'[') && text.find(|b| !b.is_ascii_whitespace()) == Some(b'{');
+        if !opens_records {
+            return Ok(Vec::new());
+        }
+        if !self.batched {
+            return Err(ScoringError::InvalidInput(
+                "\"data\" is a list of row objects, but this model has no batch dimension to \
+                 put rows in"
+                    .into(),
+            ));
+        }
+        let records: Vec<BTreeMap<String, &RawValue>> = serde_json::from_str(data.get())
+            .map_err(|e| {
+                ScoringError::InvalidInput(format!(
+                    "\"data\" must be a list of objects keyed by input name ({}): {e}",
+                    self.input_names()
+                ))
+            })?;
+        for (row, record) in records.iter().enumerate() {
+            if let Some(unknown) = record
+                .keys()
+                .find(|k| !self.inputs.iter().any(|s| s.name == **k))
+            {
+                return Err(ScoringError::InvalidInput(format!(
+                    "row {row}: \"{unknown}\" is not an input of this model (inputs: {})",
+                    self.input_names()
+                )));
+            }
+        }
+        self.inputs
+            .iter()
+            .map(|spec| {
+                let one_element = matches!(self.row_dims(spec), [None | Some(1)]);
+                let mut column = String::from("[");
+                for (row, record) in records.iter().enumerate() {
+                    let value = record.get(spec.name.as_str()).ok_or_else(|| {
+                        ScoringError::InvalidInput(format!(
+                            "row {row}: input \"{}\" is missing",
+                            spec.name
+                        ))
+                    })?;
+                    if row > 0 {
+                        column.push(',');
+                    }
+                    let scalar = !value.get().starts_with('[');
+                    if one_element && scalar {
+                        column.push('[');
+                        column.push_str(value.get());
+                        column.push(']');
+                    } else {
+                        column.push_str(value.get());
+                    }
+                }
+                column.push(']');
+                RawValue::from_string(column)
+                    .map_err(|e| ScoringError::BadRequest(format!("\"data\": {e}")))
+            })
+            .collect()
     }
 
     fn decode_single(&self, data: &RawValue) -> Result<Tensor, ScoringError> {
@@ -824,5 +899,56 @@ mod tests {
         let y = Tensor::new(vec![1, 2], vec![1f32, 2.0]).unwrap();
         let out = encoded(p.encode(&[y.clone(), y]).unwrap());
         assert_eq!(out, json!({"y": [[1.0, 2.0]], "z": [[1.0, 2.0]]}));
+    }
+
+    #[test]
+    fn several_inputs_come_as_pandas_records() {
+        let sig = Signature {
+            inputs: vec![
+                spec("age", DataType::Int64, &[None, Some(1)]),
+                spec("city", DataType::Bytes, &[None, Some(1)]),
+                spec("pair", DataType::Fp32, &[None, Some(2)]),
+            ],
+            outputs: vec![spec("y", DataType::Fp32, &[None, Some(1)])],
+        };
+        let p = ScorePipeline::new(&ScoreSection::default(), &sig, true, Path::new(".")).unwrap();
+        let t = p
+            .decode(&json!({"data": [
+                {"age": 30, "city": "Paris", "pair": [1, 2]},
+                {"pair": [3, 4], "city": "Lyon", "age": [41]},
+            ]}))
+            .unwrap();
+        assert_eq!(t[0].shape(), &[2, 1]);
+        assert_eq!(t[0].data(), &TensorData::Int64(vec![30, 41]));
+        assert_eq!(
+            t[1].data(),
+            &TensorData::Bytes(vec!["Paris".into(), "Lyon".into()])
+        );
+        assert_eq!(t[2].data(), &TensorData::Fp32(vec![1.0, 2.0, 3.0, 4.0]));
+        let refused = |body: Value, says: &str| {
+            let e = p.decode(&body).unwrap_err().to_string();
+            assert!(e.contains(says), "{e}");
+        };
+        refused(
+            json!({"data": [{"age": 1, "city": "Nice", "pair": [1, 2]}, {"age": 2, "pair": [1, 2]}]}),
+            "row 1: input \"city\" is missing",
+        );
+        refused(
+            json!({"data": [{"age": 1, "city": "Nice", "pair": [1, 2], "zip": 1}]}),
+            "row 0: \"zip\" is not an input",
+        );
+        refused(
+            json!({"data": [{"age": "old", "city": "Nice", "pair": [1, 2]}]}),
+            "INT64",
+        );
+        refused(json!({"data": [{"age": 1}, 3]}), "list of objects");
+        // One input fed by records works too, as a one-column DataFrame does.
+        let one = Signature {
+            inputs: vec![spec("age", DataType::Fp32, &[None, Some(1)])],
+            outputs: vec![spec("y", DataType::Fp32, &[None, Some(1)])],
+        };
+        let p = ScorePipeline::new(&ScoreSection::default(), &one, true, Path::new(".")).unwrap();
+        let t = p.decode(&json!({"data": [{"age": 3}, {"age": 4.5}]})).unwrap();
+        assert_eq!(t[0].data(), &TensorData::Fp32(vec![3.0, 4.5]));
     }
 }

@@ -220,19 +220,29 @@ impl Scorer {
     ) -> Result<JobOutput, ScoringError> {
         let deadline = self.deadline(arrival);
         let _in_flight = InFlight::enter(&self.busy, &model.name);
-        let reply = model.submit(inputs, Some(deadline))?;
-        let answer = tokio::time::timeout_at(deadline.into(), reply).await;
+        let replies = submit_in_batches(model, inputs, deadline)?;
+        let answers = tokio::time::timeout_at(deadline.into(), async {
+            let mut answers = Vec::with_capacity(replies.len());
+            for reply in replies {
+                answers.push(reply.await);
+            }
+            answers
+        })
+        .await;
         drop(slot);
-        match answer {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(ScoringError::Engine(
-                "the model's worker stopped before answering".into(),
-            )),
-            Err(_) => Err(ScoringError::DeadlineExceeded(format!(
+        let Ok(answers) = answers else {
+            return Err(ScoringError::DeadlineExceeded(format!(
                 "scoring did not finish within scoringTimeoutMs = {} ms",
                 self.limits.scoring_timeout.as_millis()
-            ))),
+            )));
+        };
+        let mut parts = Vec::with_capacity(answers.len());
+        for answer in answers {
+            parts.push(answer.map_err(|_| {
+                ScoringError::Engine("the model's worker stopped before answering".into())
+            })??);
         }
+        joined(parts)
     }
 
     /// [`Scorer::admit`] then [`Scorer::run`].
@@ -274,6 +284,56 @@ impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.gauge.decrement(1.0);
     }
+}
+
+/// Queues a request; one of more rows than `max_batch_size` (an Azure client's `/score`
+/// body of a thousand rows) as several requests of at most that many, so that it runs
+/// instead of being refused, and shares batches with others as any request does.
+fn submit_in_batches(
+    model: &ServedModel,
+    inputs: Vec<Tensor>,
+    deadline: Instant,
+) -> Result<Vec<crate::batcher::JobReply>, ScoringError> {
+    let max = model.policy.max_batch_size;
+    let rows = inputs.first().map_or(0, Tensor::rows);
+    let splittable = model.policy.batches()
+        && max > 0
+        && rows > max
+        && inputs
+            .iter()
+            .all(|t| !t.shape().is_empty() && t.rows() == rows);
+    if !splittable {
+        return Ok(vec![model.submit(inputs, Some(deadline))?]);
+    }
+    (0..rows)
+        .step_by(max)
+        .map(|start| {
+            let part = inputs
+                .iter()
+                .map(|t| t.slice_rows(start, max.min(rows - start)))
+                .collect::<Result<Vec<_>, _>>()?;
+            model.submit(part, Some(deadline))
+        })
+        .collect()
+}
+
+/// The answers to a request's parts as one: outputs joined along the rows, in order.
+fn joined(mut parts: Vec<JobOutput>) -> Result<JobOutput, ScoringError> {
+    if parts.len() == 1 {
+        return Ok(parts.pop().expect("one part"));
+    }
+    let outputs = (0..parts[0].outputs.len())
+        .map(|i| {
+            let column: Vec<&Tensor> = parts.iter().map(|p| &p.outputs[i]).collect();
+            Tensor::concat_rows(&column)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(JobOutput {
+        outputs,
+        queue_time: parts.iter().map(|p| p.queue_time).max().unwrap_or_default(),
+        compute_time: parts.iter().map(|p| p.compute_time).sum(),
+        batch_rows: parts.iter().map(|p| p.batch_rows).max().unwrap_or_default(),
+    })
 }
 
 #[cfg(test)]

@@ -429,6 +429,28 @@ fn scikit_learn_default_exports_answer_labels_and_label_maps() {
         score("iris", &rows),
         (StatusCode::OK, json!(["setosa", "virginica"]))
     );
+    // More rows than max_batch_size (64) run as several batches, answered in order, as
+    // Azure answered a body of any length.
+    let many: Vec<[f64; 4]> = (0..100)
+        .map(|i| {
+            if i % 2 == 0 {
+                [5.1, 3.5, 1.4, 0.2]
+            } else {
+                [6.7, 3.0, 5.2, 2.3]
+            }
+        })
+        .collect();
+    let (status, labels) = score("iris", &json!({ "data": many }));
+    assert_eq!(status, 200, "{labels}");
+    let labels = labels.as_array().unwrap();
+    assert_eq!(labels.len(), 100);
+    for (i, label) in labels.iter().enumerate() {
+        assert_eq!(
+            label,
+            if i % 2 == 0 { "setosa" } else { "virginica" },
+            "row {i}"
+        );
+    }
     // The ZipMap: one {species: probability} object per row, as predict_proba's rows.
     let (status, maps) = score("iris_maps", &rows);
     assert_eq!(status, 200, "{maps}");

@@ -31,6 +31,11 @@ enum Command {
     /// Print a service's Kubernetes objects (Deployment, Service, the router's ServiceAccount
     /// and Role) from its deploymentconfig.json, as JSON for `kubectl apply -f -`.
     Manifests(modelpod_router::manifests::ManifestArgs),
+    /// Make an Azure ML deployment folder (score.py, a pickled scikit-learn, XGBoost or
+    /// LightGBM model) a modelpod service: convert the model to ONNX, declare its steps, and
+    /// check it against what run() answered. Exit status 2: refused (answers differ); 3: not
+    /// convertible (the entry script must run as it is).
+    Import(modelpod_import::ImportArgs),
     /// Measure a serving endpoint: throughput and latency percentiles under load.
     Bench(BenchArgs),
     /// Show this node's VM size, what it promises, what the device probes find and the engine
@@ -96,6 +101,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
             cli_output::print_line(&serde_json::to_string_pretty(&list)?)?;
+            Ok(())
+        }
+        Command::Import(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let (outcome, report) = runtime.block_on(modelpod_import::run(&args))?;
+            cli_output::print_line(&serde_json::to_string_pretty(&report)?)?;
+            if outcome != modelpod_import::ImportOutcome::Served {
+                std::process::exit(outcome.exit_code());
+            }
             Ok(())
         }
         Command::Bench(args) => {

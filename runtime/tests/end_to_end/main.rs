@@ -4,6 +4,7 @@
 
 mod graceful_shutdown;
 mod hostile;
+mod import;
 mod kubernetes;
 mod rollout;
 mod router;

@@ -72,6 +72,11 @@ pub struct ConversionRequest<'a> {
 /// The interpreter: `--python`, else the active virtualenv's, else `python3` on PATH.
 pub fn find_python(explicit: Option<&Path>) -> PathBuf {
     if let Some(python) = explicit {
+        // The helper runs in the entry script's folder: a relative path would be looked up
+        // from there, a bare name on PATH.
+        if python.components().count() > 1 {
+            return std::path::absolute(python).unwrap_or_else(|_| python.to_path_buf());
+        }
         return python.to_path_buf();
     }
     if let Some(venv) = std::env::var_os("VIRTUAL_ENV") {

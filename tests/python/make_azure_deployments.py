@@ -26,39 +26,15 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-NUMPY_SCRIPT = """\
+ENTRY_SCRIPT = """\
 import os
 
 import joblib
 import numpy as np
-from inference_schema.parameter_types.numpy_parameter_type import NumpyParameterType
-from inference_schema.schema_decorators import input_schema, output_schema
-
-
-def init():
-    global model
-    model = joblib.load(os.path.join(os.getenv("AZUREML_MODEL_DIR"), "model.pkl"))
-
-
-input_sample = np.array({sample})
-output_sample = np.array({output})
-
-
-@input_schema("data", NumpyParameterType(input_sample))
-@output_schema(NumpyParameterType(output_sample))
-def run(data):
-    return model.{method}(data).tolist()
-"""
-
-PANDAS_SCRIPT = """\
-import os
-
-import joblib
 import pandas as pd
-from inference_schema.parameter_types.pandas_parameter_type import PandasParameterType
 from inference_schema.parameter_types.numpy_parameter_type import NumpyParameterType
+from inference_schema.parameter_types.pandas_parameter_type import PandasParameterType
 from inference_schema.schema_decorators import input_schema, output_schema
-import numpy as np
 
 
 def init():
@@ -66,15 +42,30 @@ def init():
     model = joblib.load(os.path.join(os.getenv("AZUREML_MODEL_DIR"), "model.pkl"))
 
 
-input_sample = pd.DataFrame({sample})
+input_sample = {sample}
 output_sample = np.array({output})
 
 
-@input_schema("data", PandasParameterType(input_sample))
+@input_schema("data", {parameter_type}(input_sample))
 @output_schema(NumpyParameterType(output_sample))
 def run(data):
     return model.{method}(data).tolist()
 """
+
+
+def numpy_script(sample: np.ndarray, output: str, method: str) -> str:
+    return ENTRY_SCRIPT.format(
+        sample=f"np.array({json.dumps(sample.tolist())})", output=output, method=method,
+        parameter_type="NumpyParameterType",
+    )
+
+
+def pandas_script(sample: pd.DataFrame, output: str, method: str) -> str:
+    return ENTRY_SCRIPT.format(
+        sample=f"pd.DataFrame({json.dumps(sample.to_dict(orient='list'))})", output=output,
+        method=method, parameter_type="PandasParameterType",
+    )
+
 
 # A model no converter knows: a class of the user's own, pickled.
 CUSTOM_MODULE = """\
@@ -121,10 +112,6 @@ def write_case(out: Path, name: str, model, script: str, requests: dict, expecte
     (folder / "expected.json").write_text(json.dumps(expected))
 
 
-def rows_literal(array: np.ndarray) -> str:
-    return json.dumps(array.tolist())
-
-
 def main(out: Path) -> None:
     rng = np.random.default_rng(7)
     config = {"computeType": "aks", "maxConcurrentRequestsPerContainer": 4, "scoringTimeoutMs": 60000}
@@ -136,7 +123,7 @@ def main(out: Path) -> None:
     rows = iris.data[rng.choice(len(iris.data), 40, replace=False)]
     write_case(
         out, "iris_forest", forest,
-        NUMPY_SCRIPT.format(sample=rows_literal(iris.data[:2]), output='["setosa", "setosa"]', method="predict"),
+        numpy_script(iris.data[:2], '["setosa", "setosa"]', "predict"),
         {"data": rows.tolist()}, forest.predict(rows).tolist(), config,
     )
 
@@ -146,7 +133,7 @@ def main(out: Path) -> None:
     rows = diabetes.data[rng.choice(len(diabetes.data), 40, replace=False)]
     write_case(
         out, "diabetes_boosting", boosted,
-        NUMPY_SCRIPT.format(sample=rows_literal(diabetes.data[:1]), output="[198.95]", method="predict"),
+        numpy_script(diabetes.data[:1], "[198.95]", "predict"),
         {"data": rows.tolist()}, boosted.predict(rows).tolist(), config,
     )
 
@@ -181,9 +168,7 @@ def main(out: Path) -> None:
     batch = frame.sample(40, random_state=1)
     write_case(
         out, "churn_pipeline", pipeline,
-        PANDAS_SCRIPT.format(
-            sample=json.dumps(sample.to_dict(orient="list")), output="[[0.5, 0.5]]", method="predict_proba"
-        ),
+        pandas_script(sample, "[[0.5, 0.5]]", "predict_proba"),
         {"data": json.loads(batch.to_json(orient="records"))},
         pipeline.predict_proba(batch).tolist(), config,
     )
@@ -212,7 +197,7 @@ def boosters(out: Path, rng, config: dict) -> None:
     rows = iris.data[rng.choice(len(iris.data), 40, replace=False)]
     write_case(
         out, "iris_xgboost", xgb,
-        NUMPY_SCRIPT.format(sample=rows_literal(iris.data[:2]), output="[[0.3, 0.3, 0.4]]", method="predict_proba"),
+        numpy_script(iris.data[:2], "[[0.3, 0.3, 0.4]]", "predict_proba"),
         {"data": rows.tolist()}, xgb.predict_proba(rows).tolist(), config,
     )
     diabetes = load_diabetes()
@@ -220,7 +205,7 @@ def boosters(out: Path, rng, config: dict) -> None:
     rows = diabetes.data[rng.choice(len(diabetes.data), 40, replace=False)]
     write_case(
         out, "diabetes_lightgbm", lgbm,
-        NUMPY_SCRIPT.format(sample=rows_literal(diabetes.data[:1]), output="[150.0]", method="predict"),
+        numpy_script(diabetes.data[:1], "[150.0]", "predict"),
         {"data": rows.tolist()}, lgbm.predict(rows).tolist(), config,
     )
 

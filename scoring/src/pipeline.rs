@@ -383,8 +383,8 @@ impl ScorePipeline {
                     .into(),
             ));
         }
-        let records: Vec<BTreeMap<String, &RawValue>> = serde_json::from_str(data.get())
-            .map_err(|e| {
+        let records: Vec<BTreeMap<String, &RawValue>> =
+            serde_json::from_str(data.get()).map_err(|e| {
                 ScoringError::InvalidInput(format!(
                     "\"data\" must be a list of objects keyed by input name ({}): {e}",
                     self.input_names()
@@ -948,7 +948,9 @@ mod tests {
             outputs: vec![spec("y", DataType::Fp32, &[None, Some(1)])],
         };
         let p = ScorePipeline::new(&ScoreSection::default(), &one, true, Path::new(".")).unwrap();
-        let t = p.decode(&json!({"data": [{"age": 3}, {"age": 4.5}]})).unwrap();
+        let t = p
+            .decode(&json!({"data": [{"age": 3}, {"age": 4.5}]}))
+            .unwrap();
         assert_eq!(t[0].data(), &TensorData::Fp32(vec![3.0, 4.5]));
     }
 }

@@ -163,8 +163,12 @@ pub async fn score_in_process(
         .pipeline
         .decode_json(&body)
         .map_err(|e| ImportError::Check(format!("the sample request is refused: {e}")))?;
+    let slot = scorer
+        .admit()
+        .await
+        .map_err(|e| ImportError::Check(e.to_string()))?;
     let output = scorer
-        .infer(&served, inputs, arrival)
+        .run_any_rows(slot, &served, inputs, arrival)
         .await
         .map_err(|e| ImportError::Check(format!("scoring the sample request failed: {e}")))?;
     let reply = served

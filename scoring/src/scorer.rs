@@ -210,7 +210,8 @@ impl Scorer {
         }
     }
 
-    /// Scores `inputs` on `model` in an admitted slot, until the request's deadline.
+    /// Scores `inputs` on `model` in an admitted slot, until the request's deadline. More
+    /// rows than `max_batch_size` are refused, as Triton refuses them over v2.
     pub async fn run(
         &self,
         slot: Slot<'_>,
@@ -218,9 +219,36 @@ impl Scorer {
         inputs: Vec<Tensor>,
         arrival: Instant,
     ) -> Result<JobOutput, ScoringError> {
+        self.run_rows(slot, model, inputs, arrival, false).await
+    }
+
+    /// [`Scorer::run`] for Azure's `/score`, whose clients post bodies of any length: more
+    /// rows than `max_batch_size` run as several batches, answered together.
+    pub async fn run_any_rows(
+        &self,
+        slot: Slot<'_>,
+        model: &ServedModel,
+        inputs: Vec<Tensor>,
+        arrival: Instant,
+    ) -> Result<JobOutput, ScoringError> {
+        self.run_rows(slot, model, inputs, arrival, true).await
+    }
+
+    async fn run_rows(
+        &self,
+        slot: Slot<'_>,
+        model: &ServedModel,
+        inputs: Vec<Tensor>,
+        arrival: Instant,
+        split_oversized: bool,
+    ) -> Result<JobOutput, ScoringError> {
         let deadline = self.deadline(arrival);
         let _in_flight = InFlight::enter(&self.busy, &model.name);
-        let replies = submit_in_batches(model, inputs, deadline)?;
+        let replies = if split_oversized {
+            submit_in_batches(model, inputs, deadline)?
+        } else {
+            vec![model.submit(inputs, Some(deadline))?]
+        };
         let answers = tokio::time::timeout_at(deadline.into(), async {
             let mut answers = Vec::with_capacity(replies.len());
             for reply in replies {

@@ -433,7 +433,10 @@ async fn score(
         let decoding = model.clone();
         let inputs =
             off_the_event_loop(body, move |body| decoding.pipeline.decode_json(body)).await?;
-        Ok(state.scorer.run(slot, &model, inputs, arrival).await?)
+        Ok(state
+            .scorer
+            .run_any_rows(slot, &model, inputs, arrival)
+            .await?)
     }
     .await;
     record("azure", &model.name, arrival, result.as_ref());

@@ -8,6 +8,7 @@ pub mod batcher;
 pub mod busy;
 pub mod deployment;
 pub mod error;
+pub mod inference_config;
 pub mod json;
 pub mod manifest;
 pub mod memory;

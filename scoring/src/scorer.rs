@@ -30,6 +30,15 @@ pub struct Scorer {
     /// How long a slot is held, microseconds, as a moving average: what a request waiting
     /// behind others can expect to wait.
     slot_hold_us: AtomicU64,
+    /// What serves beside the registry's models (entry scripts); their readiness is the server's.
+    services: parking_lot::RwLock<Vec<Arc<dyn ServiceReadiness>>>,
+}
+
+/// Something served beside the registry's ONNX models (an entry-script service), whose
+/// readiness counts in the server's.
+pub trait ServiceReadiness: Send + Sync {
+    /// Why it cannot serve now, or `None` when it can.
+    fn unready_reason(&self) -> Option<String>;
 }
 
 /// A scoring slot: held from admission until the answer (or the error) is ready.
@@ -66,7 +75,15 @@ impl Scorer {
             busy: BusyBoard::default(),
             loaded: AtomicBool::new(false),
             slot_hold_us: AtomicU64::new(0),
+            services: parking_lot::RwLock::new(Vec::new()),
         }
+    }
+
+    /// Adds a service whose readiness the server's readiness then requires; a server with
+    /// one may have no model in its repository.
+    pub fn add_service(&self, service: Arc<dyn ServiceReadiness>) {
+        self.services.write().push(service);
+        self.busy.touch();
     }
 
     /// 503 for a request arriving now, before anything else is done for it (its body read or
@@ -134,7 +151,14 @@ impl Scorer {
         if !self.started_up() {
             return Some("loading models at start-up".into());
         }
+        let services = self.services.read();
+        if let Some(reason) = services.iter().find_map(|s| s.unready_reason()) {
+            return Some(reason);
+        }
         let (total, failed) = self.registry.failure_counts();
+        if total == 0 && !services.is_empty() {
+            return None;
+        }
         if total == 0 {
             return Some(format!(
                 "the model repository {} holds no model (a model is \

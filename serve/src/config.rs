@@ -129,6 +129,23 @@ pub struct ServeArgs {
     /// removed ones [default: off; load and unload through the repository API].
     #[arg(long, env = "MODELPOD_REPOSITORY_POLL_SECONDS")]
     pub repository_poll: Option<u64>,
+    /// Azure's inferenceconfig.json: serve its entry script (score.py, unmodified) in Python
+    /// worker processes, beside any ONNX models of the repository. AZUREML_MODEL_DIR is then
+    /// the script's model folder, not the repository.
+    #[arg(long, env = "MODELPOD_INFERENCE_CONFIG")]
+    pub inference_config: Option<PathBuf>,
+    /// Python interpreter of the entry script's environment [default: inferenceconfig.json's
+    /// environment.python.interpreterPath, else the active virtualenv or conda environment,
+    /// else python3].
+    #[arg(long, env = "MODELPOD_PYTHON")]
+    pub python: Option<PathBuf>,
+    /// Entry-script worker processes, as Azure's WORKER_COUNT [default: 1].
+    #[arg(long, env = "WORKER_COUNT")]
+    pub entry_script_workers: Option<usize>,
+    /// The name `/score?model=` selects the entry script by; without ?model=, /score is the
+    /// entry script [default: the name of inferenceconfig.json's folder].
+    #[arg(long, env = "MODELPOD_ENTRY_SCRIPT_NAME")]
+    pub entry_script_name: Option<String>,
     #[command(flatten)]
     pub node: modelpod_accel::node::NodeArgs,
     /// Refuse to start when the node's VM size promises an accelerator the probes do not find
@@ -221,6 +238,14 @@ struct Layer {
     cors_origins: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     health_port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    inference_config: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    python: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    entry_script_workers: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    entry_script_name: Option<String>,
 }
 
 impl Layer {
@@ -253,6 +278,10 @@ impl Layer {
             body_timeout_ms: args.body_timeout_ms,
             cors_origins: args.cors_origins.clone(),
             health_port: args.health_port,
+            inference_config: args.inference_config.clone(),
+            python: args.python.clone(),
+            entry_script_workers: args.entry_script_workers,
+            entry_script_name: args.entry_script_name.clone(),
         }
     }
 
@@ -270,7 +299,9 @@ impl Layer {
 /// The validated configuration of a scoring server.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
-    pub model_repository: PathBuf,
+    /// `None` only beside an entry script: the server then serves no ONNX model.
+    pub model_repository: Option<PathBuf>,
+    pub entry_script: Option<crate::entry_script::EntryScriptConfig>,
     pub host: String,
     pub port: u16,
     pub backend: EngineChoice,
@@ -300,7 +331,7 @@ pub struct ServeConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error(
-        "no model repository: pass --model-repository, or set MODELPOD_MODEL_REPOSITORY or AZUREML_MODEL_DIR"
+        "no model repository: pass --model-repository (or --inference-config for an entry script), or set MODELPOD_MODEL_REPOSITORY or AZUREML_MODEL_DIR"
     )]
     NoRepository,
     #[error("{0}")]
@@ -385,11 +416,6 @@ impl ServeConfig {
                     .only(&["AML_CORS_ORIGINS"])
                     .map(|_| "cors_origins".into()),
             )
-            .merge(
-                Env::raw()
-                    .only(&["AZUREML_MODEL_DIR"])
-                    .map(|_| "model_repository".into()),
-            )
             .merge(Serialized::defaults(Layer::from_azure(&azure)));
         if let Some(path) = &args.config {
             if !path.is_file() {
@@ -401,7 +427,40 @@ impl ServeConfig {
             .merge(Serialized::defaults(Layer::from_args(&args)))
             .extract()
             .map_err(|e| ConfigError::File(e.to_string()))?;
-        let model_repository = layer.model_repository.ok_or(ConfigError::NoRepository)?;
+        let limits = ScoringLimits::default().overridden(
+            layer.max_concurrent_requests,
+            layer.max_queue_wait_ms,
+            layer.scoring_timeout_ms,
+            layer.max_request_bytes,
+        );
+        let entry_script = match &layer.inference_config {
+            Some(path) => Some(
+                crate::entry_script::EntryScriptConfig::resolve(
+                    path,
+                    &crate::entry_script::EntryScriptArgs {
+                        python: layer.python.clone(),
+                        workers: layer.entry_script_workers,
+                        name: layer.entry_script_name.clone(),
+                    },
+                    limits.scoring_timeout,
+                )
+                .map_err(|e| ConfigError::File(e.to_string()))?,
+            ),
+            None => None,
+        };
+        // Azure's AZUREML_MODEL_DIR, lowest of all; beside an entry script it is the
+        // script's folder of pickles, not a repository.
+        let model_repository = layer.model_repository.or_else(|| {
+            entry_script
+                .is_none()
+                .then(|| std::env::var_os("AZUREML_MODEL_DIR"))
+                .flatten()
+                .filter(|dir| !dir.is_empty())
+                .map(PathBuf::from)
+        });
+        if model_repository.is_none() && entry_script.is_none() {
+            return Err(ConfigError::NoRepository);
+        }
         let mut api_keys = layer.api_keys.unwrap_or_default();
         if api_keys.is_empty() && azure.auth_enabled != Some(false) {
             api_keys = azure.key_list();
@@ -414,6 +473,7 @@ impl ServeConfig {
         }
         let config = ServeConfig {
             model_repository,
+            entry_script,
             host: layer.host.unwrap_or_else(|| "0.0.0.0".into()),
             port: layer.port.unwrap_or(DEFAULT_PORT),
             backend: layer.backend.unwrap_or_default(),
@@ -421,12 +481,7 @@ impl ServeConfig {
             ort_library: layer.ort_library,
             intra_op_threads: layer.intra_op_threads.unwrap_or(1),
             // deploymentconfig.json's limits are a layer of `layer` already.
-            limits: ScoringLimits::default().overridden(
-                layer.max_concurrent_requests,
-                layer.max_queue_wait_ms,
-                layer.scoring_timeout_ms,
-                layer.max_request_bytes,
-            ),
+            limits,
             api_keys,
             model_control: layer.model_control_mode.unwrap_or_default(),
             body_timeout: Duration::from_millis(
@@ -574,7 +629,7 @@ mod tests {
             assert_eq!(config.limits.scoring_timeout, Duration::from_millis(777));
             assert_eq!(
                 config.model_repository,
-                PathBuf::from("/var/azureml-app/azureml-models")
+                Some(PathBuf::from("/var/azureml-app/azureml-models"))
             );
             jail.create_file("deploymentconfig.json", r#"{"scoringTimeoutMs": 1234}"#)?;
             jail.create_file("modelpod.toml", "api_keys = [\"from-file\"]\n")?;
@@ -589,8 +644,20 @@ mod tests {
             ]);
             let config = ServeConfig::resolve(cli.serve).unwrap();
             assert_eq!(config.limits.scoring_timeout, Duration::from_millis(1234));
-            assert_eq!(config.model_repository, PathBuf::from("/flag"));
+            assert_eq!(config.model_repository, Some(PathBuf::from("/flag")));
             assert_eq!(config.api_keys, vec!["from-file"]);
+            // Beside an entry script, AZUREML_MODEL_DIR is the script's folder, not a repository.
+            jail.create_file("score.py", "def init(): pass\ndef run(data): return data\n")?;
+            jail.create_file("inferenceconfig.json", r#"{"entryScript": "score.py"}"#)?;
+            let cli = Cli::parse_from(["x", "--inference-config", "inferenceconfig.json"]);
+            let config = ServeConfig::resolve(cli.serve).unwrap();
+            assert_eq!(config.model_repository, None);
+            let script = config.entry_script.expect("an entry script");
+            assert_eq!(script.scoring_timeout, Duration::from_millis(777));
+            assert_eq!(
+                script.model_dir,
+                PathBuf::from("/var/azureml-app/azureml-models")
+            );
             Ok(())
         });
     }

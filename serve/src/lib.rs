@@ -3,6 +3,7 @@
 //! queues and times out every request.
 
 pub mod config;
+pub mod entry_script;
 pub mod memory;
 mod metrics;
 mod routes;
@@ -29,6 +30,8 @@ pub enum ServeError {
     OrtRequired(modelpod_accel::EngineError),
     #[error("--require-accelerator: {0}")]
     AcceleratorMissing(String),
+    #[error("starting the entry-script service: {0}")]
+    EntryScript(std::io::Error),
     #[error("cannot listen on {address}: {source}")]
     Bind {
         address: String,
@@ -45,6 +48,10 @@ pub struct AppState {
     pub bodies: modelpod_http::body::BodyReader,
     /// The port of the probes-only listener (`--health-port`), once bound.
     pub probe_port: Option<u16>,
+    /// The Azure entry script served beside the models (`--inference-config`).
+    pub entry_script: Option<Arc<entry_script::EntryScriptService>>,
+    /// The empty repository of a server that serves an entry script alone.
+    _empty_repository: Option<tempfile::TempDir>,
 }
 
 impl AppState {
@@ -83,8 +90,15 @@ impl ScoringServer {
             }
             None => None,
         };
+        let (repository, empty_repository) = match &config.model_repository {
+            Some(path) => (path.clone(), None),
+            None => {
+                let empty = tempfile::tempdir().map_err(ServeError::EntryScript)?;
+                (empty.path().to_path_buf(), Some(empty))
+            }
+        };
         let registry = Arc::new(Registry::open(RegistryConfig {
-            repository: config.model_repository.clone(),
+            repository,
             engine_choice: config.backend,
             engine: EngineOptions {
                 intra_op_threads: config.intra_op_threads,
@@ -98,8 +112,21 @@ impl ScoringServer {
             device_meter,
             concurrent_requests: Some(config.limits.max_concurrent_requests),
         })?);
+        let entry_script = match config.entry_script.clone() {
+            Some(script) => Some(Arc::new(
+                entry_script::EntryScriptService::start(script, Some(registry.clone()))
+                    .map_err(ServeError::EntryScript)?,
+            )),
+            None => None,
+        };
+        let scorer = Scorer::new(registry, config.limits, config.strict_readiness);
+        if let Some(service) = &entry_script {
+            scorer.add_service(service.clone());
+        }
         let state = web::Data::new(AppState {
-            scorer: Scorer::new(registry, config.limits, config.strict_readiness),
+            scorer,
+            entry_script,
+            _empty_repository: empty_repository,
             auth: KeyAuth::new(&config.api_keys),
             metrics,
             bodies: modelpod_http::body::BodyReader::new(
@@ -112,6 +139,15 @@ impl ScoringServer {
                 .and_then(|l| l.local_addr().ok())
                 .map(|a| a.port()),
         });
+        if let Some(service) = &state.entry_script {
+            // Weak: the service lives in the state it tells.
+            let weak = Arc::downgrade(&state.clone().into_inner());
+            service.on_change(move || {
+                if let Some(state) = weak.upgrade() {
+                    state.scorer.busy().touch();
+                }
+            });
+        }
         let app_state = state.clone();
         let address = format!("{}:{}", config.host, config.port);
         let cors_origins = config.cors_origins.clone();
@@ -190,7 +226,7 @@ impl ScoringServer {
             );
         }
         tracing::info!(
-            repository = %config.model_repository.display(),
+            repository = %config.model_repository.as_deref().map_or("(none)".into(), |p| p.display().to_string()),
             load_policy = ?config.load_policy,
             memory_budget = ?config.memory_budget.limit(modelpod_scoring::memory::HOST),
             max_concurrent_requests = config.limits.max_concurrent_requests,

@@ -59,6 +59,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.app_data(modelpod_http::error::query_config())
         .route("/", web::get().to(azure_health))
         .route("/score", web::post().to(score))
+        // Azure's server passes GET /score to the entry script (its query as the input).
+        .route("/score", web::get().to(score_get))
         // Azure's server answers a bare OPTIONS /score with an empty 200 (with CORS on, the
         // middleware answers preflights before this).
         .route(
@@ -378,6 +380,52 @@ struct ScoreQuery {
     version: Option<String>,
 }
 
+/// The entry script a `/score` request is for: the one `?model=` names, or, without
+/// `?model=`, the server's entry script unless `--default-model` names another model.
+fn entry_script_for(
+    state: &AppState,
+    model: Option<&str>,
+) -> Option<std::sync::Arc<crate::entry_script::EntryScriptService>> {
+    let service = state.entry_script.as_ref()?;
+    let wanted = match model.filter(|m| !m.is_empty()) {
+        Some(model) => model == service.name(),
+        None => state
+            .config
+            .default_model
+            .as_deref()
+            .is_none_or(|d| d == service.name()),
+    };
+    wanted.then(|| service.clone())
+}
+
+/// The model a query string names, without failing on anything else in it: an entry
+/// script's own parameters (GET /score) are any names at all.
+fn named_model(query: &str) -> Option<String> {
+    web::Query::<Vec<(String, String)>>::from_query(query)
+        .ok()?
+        .into_inner()
+        .into_iter()
+        .find(|(k, _)| k == "model")
+        .map(|(_, v)| v)
+}
+
+/// `GET /score`: only entry scripts take it, as Azure's server does.
+async fn score_get(
+    request: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let arrival = Instant::now();
+    match entry_script_for(&state, named_model(request.query_string()).as_deref()) {
+        Some(service) => {
+            crate::entry_script::http::score(request, payload, state, &service, arrival).await
+        }
+        None => Err(ApiError::NotFound(
+            "GET /score is for entry scripts; an ONNX model is scored with POST /score".into(),
+        )),
+    }
+}
+
 /// Azure's `POST /score`: `{"data": ...}` through the model's declared pipeline.
 async fn score(
     request: HttpRequest,
@@ -385,6 +433,10 @@ async fn score(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let arrival = Instant::now();
+    if let Some(service) = entry_script_for(&state, named_model(request.query_string()).as_deref())
+    {
+        return crate::entry_script::http::score(request, payload, state, &service, arrival).await;
+    }
     let query = web::Query::<ScoreQuery>::from_query(request.query_string())
         .map_err(|e| ScoringError::BadRequest(format!("invalid query string: {e}")))?
         .into_inner();

@@ -277,6 +277,12 @@ pub async fn swagger(
     query: web::Query<SwaggerQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    if let Some(service) = &state.entry_script {
+        return Ok(crate::entry_script::http::swagger(
+            service,
+            query.version.as_deref(),
+        ));
+    }
     let version = Version::parse(query.version.as_deref())?;
     let state = state.into_inner();
     // Reading every model's pipeline may load a lazy one: off the event loop.

@@ -26,7 +26,7 @@ impl Registry {
         let Some(limit) = self.config.budget.limit(device) else {
             return Ok(Vec::new());
         };
-        let used = used_on(models, device);
+        let used = used_on(models, device) + self.outside_on(device);
         let overloaded = || {
             let in_use = models
                 .values()

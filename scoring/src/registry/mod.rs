@@ -301,6 +301,9 @@ pub struct Registry {
     load_done: Condvar,
     /// Held by loads whose device memory is measured (see [`DeviceMemoryMeter`]).
     device_loads: Mutex<()>,
+    /// Host memory held by what serves beside the models (entry-script workers), by holder:
+    /// it counts against the budget as loaded models do, so loads evict to make room for it.
+    outside: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Registry {
@@ -318,6 +321,7 @@ impl Registry {
             loads_finished: Mutex::new(0),
             load_done: Condvar::new(),
             device_loads: Mutex::new(()),
+            outside: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -325,9 +329,23 @@ impl Registry {
         &self.config.budget
     }
 
-    /// Bytes the loaded (and loading) models hold on `device`.
+    /// Bytes the loaded (and loading) models, and what serves beside them, hold on `device`.
     pub fn memory_used(&self, device: &str) -> u64 {
-        used_on(&self.models.read(), device)
+        used_on(&self.models.read(), device) + self.outside_on(device)
+    }
+
+    /// Records what `holder` (not a model: an entry-script service's workers) holds of host
+    /// memory now, as measured; it counts against the budget from the next load on.
+    pub fn set_outside_memory(&self, holder: &str, bytes: u64) {
+        self.outside.lock().insert(holder.to_string(), bytes);
+    }
+
+    fn outside_on(&self, device: &str) -> u64 {
+        if device == crate::memory::HOST {
+            self.outside.lock().values().sum()
+        } else {
+            0
+        }
     }
 
     pub fn repository(&self) -> &Path {

@@ -65,8 +65,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         // middleware answers preflights before this).
         .route(
             "/score",
-            web::method(actix_web::http::Method::OPTIONS).to(HttpResponse::Ok),
+            web::method(actix_web::http::Method::OPTIONS).to(score_options),
         )
+        // Any other method: Flask's 405, as Azure's server answers it.
+        .route("/score", web::route().to(score_method_not_allowed))
         .route("/swagger.json", web::get().to(super::swagger::swagger))
         .route("/metrics", web::get().to(metrics))
         .route("/v2", web::get().to(server_metadata))
@@ -407,6 +409,21 @@ fn named_model(query: &str) -> Option<String> {
         .into_iter()
         .find(|(k, _)| k == "model")
         .map(|(_, v)| v)
+}
+
+/// Azure's empty answer, as its AMLResponse("", 200) makes it.
+async fn score_options() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .insert_header(crate::entry_script::http::RUN_FUNCTION_FAILED)
+        .finish()
+}
+
+async fn score_method_not_allowed() -> HttpResponse {
+    HttpResponse::MethodNotAllowed()
+        .insert_header(("Allow", "GET, OPTIONS, POST"))
+        .insert_header(crate::entry_script::http::RUN_FUNCTION_FAILED)
+        .json(json!({ "message": "The method is not allowed for the requested URL." }))
 }
 
 /// `GET /score`: only entry scripts take it, as Azure's server does.

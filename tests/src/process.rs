@@ -284,6 +284,14 @@ impl ServeBuilder {
         }
     }
 
+    /// A server of an Azure entry script (inferenceconfig.json), with no model repository.
+    pub fn entry_script(program: impl Into<PathBuf>, inference_config: &Path) -> ServeBuilder {
+        ServeBuilder {
+            program: program.into(),
+            args: vec!["--inference-config".into(), inference_config.into()],
+        }
+    }
+
     pub fn args<I, S>(mut self, args: I) -> Self
     where
         I: IntoIterator<Item = S>,

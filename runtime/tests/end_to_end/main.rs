@@ -2,6 +2,7 @@
 //! TLS and raw TCP. One test binary rather than one per file, because each links the whole
 //! runtime and a clean build's disk is mostly test binaries.
 
+mod entry_script;
 mod graceful_shutdown;
 mod hostile;
 mod import;

@@ -131,7 +131,9 @@ pub fn swagger(service: &EntryScriptService, version: Option<&str>) -> HttpRespo
     };
     let version = version.unwrap_or("2");
     if let Some(document) = documents.documents.get(version) {
-        return HttpResponse::Ok().json(document);
+        return HttpResponse::Ok()
+            .insert_header(RUN_FUNCTION_FAILED)
+            .json(document);
     }
     let message = documents.errors.get(version).cloned().unwrap_or_else(|| {
         format!(
@@ -139,5 +141,10 @@ pub fn swagger(service: &EntryScriptService, version: Option<&str>) -> HttpRespo
             documents.supported.join(", ")
         )
     });
-    HttpResponse::NotFound().json(serde_json::json!({ "message": message }))
+    HttpResponse::NotFound()
+        .insert_header(RUN_FUNCTION_FAILED)
+        .json(serde_json::json!({ "message": message }))
 }
+
+/// What every answer of Azure's server that is not run()'s failure carries (its AMLResponse).
+pub const RUN_FUNCTION_FAILED: (&str, &str) = ("x-ms-run-function-failed", "False");

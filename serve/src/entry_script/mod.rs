@@ -64,9 +64,17 @@ pub enum ScriptError {
 
 #[derive(Debug, Clone)]
 enum WorkerState {
-    Starting,
-    Ready { pid: u32 },
-    Restarting { reason: String, at: Instant },
+    /// Importing the script and running init(), after the failure named, if any.
+    Starting {
+        after: Option<String>,
+    },
+    Ready {
+        pid: u32,
+    },
+    Restarting {
+        reason: String,
+        at: Instant,
+    },
 }
 
 struct Shared {
@@ -98,6 +106,18 @@ impl Shared {
         if let Some(notify) = self.on_change.read().as_ref() {
             notify();
         }
+    }
+
+    /// Gives up on a worker whose call failed: it is killed, and unready at once (not only
+    /// once its supervisor has seen it exit).
+    fn lose(&self, connection: Connection, reason: &str) {
+        connection.kill();
+        self.set_state(
+            connection.slot,
+            WorkerState::Starting {
+                after: Some(reason.to_string()),
+            },
+        );
     }
 
     fn check_in(&self, connection: Connection) {
@@ -144,18 +164,21 @@ impl Shared {
             return None;
         }
         let name = &self.config.name;
-        Some(
-            match states
-                .iter()
-                .find(|s| matches!(s, WorkerState::Restarting { .. }))
-            {
-                Some(WorkerState::Restarting { reason, at }) => format!(
-                    "entry script '{name}': {reason}; restarting in {:.1} s",
-                    at.saturating_duration_since(Instant::now()).as_secs_f64()
-                ),
-                _ => format!("entry script '{name}': starting its workers (import and init())"),
-            },
-        )
+        // The first failure found says most; a worker merely starting says least.
+        let failed = states.iter().find_map(|s| match s {
+            WorkerState::Restarting { reason, at } => Some(format!(
+                "{reason}; restarting in {:.1} s",
+                at.saturating_duration_since(Instant::now()).as_secs_f64()
+            )),
+            WorkerState::Starting {
+                after: Some(reason),
+            } => Some(format!("{reason}; restarting now")),
+            _ => None,
+        });
+        Some(match failed {
+            Some(reason) => format!("entry script '{name}': {reason}"),
+            None => format!("entry script '{name}': starting its workers (import and init())"),
+        })
     }
 }
 
@@ -184,6 +207,9 @@ impl EntryScriptService {
             .enable_all()
             .build()?;
         let workers = config.workers;
+        for note in &config.notes {
+            tracing::warn!(file = %config.inference_config.display(), "{note}");
+        }
         tracing::info!(
             service = %config.name,
             script = %config.entry_script_path().display(),
@@ -193,7 +219,7 @@ impl EntryScriptService {
             "starting entry-script workers"
         );
         let shared = Arc::new(Shared {
-            states: Mutex::new(vec![WorkerState::Starting; workers]),
+            states: Mutex::new(vec![WorkerState::Starting { after: None }; workers]),
             config,
             runtime_dir,
             idle: Mutex::new(Vec::new()),
@@ -278,18 +304,20 @@ impl EntryScriptService {
                     Ok(reply)
                 }
                 Ok(Err(e)) => {
-                    connection.kill();
-                    Err(ScriptError::Crashed(format!(
+                    let message = format!(
                         "{e}; it is being restarted (see the server log for its last output)"
-                    )))
+                    );
+                    shared.lose(connection, &message);
+                    Err(ScriptError::Crashed(message))
                 }
                 Err(_) => {
-                    connection.kill();
-                    Err(ScriptError::Timeout(format!(
+                    let message = format!(
                         "Scoring timeout: run() did not return within {} ms; its worker (pid {}) was stopped and is being restarted",
                         run_timeout.as_millis(),
                         connection.pid
-                    )))
+                    );
+                    shared.lose(connection, &message);
+                    Err(ScriptError::Timeout(message))
                 }
             }
         });
@@ -385,7 +413,11 @@ async fn supervise(shared: Arc<Shared>, slot: usize, worker_script: std::path::P
         );
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(LAST_BACKOFF);
-        shared.set_state(slot, WorkerState::Starting);
+        let after = match &shared.states.lock()[slot] {
+            WorkerState::Restarting { reason, .. } => Some(reason.clone()),
+            _ => None,
+        };
+        shared.set_state(slot, WorkerState::Starting { after });
     }
 }
 

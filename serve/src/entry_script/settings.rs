@@ -33,6 +33,9 @@ pub struct EntryScriptConfig {
     pub scoring_timeout: Duration,
     /// How long import and init() may take.
     pub start_timeout: Duration,
+    /// The fields of inferenceconfig.json not applied, by name: logged when the service starts
+    /// (configuration is read before logging is set up).
+    pub notes: Vec<String>,
 }
 
 /// Azure's server gives init() as long as it takes; this only bounds a worker that hangs.
@@ -108,6 +111,7 @@ impl EntryScriptConfig {
             environment: file.environment_variables,
             scoring_timeout,
             start_timeout: DEFAULT_START_TIMEOUT,
+            notes: file.notes,
         })
     }
 

@@ -30,6 +30,7 @@ pub enum Answer {
 /// A started worker, ready for one call at a time. Dropping it does not stop the process;
 /// [`Connection::kill`] does, and the supervisor restarts it.
 pub struct Connection {
+    pub slot: usize,
     pub pid: u32,
     writer: OwnedWriteHalf,
     answers: mpsc::Receiver<Answer>,
@@ -267,6 +268,7 @@ pub async fn start(
     });
     Ok(Running {
         connection: Connection {
+            slot,
             pid,
             writer,
             answers,

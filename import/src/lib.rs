@@ -166,8 +166,13 @@ pub async fn run(args: &ImportArgs) -> Result<(ImportOutcome, serde_json::Value)
         let reason = conversion.reason.clone().unwrap_or_default();
         eprintln!("not converted: {reason}");
         eprintln!(
-            "  this deployment needs its entry script run as it is (the score.py backend); \
-             nothing was written"
+            "  nothing was written; serve the entry script as it is: modelpod serve \
+             --inference-config {}/inferenceconfig.json --python {}",
+            args.dir.display(),
+            args.python
+                .as_deref()
+                .unwrap_or(std::path::Path::new("python3"))
+                .display()
         );
         let _ = std::fs::remove_dir_all(&layout.root);
         report["outcome"] = json!("not_convertible");

@@ -165,6 +165,9 @@ def cases(deployments: Path) -> list[dict]:
                 post_json({}),
                 post_json([1, 2]),
                 post_json(""),
+                post_json({"data": [[5.1, 3.5, 1.4, 0.2]]}, headers={"Content-Type": "application/json; charset=utf-8"}),
+                post_json({"data": [[5.1, 3.5, 1.4, 0.2]]}, headers={"Content-Type": "application/vnd.api+json"}),
+                {"method": "POST", "path": "/score", "body": json.dumps({"data": [[5.1, 3.5, 1.4, 0.2]]})},
                 {"method": "POST", "path": "/score", "body": json.dumps(requests_of("iris_forest")), "headers": {"Content-Type": "text/plain"}},
                 {"method": "GET", "path": "/score?data=[[5.1,3.5,1.4,0.2],[6.2,3.4,5.4,2.3]]"},
                 {"method": "PUT", "path": "/score", "body": "{}"},
@@ -186,7 +189,14 @@ def cases(deployments: Path) -> list[dict]:
         },
         {
             "case": "plain_echo",
-            "requests": [post_json({"data": [1, 2, 3]}), post_json("not json"), {"method": "OPTIONS", "path": "/score"}, *SWAGGER[:1]],
+            "requests": [
+                post_json({"data": [1, 2, 3]}),
+                post_json("not json"),
+                {"method": "POST", "path": "/score", "body": "a=1", "headers": {"Content-Type": "application/x-www-form-urlencoded"}},
+                {"method": "POST", "path": "/score", "body": json.dumps({"data": [4]}), "headers": {"Content-Type": "text/plain"}},
+                {"method": "OPTIONS", "path": "/score"},
+                *SWAGGER[:1],
+            ],
         },
         {
             "case": "image_rawhttp",  # @rawhttp on image bytes, AMLResponse with headers

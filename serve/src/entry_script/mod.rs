@@ -267,81 +267,127 @@ impl EntryScriptService {
     }
 
     /// Runs one request on the next free worker: waits for one until `queue_deadline`, then
-    /// gives it `run_timeout` to answer before killing it.
+    /// gives it `run_timeout` to answer before killing it. Runs on the caller's task (one
+    /// thread hop fewer than a task of its own); a caller dropped mid-call leaves the worker
+    /// to [`InFlight`], which waits for its answer and returns it to the pool.
     pub async fn call(
         &self,
         request: ScriptRequest,
         queue_deadline: Instant,
         run_timeout: Duration,
     ) -> Result<Reply, ScriptError> {
-        let shared = self.shared.clone();
-        let runtime = self.runtime.as_ref().expect("running until dropped");
-        // A task of its own: a client that hangs up must not strand a busy worker unreturned.
-        let task = runtime.spawn(async move {
-            let mut connection = shared.check_out(queue_deadline).await?;
-            let meta = protocol::CallMeta {
-                seq: 0,
-                id: &request.id,
-                method: &request.method,
-                path: &request.path,
-                query: &request.query,
-                headers: request
-                    .headers
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_str()))
-                    .collect(),
-                host: &request.host,
-                port: request.port,
-                scheme: &request.scheme,
-                peer: request.peer.clone(),
-            };
-            let answer =
-                tokio::time::timeout(run_timeout, connection.call(meta, request.body.clone()))
-                    .await;
-            match answer {
-                Ok(Ok(reply)) => {
-                    shared.check_in(connection);
-                    Ok(reply)
-                }
-                Ok(Err(e)) => {
-                    let message = format!(
-                        "{e}; it is being restarted (see the server log for its last output)"
-                    );
-                    shared.lose(connection, &message);
-                    Err(ScriptError::Crashed(message))
-                }
-                Err(_) => {
-                    let message = format!(
-                        "Scoring timeout: run() did not return within {} ms; its worker (pid {}) was stopped and is being restarted",
-                        run_timeout.as_millis(),
-                        connection.pid
-                    );
-                    shared.lose(connection, &message);
-                    Err(ScriptError::Timeout(message))
-                }
+        let connection = self.shared.check_out(queue_deadline).await?;
+        let mut in_flight = self.in_flight(connection, run_timeout);
+        let meta = protocol::CallMeta {
+            seq: 0,
+            id: &request.id,
+            method: &request.method,
+            path: &request.path,
+            query: &request.query,
+            headers: request
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect(),
+            host: &request.host,
+            port: request.port,
+            scheme: &request.scheme,
+            peer: request.peer.clone(),
+        };
+        let answer =
+            tokio::time::timeout(run_timeout, in_flight.connection().call(meta, request.body))
+                .await;
+        let connection = in_flight.done();
+        match answer {
+            Ok(Ok(reply)) => {
+                self.shared.check_in(connection);
+                Ok(reply)
             }
-        });
-        task.await
-            .unwrap_or_else(|e| Err(ScriptError::Crashed(format!("the call failed: {e}"))))
+            Ok(Err(e)) => {
+                let message =
+                    format!("{e}; it is being restarted (see the server log for its last output)");
+                self.shared.lose(connection, &message);
+                Err(ScriptError::Crashed(message))
+            }
+            Err(_) => {
+                let message = format!(
+                    "Scoring timeout: run() did not return within {} ms; its worker (pid {}) was stopped and is being restarted",
+                    run_timeout.as_millis(),
+                    connection.pid
+                );
+                self.shared.lose(connection, &message);
+                Err(ScriptError::Timeout(message))
+            }
+        }
     }
 
     /// One channel round trip on a free worker, without the script: the hop's own cost.
     pub async fn echo(&self, payload: Vec<u8>, deadline: Instant) -> Result<Vec<u8>, ScriptError> {
+        let connection = self.shared.check_out(deadline).await?;
+        let mut in_flight = self.in_flight(connection, Duration::from_secs(10));
+        let answer = in_flight.connection().echo(payload).await;
+        let connection = in_flight.done();
+        match answer {
+            Ok(payload) => {
+                self.shared.check_in(connection);
+                Ok(payload)
+            }
+            Err(e) => {
+                let message = e.to_string();
+                self.shared.lose(connection, &message);
+                Err(ScriptError::Crashed(message))
+            }
+        }
+    }
+
+    fn in_flight(&self, connection: Connection, run_timeout: Duration) -> InFlight {
+        InFlight {
+            shared: self.shared.clone(),
+            runtime: self
+                .runtime
+                .as_ref()
+                .expect("running until dropped")
+                .handle()
+                .clone(),
+            connection: Some(connection),
+            deadline: Instant::now() + run_timeout,
+        }
+    }
+}
+
+/// A checked-out worker while a call is on it. Dropped before [`InFlight::done`] (the
+/// caller's client hung up), it hands the worker to the service's runtime, which waits for
+/// the answer in flight and returns the worker, or kills it if the call cannot finish.
+struct InFlight {
+    shared: Arc<Shared>,
+    runtime: tokio::runtime::Handle,
+    connection: Option<Connection>,
+    deadline: Instant,
+}
+
+impl InFlight {
+    fn connection(&mut self) -> &mut Connection {
+        self.connection.as_mut().expect("until done")
+    }
+
+    fn done(mut self) -> Connection {
+        self.connection.take().expect("done once")
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let Some(mut connection) = self.connection.take() else {
+            return;
+        };
         let shared = self.shared.clone();
-        let runtime = self.runtime.as_ref().expect("running until dropped");
-        runtime
-            .spawn(async move {
-                let mut connection = shared.check_out(deadline).await?;
-                match connection.echo(payload).await {
-                    Ok(payload) => {
-                        shared.check_in(connection);
-                        Ok(payload)
-                    }
-                    Err(e) => Err(ScriptError::Crashed(e.to_string())),
-                }
-            })
-            .await
-            .unwrap_or_else(|e| Err(ScriptError::Crashed(e.to_string())))
+        let deadline = self.deadline;
+        self.runtime.spawn(async move {
+            match tokio::time::timeout_at(deadline.into(), connection.finish()).await {
+                Ok(true) => shared.check_in(connection),
+                _ => shared.lose(connection, "a call whose client went away did not finish"),
+            }
+        });
     }
 }
 

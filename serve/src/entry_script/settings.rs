@@ -83,6 +83,9 @@ impl EntryScriptConfig {
             _ => folder.clone(),
         };
         let python = match (&args.python, &file.interpreter_path) {
+            // The workers run in the source directory: a relative path is made whole here.
+            (Some(python), _) if python.components().count() > 1 => std::path::absolute(python)
+                .map_err(|e| EntryScriptConfigError(format!("--python: {e}")))?,
             (Some(python), _) => python.clone(),
             (None, Some(interpreter)) if interpreter.contains('/') => folder.join(interpreter),
             (None, Some(interpreter)) => PathBuf::from(interpreter),

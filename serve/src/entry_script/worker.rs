@@ -36,6 +36,17 @@ pub struct Connection {
     answers: mpsc::Receiver<Answer>,
     kill: mpsc::Sender<()>,
     next_seq: u64,
+    state: CallState,
+}
+
+/// Where the connection is in a call, so one abandoned midway can be finished or given up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CallState {
+    Idle,
+    /// A frame is being written: if abandoned here the stream is cut mid-frame.
+    Sending,
+    /// The frame is sent; one answer is due.
+    Awaiting,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,7 +74,9 @@ impl Connection {
         let meta = super::protocol::CallMeta { seq, ..meta };
         let frame = Frame::new(FrameKind::Call, &meta, body);
         self.send(frame).await?;
-        match self.answers.recv().await {
+        let answer = self.answers.recv().await;
+        self.state = CallState::Idle;
+        match answer {
             Some(Answer::Reply(meta, body)) if meta.seq == seq => Ok(Reply {
                 status: meta.status,
                 headers: meta.headers,
@@ -82,7 +95,9 @@ impl Connection {
         let seq = self.next_seq();
         let frame = Frame::new(FrameKind::Echo, &serde_json::json!({ "seq": seq }), payload);
         self.send(frame).await?;
-        match self.answers.recv().await {
+        let answer = self.answers.recv().await;
+        self.state = CallState::Idle;
+        match answer {
             Some(Answer::Echo(payload)) => Ok(payload),
             Some(other) => Err(CallError::Protocol {
                 pid: self.pid,
@@ -93,10 +108,27 @@ impl Connection {
     }
 
     async fn send(&mut self, frame: Frame) -> Result<(), CallError> {
+        self.state = CallState::Sending;
         frame
             .write_to(&mut self.writer)
             .await
-            .map_err(|_| CallError::Exited { pid: self.pid })
+            .map_err(|_| CallError::Exited { pid: self.pid })?;
+        self.state = CallState::Awaiting;
+        Ok(())
+    }
+
+    /// Completes a call its caller abandoned: true once the connection is idle again, false
+    /// when it cannot be (cut mid-frame, or the worker is gone).
+    pub async fn finish(&mut self) -> bool {
+        match self.state {
+            CallState::Idle => true,
+            CallState::Sending => false,
+            CallState::Awaiting => {
+                let answered = self.answers.recv().await.is_some();
+                self.state = CallState::Idle;
+                answered
+            }
+        }
     }
 
     /// Asks the supervisor to SIGKILL the process (a call ran past its deadline).
@@ -274,6 +306,7 @@ pub async fn start(
             answers,
             kill: kill_tx,
             next_seq: 0,
+            state: CallState::Idle,
         },
         child,
         kill,

@@ -15,5 +15,6 @@ bash benches/loopback_floor.sh
 bash benches/density.sh 100 1000 10000
 bash benches/router_overhead.sh
 bash benches/reliability.sh
+bash benches/entry_script.sh
 cargo bench -p modelpod-benches --bench hot_paths -- --warm-up-time 1 --measurement-time 2
-echo "tables: target/bench/scoring_server.md, target/bench/in_process_vs_server.md, target/bench/honesty.md, target/bench/density.md, target/bench/router_overhead.md, target/bench/reliability/reliability.md; criterion: target/criterion/" >&2
+echo "tables: target/bench/scoring_server.md, target/bench/in_process_vs_server.md, target/bench/honesty.md, target/bench/density.md, target/bench/router_overhead.md, target/bench/reliability/reliability.md, target/bench/entry_script.md, target/bench/entry_script_hop.md; criterion: target/criterion/" >&2

@@ -5,6 +5,9 @@
 #   bash images/build.sh            cpu and cuda (as root; installs buildah, podman, runc, debootstrap)
 #   bash images/build.sh cpu        only images/cpu.Dockerfile  -> localhost/modelpod:cpu
 #   bash images/build.sh cuda       only images/cuda.Dockerfile -> localhost/modelpod:cuda
+#   bash images/build.sh python     images/python.Dockerfile on top of cpu -> localhost/modelpod:python
+#                                   (entry scripts; MODELPOD_PYTHON_REQUIREMENTS=FILE bakes in
+#                                   the user's pip dependencies, default scikit-learn/pandas)
 #
 # MODELPOD_SKIP_CARGO=1 packs target/release/modelpod as it is instead of running cargo first.
 #
@@ -51,13 +54,25 @@ DRIVER_LIB=libcuda.so.1
 TENSORRT_LIBS="libnvinfer.so.10 libnvonnxparser.so.10"
 
 kinds=("$@")
-[ ${#kinds[@]} -gt 0 ] || kinds=(cpu cuda)
+[ ${#kinds[@]} -gt 0 ] || kinds=(cpu cuda python)
 for kind in "${kinds[@]}"; do
   case $kind in
-    cpu | cuda) ;;
-    *) echo "usage: bash images/build.sh [cpu] [cuda]   (unknown image '$kind')" >&2; exit 2 ;;
+    cpu | cuda | python) ;;
+    *) echo "usage: bash images/build.sh [cpu] [cuda] [python]   (unknown image '$kind')" >&2; exit 2 ;;
   esac
 done
+# The entry-script image is built on the CPU image.
+if [[ " ${kinds[*]} " == *" python "* && " ${kinds[*]} " != *" cpu "* ]]; then
+  kinds=(cpu "${kinds[@]}")
+fi
+# What the entry-script image's Python gets when no requirements file is given: Azure's server
+# (inference-schema, AMLRequest/AMLResponse) and a scikit-learn stack, pinned as in
+# scripts/requirements.txt.
+DEFAULT_PYTHON_REQUIREMENTS="azureml-inference-server-http==1.5.1
+scikit-learn==1.9.1
+numpy==2.4.6
+pandas==3.1.1
+joblib"
 mkdir -p "$WORK" "$CACHE"
 
 need=()
@@ -153,14 +168,28 @@ PY
 build() {
   local kind=$1 context=$WORK/context-$1 started=$SECONDS
   rm -rf "$context" && mkdir -p "$context"
-  cp target/release/modelpod "$context/"
-  strip "$context/modelpod"
+  if [ "$kind" != python ]; then
+    cp target/release/modelpod "$context/"
+    strip "$context/modelpod"
+  fi
+  local base=localhost/debian:bookworm-slim
   case $kind in
     cpu) cp -L .modelpod/lib/libonnxruntime.so "$context/" ;;
     cuda) cuda_libraries "$context/lib" ;;
+    python)
+      base=localhost/modelpod:cpu
+      if [ -n "${MODELPOD_PYTHON_REQUIREMENTS:-}" ]; then
+        cp "$MODELPOD_PYTHON_REQUIREMENTS" "$context/requirements.txt"
+      else
+        echo "$DEFAULT_PYTHON_REQUIREMENTS" > "$context/requirements.txt"
+      fi
+      # The workers cannot run a script without Azure's server package.
+      grep -qi '^azureml-inference-server-http' "$context/requirements.txt" \
+        || echo "azureml-inference-server-http==1.5.1" >> "$context/requirements.txt"
+      ;;
   esac
   buildah bud --isolation chroot --pull=never --layers=false \
-    --build-arg BASE=localhost/debian:bookworm-slim \
+    --build-arg BASE="$base" \
     -f "images/$kind.Dockerfile" -t "localhost/modelpod:$kind" "$context" >&2
   # The CUDA context is as large as the image; the wheels it came from stay cached.
   [ "$kind" = cpu ] || rm -rf "$context"
@@ -188,6 +217,33 @@ score_iris() {
   # The image's ONNX Runtime must be the engine that answered, not the tract fallback.
   podman logs "$name" 2>&1 | grep '"model ready"' | grep '"model":"iris"' | grep -q '"engine":"ort-cpu"' \
     || { podman logs "$name" >&2; echo "modelpod:$kind did not serve iris on ONNX Runtime" >&2; exit 1; }
+  podman rm -f "$name" >/dev/null
+}
+
+# Runs the entry-script image on a real Azure deployment (a joblib random forest with string
+# labels behind a numpy @input_schema score.py) mounted at Azure's app root, and checks that its
+# answer is the pickled model's.
+score_entry_script() {
+  local port name=modelpod-python-check deployments
+  deployments=$WORK/azure-deployments
+  rm -rf "$deployments"
+  .venv/bin/python tests/python/make_azure_deployments.py "$deployments"
+  chmod -R a+rX "$deployments"
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  podman rm -f "$name" >/dev/null 2>&1 || true
+  containers+=("$name")
+  podman run -d --name "$name" --network host \
+    -v "$deployments/iris_forest:/var/azureml-app:ro" \
+    -e MODELPOD_PORT="$port" localhost/modelpod:python >/dev/null
+  for _ in $(seq 1 300); do
+    curl -fs "http://127.0.0.1:$port/v2/health/ready" >/dev/null && break
+    sleep 0.2
+  done
+  answer=$(curl -fsS -X POST "http://127.0.0.1:$port/score" -H 'Content-Type: application/json' \
+    -d @"$deployments/iris_forest/requests.json") || { podman logs "$name" >&2; exit 1; }
+  python3 -c 'import json, sys; sys.exit(0 if json.loads(sys.argv[1]) == json.load(open(sys.argv[2])) else 1)' \
+    "$answer" "$deployments/iris_forest/expected.json" \
+    || { podman logs "$name" >&2; echo "modelpod:python answered $answer, not the pickled model's labels" >&2; exit 1; }
   podman rm -f "$name" >/dev/null
 }
 
@@ -237,8 +293,13 @@ check_cuda() {
 declare -A answers
 for kind in "${kinds[@]}"; do
   build "$kind"
-  score_iris "$kind"
-  answers[$kind]=$answer
+  if [ "$kind" = python ]; then
+    score_entry_script
+    echo "iris_forest's score.py answered from modelpod:python as its pickle does" >&2
+  else
+    score_iris "$kind"
+    answers[$kind]=$answer
+  fi
   echo "iris answered from modelpod:$kind: $answer" >&2
   [ "$kind" = cpu ] || check_cuda
   started=$SECONDS
@@ -246,7 +307,7 @@ for kind in "${kinds[@]}"; do
   skopeo copy -q "containers-storage:localhost/modelpod:$kind" "docker-archive:$WORK/modelpod-$kind.tar:modelpod:$kind"
   echo "exported target/images/modelpod-$kind.tar in $((SECONDS - started)) s" >&2
 done
-if [ ${#answers[@]} -eq 2 ] && [ "${answers[cpu]}" != "${answers[cuda]}" ]; then
+if [ -n "${answers[cpu]:-}" ] && [ -n "${answers[cuda]:-}" ] && [ "${answers[cpu]}" != "${answers[cuda]}" ]; then
   echo "modelpod:cpu and modelpod:cuda answer iris differently" >&2
   exit 1
 fi

@@ -83,6 +83,9 @@ pub struct DeploymentSpec {
     /// Azure's deploymentconfig.json: limits, autoscaler, initial keys and auth mode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deployment_config: Option<PathBuf>,
+    /// Azure's inferenceconfig.json: local replicas serve its entry script (score.py).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inference_config: Option<PathBuf>,
     /// More arguments for each local replica's `modelpod serve`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub serve_args: Vec<String>,
@@ -96,9 +99,13 @@ pub struct DeploymentSpec {
 
 impl DeploymentSpec {
     fn check(&self) -> Result<(), CatalogError> {
-        if self.kubernetes.is_none() && self.model_repository.is_none() {
+        if self.kubernetes.is_none()
+            && self.model_repository.is_none()
+            && self.inference_config.is_none()
+        {
             return Err(CatalogError::Invalid(
-                "a deployment with local replicas needs a model_repository".into(),
+                "a deployment with local replicas needs a model_repository or an inference_config"
+                    .into(),
             ));
         }
         Ok(())

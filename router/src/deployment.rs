@@ -126,17 +126,25 @@ impl Deployment {
                 )
             }
             None => {
-                let repository = spec
-                    .model_repository
-                    .as_ref()
-                    .ok_or("a deployment with local replicas needs a model_repository")?;
+                if spec.model_repository.is_none() && spec.inference_config.is_none() {
+                    return Err(
+                        "a deployment with local replicas needs a model_repository or an inference_config"
+                            .into(),
+                    );
+                }
                 // The router authenticates callers; its replicas take only the router's key.
                 let key = modelpod_http::auth::random_key();
                 deployment.replica_key = Some(key.clone());
-                let mut serve_args = vec![
-                    "--model-repository".to_string(),
-                    repository.display().to_string(),
-                ];
+                let mut serve_args = Vec::new();
+                if let Some(repository) = &spec.model_repository {
+                    serve_args.extend([
+                        "--model-repository".into(),
+                        repository.display().to_string(),
+                    ]);
+                }
+                if let Some(path) = &spec.inference_config {
+                    serve_args.extend(["--inference-config".into(), path.display().to_string()]);
+                }
                 if let Some(path) = &spec.deployment_config {
                     serve_args.extend(["--deployment-config".into(), path.display().to_string()]);
                 }

@@ -80,7 +80,7 @@ pub struct RequestLog {
 pub struct RouteArgs {
     /// Router configuration (TOML) with one `[[service]]` table per service; instead of the
     /// single-service flags below.
-    #[arg(long, env = "MODELPOD_ROUTER_CONFIG", conflicts_with_all = ["model_repository", "deployment_config"])]
+    #[arg(long, env = "MODELPOD_ROUTER_CONFIG", conflicts_with_all = ["model_repository", "deployment_config", "inference_config"])]
     pub config: Option<PathBuf>,
     /// Where the router keeps what it serves (services, endpoints, versions, keys) across
     /// restarts [default: modelpod-router-state.json].
@@ -106,6 +106,10 @@ pub struct RouteArgs {
     /// maxQueueWaitMs, scoringTimeoutMs, authEnabled, tokenAuthEnabled, keys.
     #[arg(long, env = "MODELPOD_DEPLOYMENT_CONFIG")]
     pub deployment_config: Option<PathBuf>,
+    /// Azure inferenceconfig.json: the service's local replicas serve its entry script
+    /// (score.py), beside the model repository's models if one is given too.
+    #[arg(long, env = "MODELPOD_INFERENCE_CONFIG")]
+    pub inference_config: Option<PathBuf>,
     /// How callers of the service authenticate [default: from deploymentconfig.json, else
     /// key].
     #[arg(long, env = "MODELPOD_AUTH", value_enum)]
@@ -178,6 +182,9 @@ pub struct ServiceSpec {
     /// The model repository of local replicas (Kubernetes pods bring their own).
     pub model_repository: Option<PathBuf>,
     pub deployment_config: Option<PathBuf>,
+    /// Azure inferenceconfig.json whose entry script local replicas serve.
+    #[serde(default)]
+    pub inference_config: Option<PathBuf>,
     /// Arguments for each local replica's `modelpod serve`.
     #[serde(default)]
     pub serve_args: Vec<String>,
@@ -195,6 +202,7 @@ impl ServiceSpec {
         let deployment = DeploymentSpec {
             model_repository: self.model_repository.clone(),
             deployment_config: self.deployment_config.clone(),
+            inference_config: self.inference_config.clone(),
             serve_args: self.serve_args.clone(),
             kubernetes: self.kubernetes.clone(),
             data_collection: self.data_collection.clone(),
@@ -318,12 +326,15 @@ impl RouterConfig {
             },
         };
         if args.config.is_none()
-            && (args.model_repository.is_some() || args.kube_deployment.is_some())
+            && (args.model_repository.is_some()
+                || args.inference_config.is_some()
+                || args.kube_deployment.is_some())
         {
             config.services.push(ServiceSpec {
                 name: args.service.clone(),
                 model_repository: args.model_repository.clone(),
                 deployment_config: args.deployment_config.clone(),
+                inference_config: args.inference_config.clone(),
                 serve_args: args.serve_args.clone(),
                 data_collection: args.data_collection.clone().map(DataCollection::jsonl),
                 kubernetes: args
@@ -383,9 +394,12 @@ impl RouterConfig {
         }
         for service in &config.services {
             catalog::check_name("service", &service.name)?;
-            if service.kubernetes.is_none() && service.model_repository.is_none() {
+            if service.kubernetes.is_none()
+                && service.model_repository.is_none()
+                && service.inference_config.is_none()
+            {
                 anyhow::bail!(
-                    "service '{}' runs local replicas and needs a model_repository",
+                    "service '{}' runs local replicas and needs a model_repository or an inference_config",
                     service.name
                 );
             }

@@ -51,6 +51,9 @@ pub struct DeploymentArgs {
     /// Azure deploymentconfig.json (limits, autoscaler; for a new service, auth and keys).
     #[arg(long)]
     pub deployment_config: Option<PathBuf>,
+    /// Azure inferenceconfig.json: its local replicas serve the entry script (score.py).
+    #[arg(long)]
+    pub inference_config: Option<PathBuf>,
     /// More arguments for each replica's `modelpod serve` (repeat the flag).
     #[arg(long = "serve-arg", allow_hyphen_values = true)]
     pub serve_args: Vec<String>,
@@ -72,6 +75,7 @@ impl DeploymentArgs {
                 .as_deref()
                 .map(absolute)
                 .transpose()?,
+            inference_config: self.inference_config.as_deref().map(absolute).transpose()?,
             serve_args: self.serve_args.clone(),
             kubernetes: None,
             data_collection: self

@@ -6,7 +6,7 @@
 //! front end does: killing a worker stuck past the deadline, the queue's 503, metrics, logs
 //! with request ids, keys, and ONNX models served beside the script.
 
-use modelpod_tests::process::{ServeBuilder, ServeProcess, http};
+use modelpod_tests::process::{RouterBuilder, ServeBuilder, ServeProcess, http};
 use modelpod_tests::{single_model_repository, venv_program, workspace_root};
 use serde_json::{Value, json};
 use std::path::Path;
@@ -284,4 +284,68 @@ fn entry_script_and_onnx_models_side_by_side_behind_keys() {
     assert_eq!(status, 401, "GET /score without a key");
     let swagger = client.get(server.url("/swagger.json")).send().unwrap();
     assert_eq!(swagger.status(), 200, "swagger.json is public, as on Azure");
+}
+
+/// A router service whose local replicas serve an entry script (`--inference-config`): the
+/// Azure scoring URI reaches score.py through the router's auth and least-busy routing.
+#[test]
+fn a_router_service_serves_an_entry_script() {
+    let Some(python) = venv_program("python") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_script(
+        dir.path(),
+        "import json\n\ndef init():\n    pass\n\ndef run(raw_data):\n    return {\"routed\": json.loads(raw_data)}\n",
+    );
+    let state = tempfile::tempdir().unwrap();
+    let router = RouterBuilder::new(env!("CARGO_BIN_EXE_modelpod"))
+        .dir(state.path())
+        .admin_key("entry-admin")
+        .args(["--service", "svc", "--auth", "key", "--inference-config"])
+        .arg(&config)
+        .arg("--serve-arg")
+        .arg("--python")
+        .arg("--serve-arg")
+        .arg(&python)
+        .start();
+    let admin = |path: &str| -> Value {
+        http()
+            .get(router.url(path))
+            .bearer_auth("entry-admin")
+            .send()
+            .ok()
+            .and_then(|r| r.json().ok())
+            .unwrap_or(Value::Null)
+    };
+    let until = Instant::now() + Duration::from_secs(90);
+    while admin("/modelpod/services")["services"][0]["versions"][0]["ready_replicas"].as_u64()
+        < Some(1)
+    {
+        assert!(
+            Instant::now() < until,
+            "no ready replica:\n{}",
+            router.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let keys = admin("/modelpod/services/svc/keys");
+    let key = keys["primaryKey"]
+        .as_str()
+        .expect("a primary key")
+        .to_string();
+    let url = router.url("/api/v1/service/svc/score");
+    let unauthenticated = http().post(&url).json(&json!({"data": 1})).send().unwrap();
+    assert_eq!(unauthenticated.status(), 401);
+    let response = http()
+        .post(&url)
+        .bearer_auth(&key)
+        .json(&json!({"data": 1}))
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.json::<Value>().unwrap(),
+        json!({"routed": {"data": 1}})
+    );
 }

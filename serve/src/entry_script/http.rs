@@ -63,7 +63,6 @@ async fn run(
         .await?;
     let slot = state.scorer.admit().await?;
     let limits = &state.config.limits;
-    let connection = request.connection_info();
     let id = ["x-request-id", "x-ms-request-id", "x-ms-client-request-id"]
         .iter()
         .find_map(|h| request.headers().get(*h)?.to_str().ok())
@@ -75,9 +74,13 @@ async fn run(
         .filter(|(name, _)| !WITHHELD_HEADERS.contains(&name.as_str()))
         .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_string())))
         .collect();
-    let (host, port) = match connection.host().rsplit_once(':') {
-        Some((host, port)) => (host.to_string(), port.parse().unwrap_or(80)),
-        None => (connection.host().to_string(), 80),
+    let (host, port, scheme) = {
+        let connection = request.connection_info();
+        let (host, port) = match connection.host().rsplit_once(':') {
+            Some((host, port)) => (host.to_string(), port.parse().unwrap_or(80)),
+            None => (connection.host().to_string(), 80),
+        };
+        (host, port, connection.scheme().to_string())
     };
     let script_request = ScriptRequest {
         id,
@@ -87,7 +90,7 @@ async fn run(
         headers,
         host,
         port,
-        scheme: connection.scheme().to_string(),
+        scheme,
         peer: request
             .peer_addr()
             .map(|a| a.ip().to_string())

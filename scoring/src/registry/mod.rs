@@ -677,6 +677,30 @@ mod tests {
         assert!(registry.memory_used(HOST) <= (2.5 * MIB as f64) as u64);
     }
 
+    /// What serves beside the models (entry-script workers) takes budget as a model would:
+    /// a load then evicts an idle model to make room, or is refused when none is idle.
+    #[test]
+    fn memory_held_beside_the_models_counts_against_the_budget() {
+        let repo = repository(&["a", "b"]);
+        let (registry, _) = registry(repo.path(), Some(2.5));
+        drop(registry.acquire("a", None, None).unwrap());
+        registry.set_outside_memory("entry-script:churn", MIB);
+        assert_eq!(registry.memory_used(HOST), 2 * MIB);
+        drop(registry.acquire("b", None, None).unwrap());
+        assert_eq!(
+            state(&registry, "a"),
+            ModelState::Registered,
+            "a was evicted for the workers' share"
+        );
+        registry.set_outside_memory("entry-script:churn", 2 * MIB);
+        let b = registry.get("b", None).unwrap();
+        assert!(matches!(
+            registry.acquire("a", None, None),
+            Err(ScoringError::Overloaded(_))
+        ));
+        drop(b);
+    }
+
     #[test]
     fn concurrent_first_requests_share_one_load() {
         let repo = repository(&["a"]);

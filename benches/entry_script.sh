@@ -7,9 +7,9 @@
 #
 #   bash benches/entry_script.sh            (WORKERS, CONCURRENCY, SECONDS_PER_POINT, ROUNDS)
 #
-# Runs as root: Azure's server binds 0.0.0.0, so both servers and the client run in a network
-# namespace of their own that has only loopback (`unshare -n`). Client, servers and workers
-# share this machine's cores. Writes target/bench/entry_script.{md,json} and
+# Azure's server binds 0.0.0.0, so both servers and the client run in a network namespace of
+# their own that has only loopback (`unshare -rn`: with a user namespace, so root is not
+# needed). Client, servers and workers share this machine's cores. Writes target/bench/entry_script.{md,json} and
 # target/bench/entry_script_hop.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +26,7 @@ export CASES=$OUT/entry-cases
 rm -rf "$CASES"
 .venv/bin/python tests/python/make_entry_script_cases.py "$CASES"
 
-unshare -n bash -c '
+unshare -rn bash -c '
 set -euo pipefail
 ip link set lo up
 free_port() { python3 -c "import socket; s=socket.socket(); s.bind((\"127.0.0.1\", 0)); print(s.getsockname()[1])"; }

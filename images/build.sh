@@ -178,14 +178,19 @@ build() {
     cuda) cuda_libraries "$context/lib" ;;
     python)
       base=localhost/modelpod:cpu
+      mkdir -p "$context/wheels"
       if [ -n "${MODELPOD_PYTHON_REQUIREMENTS:-}" ]; then
-        cp "$MODELPOD_PYTHON_REQUIREMENTS" "$context/requirements.txt"
+        cp "$MODELPOD_PYTHON_REQUIREMENTS" "$context/wheels/requirements.txt"
       else
-        echo "$DEFAULT_PYTHON_REQUIREMENTS" > "$context/requirements.txt"
+        echo "$DEFAULT_PYTHON_REQUIREMENTS" > "$context/wheels/requirements.txt"
       fi
       # The workers cannot run a script without Azure's server package.
-      grep -qi '^azureml-inference-server-http' "$context/requirements.txt" \
-        || echo "azureml-inference-server-http==1.5.1" >> "$context/requirements.txt"
+      grep -qi '^azureml-inference-server-http' "$context/wheels/requirements.txt" \
+        || echo "azureml-inference-server-http==1.5.1" >> "$context/wheels/requirements.txt"
+      # Wheels for the image's CPython (Debian 12's 3.11, glibc, x86_64), fetched here.
+      .venv/bin/python -m pip download -q --only-binary=:all: --python-version 3.11 \
+        --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 --implementation cp \
+        -d "$context/wheels" -r "$context/wheels/requirements.txt" >&2
       ;;
   esac
   buildah bud --isolation chroot --pull=never --layers=false \
@@ -299,9 +304,9 @@ for kind in "${kinds[@]}"; do
   else
     score_iris "$kind"
     answers[$kind]=$answer
+    echo "iris answered from modelpod:$kind: $answer" >&2
   fi
-  echo "iris answered from modelpod:$kind: $answer" >&2
-  [ "$kind" = cpu ] || check_cuda
+  if [ "$kind" = cuda ]; then check_cuda; fi
   started=$SECONDS
   rm -f "$WORK/modelpod-$kind.tar"
   skopeo copy -q "containers-storage:localhost/modelpod:$kind" "docker-archive:$WORK/modelpod-$kind.tar:modelpod:$kind"

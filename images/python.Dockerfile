@@ -3,8 +3,10 @@
 # AMLRequest/AMLResponse helpers), and the user's own dependencies baked in at build time.
 #
 # Built by images/build.sh (`bash images/build.sh python`) FROM localhost/modelpod:cpu. The
-# build context holds requirements.txt: the user's pip dependencies (pinned), plus Azure's
-# server; images/build.sh writes a default one with scikit-learn, joblib, numpy and pandas.
+# build context holds wheels/: requirements.txt (the user's pip dependencies, pinned, plus
+# Azure's server; images/build.sh writes a default one with scikit-learn, joblib, numpy and
+# pandas) and every wheel it resolves to, downloaded on the build host, so the image build
+# itself needs no package index (nor the host's proxy certificates).
 # To bake a deployment's own environment in, replace it (conda users: `pip freeze` of the
 # environment, or the pip section of its conda file):
 #
@@ -21,8 +23,11 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv \
     && rm -rf /var/lib/apt/lists/* \
     && python3 -m venv /opt/modelpod/python
-COPY requirements.txt /opt/modelpod/requirements.txt
-RUN /opt/modelpod/python/bin/pip install --no-cache-dir -r /opt/modelpod/requirements.txt
+COPY wheels /tmp/wheels
+RUN /opt/modelpod/python/bin/pip install --no-cache-dir --no-index --find-links /tmp/wheels \
+        -r /tmp/wheels/requirements.txt \
+    && cp /tmp/wheels/requirements.txt /opt/modelpod/requirements.txt \
+    && rm -rf /tmp/wheels
 
 ENV MODELPOD_PYTHON=/opt/modelpod/python/bin/python \
     MODELPOD_INFERENCE_CONFIG=/var/azureml-app/inferenceconfig.json \

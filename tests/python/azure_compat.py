@@ -8,7 +8,7 @@ x-ms-run-function-failed header and the swagger documents.
 
 DEPLOYMENTS is what make_azure_deployments.py and make_entry_script_cases.py wrote. The
 reference server binds 0.0.0.0, so this runs in a private network namespace that has only
-loopback (runtime/tests/end_to_end/entry_script.rs starts it with `unshare -n`). Exits 0 when
+loopback (runtime/tests/end_to_end/entry_script.rs starts it with `unshare -rn`). Exits 0 when
 every comparison agrees; REPORT.json lists each one.
 
 Where the two are expected to differ, the case says so and checks each side on its own:

@@ -9,7 +9,7 @@
 use modelpod_tests::process::{RouterBuilder, ServeBuilder, ServeProcess, http};
 use modelpod_tests::{single_model_repository, venv_program, workspace_root};
 use serde_json::{Value, json};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,15 @@ fn write_script(dir: &Path, script: &str) -> std::path::PathBuf {
     )
     .unwrap();
     config
+}
+
+/// The checkout's Python, and a folder holding `script` as score.py beside its
+/// inferenceconfig.json (kept until the guard drops).
+fn deployment(script: &str) -> Option<(PathBuf, tempfile::TempDir, PathBuf)> {
+    let python = venv_program("python")?;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_script(dir.path(), script);
+    Some((python, dir, config))
 }
 
 fn serve(config: &Path, python: &Path, extra: &[&str]) -> ServeProcess {
@@ -68,7 +77,7 @@ fn entry_scripts_answer_as_azures_own_server_does() {
     // Azure's server binds 0.0.0.0: both servers and the client run in a network namespace
     // of their own that has only loopback.
     let out = Command::new("unshare")
-        .args(["-n", "sh", "-c", "ip link set lo up && exec \"$0\" \"$@\""])
+        .args(["-rn", "sh", "-c", "ip link set lo up && exec \"$0\" \"$@\""])
         .arg(&python)
         .arg(workspace_root().join("tests/python/azure_compat.py"))
         .arg(env!("CARGO_BIN_EXE_modelpod"))
@@ -101,12 +110,7 @@ fn entry_scripts_answer_as_azures_own_server_does() {
 /// worker is replaced, so the next request is served; the restart shows in /metrics.
 #[test]
 fn a_stuck_worker_gets_504_and_is_replaced() {
-    let Some(python) = venv_program("python") else {
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_script(
-        dir.path(),
+    let Some((python, _dir, config)) = deployment(
         r#"
 import json, os, signal, time
 
@@ -119,7 +123,9 @@ def run(raw_data):
         time.sleep(30)
     return {"pid": os.getpid()}
 "#,
-    );
+    ) else {
+        return;
+    };
     let server = serve(&config, &python, &["--scoring-timeout-ms", "500"]);
     wait_ready(&server);
     let (status, before) = post(&server, "/score", &json!({}));
@@ -163,12 +169,7 @@ def run(raw_data):
 /// prints is logged with the request's id.
 #[test]
 fn busy_workers_give_503_and_prints_are_logged_with_the_request_id() {
-    let Some(python) = venv_program("python") else {
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_script(
-        dir.path(),
+    let Some((python, _dir, config)) = deployment(
         r#"
 import time
 
@@ -180,7 +181,9 @@ def run(raw_data):
     time.sleep(1.5)
     return "done"
 "#,
-    );
+    ) else {
+        return;
+    };
     let server = serve(
         &config,
         &python,
@@ -228,14 +231,11 @@ def run(raw_data):
 /// reach the model; keys guard all of it but the probes and swagger.json.
 #[test]
 fn entry_script_and_onnx_models_side_by_side_behind_keys() {
-    let Some(python) = venv_program("python") else {
+    let Some((python, _dir, config)) = deployment(
+        "import json\n\ndef init():\n    pass\n\ndef run(raw_data):\n    return {\"script\": json.loads(raw_data)}\n",
+    ) else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_script(
-        dir.path(),
-        "import json\n\ndef init():\n    pass\n\ndef run(raw_data):\n    return {\"script\": json.loads(raw_data)}\n",
-    );
     let repository = single_model_repository();
     let server = ServeBuilder::entry_script(env!("CARGO_BIN_EXE_modelpod"), &config)
         .args(["--python".as_ref(), python.as_os_str()])
@@ -290,14 +290,11 @@ fn entry_script_and_onnx_models_side_by_side_behind_keys() {
 /// Azure scoring URI reaches score.py through the router's auth and least-busy routing.
 #[test]
 fn a_router_service_serves_an_entry_script() {
-    let Some(python) = venv_program("python") else {
+    let Some((python, _dir, config)) = deployment(
+        "import json\n\ndef init():\n    pass\n\ndef run(raw_data):\n    return {\"routed\": json.loads(raw_data)}\n",
+    ) else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_script(
-        dir.path(),
-        "import json\n\ndef init():\n    pass\n\ndef run(raw_data):\n    return {\"routed\": json.loads(raw_data)}\n",
-    );
     let state = tempfile::tempdir().unwrap();
     let router = RouterBuilder::new(env!("CARGO_BIN_EXE_modelpod"))
         .dir(state.path())

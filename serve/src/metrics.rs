@@ -2,6 +2,32 @@
 //! time, so they cannot drift from it.
 
 use metrics_exporter_prometheus::PrometheusHandle;
+use modelpod_http::ApiError;
+use std::time::Instant;
+
+/// Counts one finished request (its status, its duration, and the kind of the server's
+/// failure if any), for every route that scores: ONNX models and entry scripts alike. An
+/// entry script's own status (a 400 from its input parser, a 500 from run()) is its status.
+pub fn record_request(
+    protocol: &'static str,
+    model: &str,
+    arrival: Instant,
+    status: Option<u16>,
+    failure: Option<&ApiError>,
+) {
+    let model = model.to_string();
+    let status = status
+        .or_else(|| failure.map(|e| actix_web::ResponseError::status_code(e).as_u16()))
+        .unwrap_or(200);
+    metrics::counter!("modelpod_requests_total", "model" => model.clone(), "protocol" => protocol, "code" => status.to_string())
+        .increment(1);
+    metrics::histogram!("modelpod_request_duration_seconds", "model" => model.clone(), "protocol" => protocol)
+        .record(arrival.elapsed().as_secs_f64());
+    if let Some(e) = failure {
+        metrics::counter!("modelpod_request_failures_total", "model" => model, "protocol" => protocol, "error_type" => e.kind())
+            .increment(1);
+    }
+}
 use modelpod_scoring::{ModelState, Registry};
 
 /// Renders the text format after refreshing the gauges read from the registry: per-model state

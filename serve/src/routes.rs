@@ -351,28 +351,12 @@ fn record(
     arrival: Instant,
     outcome: Result<&JobOutput, &ApiError>,
 ) {
-    let model = model.to_string();
-    let status = match outcome {
-        Ok(_) => "200".to_string(),
-        Err(e) => actix_web::ResponseError::status_code(e)
-            .as_u16()
-            .to_string(),
-    };
-    metrics::counter!("modelpod_requests_total", "model" => model.clone(), "protocol" => protocol, "code" => status)
-        .increment(1);
-    metrics::histogram!("modelpod_request_duration_seconds", "model" => model.clone(), "protocol" => protocol)
-        .record(arrival.elapsed().as_secs_f64());
-    match outcome {
-        Ok(out) => {
-            metrics::histogram!("modelpod_queue_duration_seconds", "model" => model.clone())
-                .record(out.queue_time.as_secs_f64());
-            metrics::histogram!("modelpod_compute_duration_seconds", "model" => model)
-                .record(out.compute_time.as_secs_f64());
-        }
-        Err(e) => {
-            metrics::counter!("modelpod_request_failures_total", "model" => model, "protocol" => protocol, "error_type" => e.kind())
-                .increment(1);
-        }
+    crate::metrics::record_request(protocol, model, arrival, None, outcome.err());
+    if let Ok(out) = outcome {
+        metrics::histogram!("modelpod_queue_duration_seconds", "model" => model.to_string())
+            .record(out.queue_time.as_secs_f64());
+        metrics::histogram!("modelpod_compute_duration_seconds", "model" => model.to_string())
+            .record(out.compute_time.as_secs_f64());
     }
 }
 

@@ -33,19 +33,14 @@ pub async fn score(
     arrival: Instant,
 ) -> Result<HttpResponse, ApiError> {
     let result = run(&request, payload, &state, service, arrival).await;
-    let status = match &result {
-        Ok(response) => response.status(),
-        Err(e) => actix_web::ResponseError::status_code(e),
-    };
-    let name = service.name().to_string();
-    metrics::counter!("modelpod_requests_total", "model" => name.clone(), "protocol" => "azure", "code" => status.as_u16().to_string())
-        .increment(1);
-    metrics::histogram!("modelpod_request_duration_seconds", "model" => name.clone(), "protocol" => "azure")
-        .record(arrival.elapsed().as_secs_f64());
-    if let Err(e) = &result {
-        metrics::counter!("modelpod_request_failures_total", "model" => name, "protocol" => "azure", "error_type" => e.kind())
-            .increment(1);
-    }
+    let status = result.as_ref().ok().map(|r| r.status().as_u16());
+    crate::metrics::record_request(
+        "azure",
+        service.name(),
+        arrival,
+        status,
+        result.as_ref().err(),
+    );
     result
 }
 

@@ -94,13 +94,14 @@ struct Shared {
 
 impl Shared {
     fn set_state(&self, slot: usize, state: WorkerState) {
-        self.states.lock()[slot] = state;
-        let ready = self
-            .states
-            .lock()
-            .iter()
-            .filter(|s| matches!(s, WorkerState::Ready { .. }))
-            .count();
+        let ready = {
+            let mut states = self.states.lock();
+            states[slot] = state;
+            states
+                .iter()
+                .filter(|s| matches!(s, WorkerState::Ready { .. }))
+                .count()
+        };
         metrics::gauge!("modelpod_entry_script_workers_ready", "service" => self.config.name.clone())
             .set(ready as f64);
         if let Some(notify) = self.on_change.read().as_ref() {

@@ -244,10 +244,6 @@ impl EntryScriptService {
         &self.shared.config.name
     }
 
-    pub fn config(&self) -> &EntryScriptConfig {
-        &self.shared.config
-    }
-
     /// Called whenever readiness may have changed.
     pub fn on_change(&self, notify: impl Fn() + Send + Sync + 'static) {
         *self.shared.on_change.write() = Some(Box::new(notify));
@@ -260,11 +256,6 @@ impl EntryScriptService {
     /// The script's swagger documents, once a worker has started.
     pub fn swagger(&self) -> Option<SwaggerDocuments> {
         self.shared.swagger.read().clone()
-    }
-
-    /// Host memory the workers hold now (their RSS).
-    pub fn memory_bytes(&self) -> u64 {
-        worker_memory(&self.shared)
     }
 
     /// Runs one request on the next free worker: waits for one until `queue_deadline`, then

@@ -248,30 +248,28 @@ pub async fn start(
     if let Some(stderr) = child.stderr.take() {
         tokio::spawn(forward_lines(stderr, config.name.clone(), pid, "stderr"));
     }
-    let stream = tokio::select! {
-        accepted = listener.accept() => accepted.map_err(|e| StartError::Channel(e.to_string()))?.0,
-        status = child.wait() => return Err(StartError::Exited {
-            status: status.map(describe).unwrap_or_else(|e| e.to_string()),
-        }),
-        _ = tokio::time::sleep(config.start_timeout) => {
-            let _ = child.start_kill();
-            return Err(StartError::Timeout(config.start_timeout));
-        }
-    };
+    // One deadline for the whole start: connecting, importing and init().
+    let deadline = tokio::time::Instant::now() + config.start_timeout;
+    let stream = during_start(
+        &mut child,
+        deadline,
+        config.start_timeout,
+        listener.accept(),
+    )
+    .await?
+    .map_err(|e| StartError::Channel(e.to_string()))?
+    .0;
     drop(listener);
     let _ = std::fs::remove_file(&socket);
     let (mut reader, writer) = stream.into_split();
-    let first = tokio::select! {
-        frame = read_skipping_logs(&mut reader, &config.name, pid) => frame,
-        status = child.wait() => return Err(StartError::Exited {
-            status: status.map(describe).unwrap_or_else(|e| e.to_string()),
-        }),
-        _ = tokio::time::sleep(config.start_timeout) => {
-            let _ = child.start_kill();
-            return Err(StartError::Timeout(config.start_timeout));
-        }
-    };
-    let first = first.map_err(|e| StartError::Channel(e.to_string()))?;
+    let first = during_start(
+        &mut child,
+        deadline,
+        config.start_timeout,
+        read_skipping_logs(&mut reader, &config.name, pid),
+    )
+    .await?
+    .map_err(|e| StartError::Channel(e.to_string()))?;
     match first.kind {
         FrameKind::Ready => {
             let ready: ReadyMeta = first
@@ -311,6 +309,25 @@ pub async fn start(
         child,
         kill,
     })
+}
+
+/// Runs one step of start-up unless the worker exits or the start deadline passes first.
+async fn during_start<T>(
+    child: &mut Child,
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+    step: impl std::future::Future<Output = T>,
+) -> Result<T, StartError> {
+    tokio::select! {
+        value = step => Ok(value),
+        status = child.wait() => Err(StartError::Exited {
+            status: status.map(describe).unwrap_or_else(|e| e.to_string()),
+        }),
+        _ = tokio::time::sleep_until(deadline) => {
+            let _ = child.start_kill();
+            Err(StartError::Timeout(timeout))
+        }
+    }
 }
 
 /// The FATAL frame as one line an operator can act on.

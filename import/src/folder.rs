@@ -2,7 +2,7 @@
 //! entry script and its source directory), `deploymentconfig.json`, and the model files.
 
 use crate::ImportError;
-use serde::Deserialize;
+use modelpod_scoring::inference_config::InferenceConfig;
 use std::path::{Path, PathBuf};
 
 /// Extensions of models saved with joblib or pickle.
@@ -11,15 +11,6 @@ const PICKLE_EXTENSIONS: &[&str] = &["pkl", "pickle", "joblib", "sav"];
 const SKIPPED_DIRS: &[&str] = &["__pycache__", "node_modules", ".git", ".venv", "venv"];
 /// How deep model files are looked for (Azure's `azureml-models/<name>/<version>/outputs/`).
 const MAX_DEPTH: usize = 6;
-
-/// The fields of inferenceconfig.json that say where the entry script is; the environment
-/// (conda file, base image) is the user's Python, which runs the conversion.
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct InferenceConfig {
-    entry_script: Option<String>,
-    source_directory: Option<String>,
-}
 
 #[derive(Debug)]
 pub struct AzureFolder {
@@ -50,9 +41,11 @@ impl AzureFolder {
         }
         let config_path = root.join("inferenceconfig.json");
         let config: InferenceConfig = match std::fs::read_to_string(&config_path) {
-            Ok(text) => serde_json::from_str(&text).map_err(|e| ImportError::Folder {
+            // Only entryScript and sourceDirectory matter here: the environment (conda file,
+            // base image) is the user's Python, which runs the conversion.
+            Ok(text) => InferenceConfig::parse(&text).map_err(|reason| ImportError::Folder {
                 path: config_path.clone(),
-                reason: e.to_string(),
+                reason,
             })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => InferenceConfig::default(),
             Err(e) => {
@@ -137,16 +130,7 @@ impl AzureFolder {
 
 /// A repository folder name from anything: letters, digits, `-`, `_` and `.`, never `..`.
 pub fn model_name_from(raw: &str) -> String {
-    let name: String = raw
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let name = modelpod_scoring::repository::file_name_chars(raw);
     let name = name.trim_matches('.').to_string();
     if name.is_empty() {
         "model".into()

@@ -177,16 +177,7 @@ fn csv_line(record: &Record) -> Vec<u8> {
 
 /// Path components come from requests: keep each one a single, harmless name.
 fn component(text: &str) -> String {
-    let cleaned: String = text
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let cleaned = modelpod_scoring::repository::file_name_chars(text);
     match cleaned.as_str() {
         "" | "." | ".." => "_".into(),
         _ => cleaned,

@@ -27,6 +27,21 @@ pub enum RepositoryError {
     Unreadable(PathBuf, String),
 }
 
+/// `text` with every character but ASCII letters, digits, `-`, `_` and `.` replaced by `_`,
+/// for a file or folder name made from outside input; callers still rule out the empty
+/// name, `.` and `..`, each in its own way.
+pub fn file_name_chars(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 /// Lists the models under `root`. Unreadable manifests and version folders without a usable
 /// ONNX file are reported per model, so one broken model never hides the others.
 pub fn scan_repository(root: &Path) -> Result<Vec<ModelSource>, RepositoryError> {

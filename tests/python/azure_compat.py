@@ -208,7 +208,14 @@ def cases(deployments: Path) -> list[dict]:
         },
         {"case": "run_raises", "requests": [post_json({"data": 1})]},
         {"case": "returns_numpy", "requests": [post_json({"data": 1})]},
-        {"case": "reads_headers", "requests": [post_json({"data": 1}, headers={"Content-Type": "application/json", "X-Trace-Id": "abc-123"})]},
+        {
+            "case": "reads_headers",
+            "requests": [
+                post_json({"data": 1}, headers={"Content-Type": "application/json", "X-Trace-Id": "abc-123"}),
+                # Not ASCII: WSGI servers hand header bytes over as Latin-1 characters.
+                post_json({"data": 1}, headers={"Content-Type": "application/json", "X-Trace-Id": "caf\u00e9"}),
+            ],
+        },
         {"case": "sleeps", "env": {"SCORING_TIMEOUT_MS": "1000"}, "requests": [post_json({"data": 1})]},
     ]
 

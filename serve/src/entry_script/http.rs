@@ -67,7 +67,12 @@ async fn run(
         .headers()
         .iter()
         .filter(|(name, _)| !WITHHELD_HEADERS.contains(&name.as_str()))
-        .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_string())))
+        // As WSGI servers pass them (PEP 3333): each byte one Latin-1 character, so a value
+        // that is not ASCII reaches the script instead of being dropped.
+        .map(|(name, value)| {
+            let latin1: String = value.as_bytes().iter().map(|&b| char::from(b)).collect();
+            (name.to_string(), latin1)
+        })
         .collect();
     let (host, port, scheme) = {
         let connection = request.connection_info();

@@ -1,11 +1,11 @@
 # Sourced by the benchmark scripts: starts the release `modelpod serve` on the example models
-# (loopback, a free port), stops it when the script exits, waits for start-up loading and sets
-# ADDRESS to host:port. Usage: start_example_server LOGFILE [COMMAND PREFIX, e.g. taskset -c 0]
+# (loopback, free ports), stops it when the script exits, waits for start-up loading and sets
+# ADDRESS to host:port (HTTP) and GRPC_ADDRESS to host:port (v2 gRPC). Usage: start_example_server LOGFILE [COMMAND PREFIX, e.g. taskset -c 0]
 start_example_server() {
   local log=$1
   shift
   "$@" ./target/release/modelpod serve --model-repository examples/models \
-    --deployment-config examples/deploymentconfig.json --host 127.0.0.1 --port 0 \
+    --deployment-config examples/deploymentconfig.json --host 127.0.0.1 --port 0 --grpc-port 0 \
     --log-format text > "$log" 2>&1 &
   local server=$!
   # shellcheck disable=SC2064  # the PID is fixed now, on purpose
@@ -16,5 +16,6 @@ start_example_server() {
   done
   ADDRESS=$(sed -n 's/.*listening on http:\/\/\([0-9.:]*\).*/\1/p' "$log" | head -1)
   [ -n "$ADDRESS" ] || { echo "modelpod serve did not start:" >&2; cat "$log" >&2; exit 1; }
-  echo "modelpod serve at $ADDRESS" >&2
+  GRPC_ADDRESS=$(sed -n 's/.*v2 gRPC on \([0-9.:]*\).*/\1/p' "$log" | head -1)
+  echo "modelpod serve at $ADDRESS (gRPC $GRPC_ADDRESS)" >&2
 }

@@ -4,7 +4,7 @@
 //!     cargo bench -p modelpod-benches --bench hot_paths
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use modelpod_accel::{DataType, Signature, Tensor, TensorSpec};
+use modelpod_accel::{DataType, Tensor};
 use modelpod_scoring::batcher::{BatchPolicy, BatchState, Pending, Selection};
 use modelpod_scoring::v2;
 use serde_json::json;
@@ -93,31 +93,20 @@ fn codecs(c: &mut Criterion) {
     group.finish();
 
     let mut group = c.benchmark_group("v2 encode");
-    let signature = Signature {
-        inputs: vec![],
-        outputs: vec![TensorSpec {
-            name: "y".into(),
-            dtype: DataType::Fp32,
-            dims: vec![None, Some(1000)],
-            map_keys: None,
-        }],
-    };
     let output = Tensor::new(vec![1, 1000], vec![0.001f32; 1000]).unwrap();
     for binary in [false, true] {
+        let finished = [v2::FinishedOutput {
+            name: "y".into(),
+            tensor: output.clone(),
+            placement: if binary {
+                v2::Placement::Binary
+            } else {
+                v2::Placement::Json
+            },
+        }];
         group.bench_function(
             BenchmarkId::new("1x1000 FP32", if binary { "binary" } else { "json" }),
-            |b| {
-                b.iter(|| {
-                    v2::encode_response(
-                        "m",
-                        "1",
-                        None,
-                        &signature,
-                        std::slice::from_ref(black_box(&output)),
-                        &[(0, binary)],
-                    )
-                })
-            },
+            |b| b.iter(|| v2::encode_response("m", "1", None, black_box(&finished))),
         );
     }
     group.finish();

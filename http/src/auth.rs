@@ -24,11 +24,23 @@ impl KeyAuth {
 
     /// Accepts `Authorization: Bearer <key>` for any configured key.
     pub fn check(&self, request: &HttpRequest) -> Result<(), ApiError> {
+        let header = request
+            .headers()
+            .get(actix_web::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        self.check_authorization(header)
+    }
+
+    /// The same check on an `Authorization` value from any transport (gRPC metadata too).
+    pub fn check_authorization(&self, authorization: Option<&str>) -> Result<(), ApiError> {
         if !self.enabled() {
             return Ok(());
         }
         let keys: Vec<&[u8]> = self.keys.iter().map(Vec::as_slice).collect();
-        if matches_any(bearer(request).unwrap_or(""), &keys) {
+        if matches_any(
+            authorization.and_then(bearer_credential).unwrap_or(""),
+            &keys,
+        ) {
             Ok(())
         } else {
             Err(ApiError::Unauthorized(Credential::Key))
@@ -42,10 +54,14 @@ pub fn bearer(request: &HttpRequest) -> Option<&str> {
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
+        .and_then(bearer_credential)
+}
+
+/// The credential of an `Authorization` value `Bearer <credential>`.
+pub fn bearer_credential(authorization: &str) -> Option<&str> {
+    authorization
+        .strip_prefix("Bearer ")
+        .or_else(|| authorization.strip_prefix("bearer "))
         .map(str::trim)
         .filter(|v| !v.is_empty())
 }

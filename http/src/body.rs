@@ -87,6 +87,25 @@ impl BodyReader {
         if declared.is_some_and(|len| len > limit) {
             return Err(ApiError::PayloadTooLarge { limit });
         }
+        // A compressed body is inflated as it arrives; the limit counts inflated bytes, so a
+        // small body that inflates past it is refused as soon as it does.
+        let encoding = request
+            .headers()
+            .get(header::CONTENT_ENCODING)
+            .map(|v| v.to_str().unwrap_or("").trim().to_ascii_lowercase());
+        let payload: std::pin::Pin<Box<dyn futures_util::Stream<Item = _>>> =
+            match encoding.as_deref() {
+                None | Some("" | "identity") => Box::pin(payload),
+                Some("gzip" | "x-gzip" | "deflate") => Box::pin(
+                    actix_web::dev::Decompress::from_headers(payload, request.headers()),
+                ),
+                Some(other) => {
+                    return Err(ScoringError::BadRequest(format!(
+                    "Content-Encoding '{other}' is not supported: send gzip, deflate or identity"
+                ))
+                .into());
+                }
+            };
         match tokio::time::timeout(self.timeout, self.read_all(payload, limit, declared)).await {
             Ok(body) => body,
             Err(_) => Err(ApiError::RequestTimeout(format!(
@@ -98,7 +117,13 @@ impl BodyReader {
 
     async fn read_all(
         &self,
-        mut payload: web::Payload,
+        mut payload: std::pin::Pin<
+            Box<
+                dyn futures_util::Stream<
+                        Item = Result<bytes::Bytes, actix_web::error::PayloadError>,
+                    >,
+            >,
+        >,
         limit: usize,
         declared: Option<usize>,
     ) -> Result<Body, ApiError> {

@@ -89,6 +89,9 @@ impl LocalScaler {
             .arg("serve")
             .args(&self.spec.serve_args)
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            // The router forwards HTTP only; a gRPC port nobody is told of would only hold
+            // a port.
+            .args(["--grpc-port", "off"])
             .env("MODELPOD_API_KEYS", &self.spec.api_key)
             // What the replica's repository control answers, it answers only the router.
             .env("MODELPOD_MODEL_CONTROL_MODE", "none")

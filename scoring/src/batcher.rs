@@ -7,6 +7,7 @@
 //! whole server budget for added latency is tens of microseconds.
 
 use crate::error::ScoringError;
+use crate::statistics::ModelStatistics;
 use modelpod_accel::{Backend, Tensor};
 use parking_lot::{Condvar, Mutex};
 use std::collections::VecDeque;
@@ -209,6 +210,7 @@ struct Shared {
     closing: AtomicBool,
     batch_rows: metrics::Histogram,
     abandoned: metrics::Counter,
+    statistics: Arc<ModelStatistics>,
 }
 
 /// A model's queue and the worker threads that drain it.
@@ -224,6 +226,7 @@ impl Batcher {
         labels: Vec<(String, String)>,
         policy: BatchPolicy,
         backends: Vec<Box<dyn Backend>>,
+        statistics: Arc<ModelStatistics>,
     ) -> Batcher {
         let to_labels = |extra: &[(&str, &str)]| -> Vec<metrics::Label> {
             labels
@@ -242,6 +245,7 @@ impl Batcher {
             closing: AtomicBool::new(false),
             batch_rows: metrics::histogram!("modelpod_batch_rows", to_labels(&[])),
             abandoned: metrics::counter!("modelpod_requests_abandoned_total", to_labels(&[])),
+            statistics,
         });
         let workers = backends
             .into_iter()
@@ -405,7 +409,10 @@ fn run_batch(shared: &Shared, backend: &mut dyn Backend, mut batch: Vec<Pending<
         });
     let compute_time = started.elapsed();
     let outputs = match result {
-        Ok(outputs) => outputs,
+        Ok(outputs) => {
+            shared.statistics.record_execution(total_rows, compute_time);
+            outputs
+        }
         // One request's input can fail a whole batch (a token id past the vocabulary, lengths
         // that disagree): each runs again alone, so only the one at fault fails.
         Err(_) if batch.len() > 1 => {
@@ -632,6 +639,7 @@ mod tests {
             vec![],
             policy(8, 50, &[]),
             vec![Box::new(PickyBackend) as Box<dyn Backend>],
+            Default::default(),
         );
         let row = |x: f32| Tensor::new(vec![1, 2], vec![x, x]).unwrap();
         let replies: Vec<_> = [1.0, -1.0, 2.0]
@@ -667,6 +675,7 @@ mod tests {
             (0..3)
                 .map(|_| Box::new(TaggingBackend) as Box<dyn Backend>)
                 .collect(),
+            Default::default(),
         ));
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()

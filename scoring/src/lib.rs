@@ -16,6 +16,8 @@ pub mod pipeline;
 pub mod registry;
 pub mod repository;
 pub mod scorer;
+pub mod shared_memory;
+pub mod statistics;
 pub mod v2;
 
 pub use deployment::{DeploymentConfig, ScoringLimits};

@@ -84,6 +84,19 @@ enum CompiledPost {
 }
 
 impl ScorePipeline {
+    /// The class labels of model output `index`, if the manifest's post-processing gives it
+    /// any (an argmax or topk step's labels, or a ZipMap's keys): what the v2 classification
+    /// extension names classes with.
+    pub fn labels(&self, index: usize) -> Option<&[String]> {
+        if self.selected_output != Some(index) {
+            return None;
+        }
+        self.post.iter().rev().find_map(|step| match step {
+            CompiledPost::Argmax(labels) | CompiledPost::Topk(_, labels) => labels.as_deref(),
+            CompiledPost::Softmax | CompiledPost::Squeeze => None,
+        })
+    }
+
     pub fn new(
         section: &ScoreSection,
         signature: &Signature,

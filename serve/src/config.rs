@@ -91,6 +91,10 @@ pub struct ServeArgs {
     /// `/v2/health/ready`), as Azure's `--health-port`; every other route there is 404.
     #[arg(long, env = "MODELPOD_HEALTH_PORT")]
     pub health_port: Option<u16>,
+    /// Port of the v2 gRPC service (`inference.GRPCInferenceService` and `grpc.health.v1`),
+    /// or `off` [default: 8001, as Triton]. 0 picks a free port.
+    #[arg(long, env = "MODELPOD_GRPC_PORT")]
+    pub grpc_port: Option<String>,
     /// Model `POST /score` uses when no ?model= is given [default: the only model].
     #[arg(long, env = "MODELPOD_DEFAULT_MODEL")]
     pub default_model: Option<String>,
@@ -239,6 +243,8 @@ struct Layer {
     #[serde(skip_serializing_if = "Option::is_none")]
     health_port: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    grpc_port: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     inference_config: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     python: Option<PathBuf>,
@@ -278,6 +284,7 @@ impl Layer {
             body_timeout_ms: args.body_timeout_ms,
             cors_origins: args.cors_origins.clone(),
             health_port: args.health_port,
+            grpc_port: args.grpc_port.clone(),
             inference_config: args.inference_config.clone(),
             python: args.python.clone(),
             entry_script_workers: args.entry_script_workers,
@@ -297,6 +304,9 @@ impl Layer {
 }
 
 /// The validated configuration of a scoring server.
+/// Triton's gRPC port.
+pub const DEFAULT_GRPC_PORT: u16 = 8001;
+
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
     /// `None` only beside an entry script: the server then serves no ONNX model.
@@ -316,6 +326,8 @@ pub struct ServeConfig {
     pub cors_origins: Vec<String>,
     /// The probes-only listener's port.
     pub health_port: Option<u16>,
+    /// The gRPC listener's port; `None` when switched off.
+    pub grpc_port: Option<u16>,
     pub default_model: Option<String>,
     pub load_parallelism: usize,
     pub http_workers: usize,
@@ -495,6 +507,15 @@ impl ServeConfig {
                 .map(modelpod_http::cors::origins)
                 .unwrap_or_default(),
             health_port: layer.health_port,
+            grpc_port: match layer.grpc_port.as_deref().map(str::trim) {
+                None => Some(DEFAULT_GRPC_PORT),
+                Some("off") => None,
+                Some(port) => Some(port.parse().map_err(|_| ConfigError::OutOfRange {
+                    name: "grpc-port",
+                    rule: "a port number or 'off'",
+                    value: port.to_string(),
+                })?),
+            },
             default_model: layer.default_model,
             load_parallelism: layer.load_parallelism.unwrap_or(2),
             http_workers: layer

@@ -4,9 +4,12 @@
 
 pub mod config;
 pub mod entry_script;
+mod extensions;
+mod grpc;
+mod inference;
 pub mod memory;
 mod metrics;
-mod routes;
+pub(crate) mod routes;
 mod swagger;
 
 pub use config::{LoadPolicy, ModelControl, ServeArgs, ServeConfig};
@@ -48,6 +51,8 @@ pub struct AppState {
     pub bodies: modelpod_http::body::BodyReader,
     /// The port of the probes-only listener (`--health-port`), once bound.
     pub probe_port: Option<u16>,
+    /// Registered system shared memory regions (Triton's extension, HTTP and gRPC alike).
+    pub shared_memory: modelpod_scoring::shared_memory::SystemSharedMemory,
     /// The Azure entry script served beside the models (`--inference-config`).
     pub entry_script: Option<Arc<entry_script::EntryScriptService>>,
     /// The empty repository of a server that serves an entry script alone.
@@ -66,6 +71,7 @@ pub struct ScoringServer {
     server: Server,
     address: SocketAddr,
     state: web::Data<AppState>,
+    grpc: Option<grpc::GrpcServer>,
 }
 
 impl ScoringServer {
@@ -126,6 +132,7 @@ impl ScoringServer {
         let state = web::Data::new(AppState {
             scorer,
             entry_script,
+            shared_memory: Default::default(),
             _empty_repository: empty_repository,
             auth: KeyAuth::new(&config.api_keys),
             metrics,
@@ -155,6 +162,9 @@ impl ScoringServer {
             App::new()
                 .app_data(app_state.clone())
                 .wrap(actix_web::middleware::from_fn(routes::require_key))
+                // gzip or deflate answers to clients that ask (Accept-Encoding), as Triton's
+                // HTTP front end gives them.
+                .wrap(actix_web::middleware::Compress::default())
                 .wrap(actix_web::middleware::from_fn(
                     modelpod_http::request_id::request_ids,
                 ))
@@ -182,6 +192,25 @@ impl ScoringServer {
             }
         }
         let server = http.run();
+        let grpc = match config.grpc_port {
+            Some(port) => {
+                let address = format!("{}:{port}", config.host);
+                let listener =
+                    std::net::TcpListener::bind(&address).map_err(|source| ServeError::Bind {
+                        address: address.clone(),
+                        source,
+                    })?;
+                let grpc = grpc::GrpcServer::start(
+                    state.clone().into_inner(),
+                    listener,
+                    config.http_workers,
+                )
+                .map_err(|source| ServeError::Bind { address, source })?;
+                tracing::info!("v2 gRPC on {}", grpc.address);
+                Some(grpc)
+            }
+            None => None,
+        };
         let loader_state = state.clone();
         std::thread::Builder::new()
             .name("model-loader".into())
@@ -237,11 +266,17 @@ impl ScoringServer {
             server,
             address,
             state,
+            grpc,
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.address
+    }
+
+    /// The gRPC listener's address, unless gRPC is off.
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.grpc.as_ref().map(|g| g.address)
     }
 
     pub fn handle(&self) -> ServerHandle {
@@ -253,8 +288,11 @@ impl ScoringServer {
     }
 
     /// Serves until stopped, then drains every model's queue.
-    pub async fn run(self) -> std::io::Result<()> {
+    pub async fn run(mut self) -> std::io::Result<()> {
         let result = self.server.await;
+        if let Some(mut grpc) = self.grpc.take() {
+            let _ = tokio::task::spawn_blocking(move || grpc.stop()).await;
+        }
         let registry = self.state.registry().clone();
         let _ = tokio::task::spawn_blocking(move || registry.shutdown()).await;
         tracing::info!("stopped");
@@ -340,6 +378,8 @@ fn check_node(config: &ServeConfig) -> Result<NodeReport, ServeError> {
 /// A server running on its own thread and actix system, for tests, benchmarks and embedding.
 pub struct RunningServer {
     pub address: SocketAddr,
+    /// The gRPC listener, unless gRPC is off.
+    pub grpc_address: Option<SocketAddr>,
     pub registry: Arc<Registry>,
     state: web::Data<AppState>,
     handle: ServerHandle,
@@ -358,6 +398,7 @@ impl RunningServer {
                         Ok(server) => {
                             let _ = sender.send(Ok((
                                 server.local_addr(),
+                                server.grpc_addr(),
                                 server.state.clone(),
                                 server.handle(),
                             )));
@@ -371,9 +412,11 @@ impl RunningServer {
                 })
             })
             .expect("spawning the server thread");
-        let (address, state, handle) = receiver.recv().expect("the server thread reports")?;
+        let (address, grpc_address, state, handle) =
+            receiver.recv().expect("the server thread reports")?;
         Ok(RunningServer {
             address,
+            grpc_address,
             registry: state.registry().clone(),
             state,
             handle,

@@ -72,6 +72,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/swagger.json", web::get().to(super::swagger::swagger))
         .route("/metrics", web::get().to(metrics))
         .route("/v2", web::get().to(server_metadata))
+        // Before /v2/models/{name}, which would take /v2/models/stats for a model.
+        .configure(crate::extensions::configure)
         .route("/v2/health/live", web::get().to(live))
         .route("/v2/health/ready", web::get().to(ready))
         .route("/v2/models/{name}", web::get().to(model_metadata))
@@ -130,7 +132,7 @@ async fn server_metadata() -> HttpResponse {
     HttpResponse::Ok().json(json!({
         "name": "modelpod",
         "version": env!("CARGO_PKG_VERSION"),
-        "extensions": ["binary_tensor_data", "model_repository", "model_configuration"],
+        "extensions": crate::extensions::EXTENSIONS,
     }))
 }
 
@@ -293,9 +295,45 @@ async fn repository_index(
 
 async fn repository_load(
     request: HttpRequest,
+    payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    /// A load request carries at most a config override, never large.
+    const LOAD_REQUEST_LIMIT: usize = 1024 * 1024;
+    let body = state
+        .bodies
+        .read(&request, payload, LOAD_REQUEST_LIMIT)
+        .await?;
+    if !body.iter().all(u8::is_ascii_whitespace) {
+        let load: serde_json::Map<String, Value> = serde_json::from_slice(&body)
+            .map_err(|e| ScoringError::BadRequest(format!("malformed load request: {e}")))?;
+        let parameters = load.get("parameters").and_then(Value::as_object);
+        refuse_load_parameters(
+            parameters
+                .into_iter()
+                .flat_map(|p| p.keys().map(String::as_str)),
+        )?;
+    }
     on_repository(&request, &state, Registry::load).await
+}
+
+/// Load parameters modelpod does not apply: a `config` override, `file:` contents. A load
+/// that silently ignored them would serve something other than what was asked for.
+pub fn refuse_load_parameters<'a>(
+    names: impl Iterator<Item = &'a str>,
+) -> Result<(), ScoringError> {
+    let names: Vec<&str> = names.collect();
+    if names.is_empty() {
+        return Ok(());
+    }
+    Err(ScoringError::BadRequest(format!(
+        "load parameters {} are not supported by modelpod: a model's configuration is its model.toml in the repository (edit it, then load)",
+        names
+            .iter()
+            .map(|n| format!("'{n}'"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )))
 }
 
 async fn repository_unload(
@@ -523,7 +561,8 @@ async fn off_the_event_loop<T: Send + 'static>(
         .map_err(ApiError::from)
 }
 
-/// Open Inference Protocol v2 `infer`, JSON or binary tensors.
+/// Open Inference Protocol v2 `infer`, JSON or binary tensors, or (a zero-length JSON
+/// header) the raw binary request: the whole body is the model's single input.
 async fn infer(
     request: HttpRequest,
     payload: web::Payload,
@@ -545,32 +584,40 @@ async fn infer(
                 })?,
         ),
     };
-    let mut parsed = None;
-    let result = async {
+    let prepare = async {
         state.scorer.shed_if_hopeless()?;
         let body = state
             .bodies
             .read(&request, payload, state.config.limits.max_request_bytes)
             .await?;
         let slot = state.scorer.admit().await?;
-        let decoded =
-            off_the_event_loop(body, move |body| v2::decode_request(body, json_len)).await?;
-        let selected = decoded.selected_outputs(&model.signature)?;
-        let inputs = model.order_inputs(decoded.inputs)?;
-        parsed = Some((decoded.id, selected));
-        Ok(state.scorer.run(slot, &model, inputs, arrival).await?)
-    }
-    .await;
-    record("v2", &model.name, arrival, result.as_ref());
-    let output = result?;
-    let (id, selected) = parsed.expect("set before execute");
+        let decoding = state.clone().into_inner();
+        let signature = model.signature.clone();
+        let batched = model.policy.batches();
+        let (request, decode_time) = off_the_event_loop(body, move |body| {
+            let started = Instant::now();
+            let request = if json_len == Some(0) {
+                v2::raw_binary_request(body, &signature, batched)?
+            } else {
+                v2::decode_request_with(body, json_len, Some(&decoding.shared_memory))?
+            };
+            Ok((request, started.elapsed()))
+        })
+        .await?;
+        Ok(crate::inference::Prepared {
+            slot,
+            request,
+            decode_time,
+        })
+    };
+    let answered = crate::inference::infer_v2(&state, &model, arrival, "v2", prepare)
+        .await
+        .map_err(as_triton_answers)?;
     let encoded = v2::encode_response(
         &model.name,
         &model.version.to_string(),
-        id.as_deref(),
-        &model.signature,
-        &output.outputs,
-        &selected,
+        answered.id.as_deref(),
+        &answered.outputs,
     );
     let mut response = HttpResponse::Ok();
     response.insert_header(served(&model));
@@ -584,6 +631,17 @@ async fn infer(
         }
     }
     Ok(response.body(encoded.body))
+}
+
+/// Triton answers 400 (its INVALID_ARG) for tensors that are well-formed but do not fit the
+/// model, where Azure's `/score` answers 422; a v2 client sees Triton's code.
+fn as_triton_answers(error: ApiError) -> ApiError {
+    match error {
+        ApiError::Scoring(ScoringError::InvalidInput(message)) => {
+            ApiError::Scoring(ScoringError::BadRequest(message))
+        }
+        other => other,
+    }
 }
 
 /// Says what was run, for the router's data collection.

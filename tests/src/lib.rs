@@ -130,6 +130,7 @@ pub fn serve_args(repository: &Path) -> ServeArgs {
         model_repository: Some(repository.to_path_buf()),
         host: Some("127.0.0.1".into()),
         port: Some(0),
+        grpc_port: Some("0".into()),
         max_concurrent_requests: Some(64),
         http_workers: Some(2),
         // The suites load and unload through the repository API.

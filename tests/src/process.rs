@@ -306,7 +306,15 @@ impl ServeBuilder {
     pub fn start(self) -> ServeProcess {
         use std::io::{BufRead, BufReader};
         let mut child = Command::new(&self.program)
-            .args(["serve", "--host", "127.0.0.1", "--port", "0"])
+            .args([
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--grpc-port",
+                "0",
+            ])
             .args(&self.args)
             .env("MODELPOD_LOG_FORMAT", "text")
             .env("NO_COLOR", "1")
@@ -322,6 +330,7 @@ impl ServeBuilder {
             }
         });
         let mut address = None;
+        let mut grpc_address = None;
         let mut loaded = false;
         let mut seen = Vec::new();
         let until = Instant::now() + Duration::from_secs(60);
@@ -334,6 +343,9 @@ impl ServeBuilder {
                     a.trim_end_matches(|c: char| !c.is_ascii_digit())
                         .to_string()
                 });
+            }
+            if let Some(rest) = line.split("v2 gRPC on ").nth(1) {
+                grpc_address = rest.split_whitespace().next().map(str::to_string);
             }
             loaded |= line.contains("start-up loading finished");
             seen.push(line);
@@ -348,6 +360,7 @@ impl ServeBuilder {
         ServeProcess {
             child,
             address,
+            grpc_address,
             startup_log: seen,
             lines,
         }
@@ -359,6 +372,8 @@ pub struct ServeProcess {
     pub child: Child,
     /// `HOST:PORT` it listens on.
     pub address: String,
+    /// `HOST:PORT` of its gRPC service, unless that is off.
+    pub grpc_address: Option<String>,
     /// Its log lines up to the end of start-up loading.
     pub startup_log: Vec<String>,
     /// Its log lines from after start-up, as they come.

@@ -330,8 +330,8 @@ fn text_tensors_over_score_and_both_v2_forms() {
     );
     assert_eq!(outputs[1], ("echo".to_string(), city));
 
-    // A length prefix that runs past the data, and bytes that are not UTF-8, are 422 naming
-    // the element.
+    // A length prefix that runs past the data, and bytes that are not UTF-8, are 400 (as
+    // Triton answers on v2) naming the element.
     for (bytes, needle) in [
         (&b"\x03\0\0\0abc\x09\0\0\0ab"[..], "BYTES element 1"),
         (
@@ -348,7 +348,7 @@ fn text_tensors_over_score_and_both_v2_forms() {
             .body(body)
             .send()
             .unwrap();
-        expect_error(answer, 422, needle);
+        expect_error(answer, 400, needle);
     }
     // v2 JSON: BYTES data are strings; a number or an FP32 tensor is refused.
     for (input, needle) in [
@@ -366,7 +366,7 @@ fn text_tensors_over_score_and_both_v2_forms() {
             .json(&json!({"inputs": [input]}))
             .send()
             .unwrap();
-        expect_error(answer, 422, needle);
+        expect_error(answer, 400, needle);
     }
 }
 
@@ -627,7 +627,7 @@ fn hostile_inputs_get_clear_4xx_and_the_server_stays_up() {
             .json(&json!({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "INT64", "data": [1, 2, 3, 4]}]}))
             .send()
             .unwrap(),
-        422,
+        400,
         "expects FP32",
     );
     expect_error(
@@ -635,7 +635,7 @@ fn hostile_inputs_get_clear_4xx_and_the_server_stays_up() {
             .json(&json!({"inputs": [{"name": "input", "shape": [1, 5], "datatype": "FP32", "data": [1, 2, 3, 4, 5]}]}))
             .send()
             .unwrap(),
-        422,
+        400,
         "[-1, 4]",
     );
     expect_error(
@@ -643,7 +643,7 @@ fn hostile_inputs_get_clear_4xx_and_the_server_stays_up() {
             .json(&json!({"inputs": [{"name": "input", "shape": [64, 4], "datatype": "FP32", "data": vec![0.0; 256]}]}))
             .send()
             .unwrap(),
-        422,
+        400,
         "max_batch_size",
     );
     expect_error(
@@ -651,7 +651,7 @@ fn hostile_inputs_get_clear_4xx_and_the_server_stays_up() {
             .json(&json!({"inputs": [{"name": "wrong", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}))
             .send()
             .unwrap(),
-        422,
+        400,
         "wrong",
     );
     expect_error(
@@ -702,23 +702,26 @@ fn hostile_inputs_get_clear_4xx_and_the_server_stays_up() {
 }
 
 #[test]
-fn values_that_do_not_fit_the_model_are_422_never_500_or_silent() {
+fn values_that_do_not_fit_the_model_are_client_errors_never_500_or_silent() {
     let server = start(serve_args(&fixtures()));
     let http = client();
-    // A number beyond FP32's range would have become infinity and been scored.
-    for (url, body) in [
+    // A number beyond FP32's range would have become infinity and been scored. Azure's
+    // route answers 422, v2 answers 400 as Triton does.
+    for (url, body, status) in [
         (
             server.url("/score?model=mlp"),
             json!({"data": [[1e39, 1, 1, 1]]}),
+            422,
         ),
         (
             server.url("/v2/models/mlp/infer"),
             json!({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1e39, 1, 1, 1]}]}),
+            400,
         ),
     ] {
         expect_error(
             http.post(&url).json(&body).send().unwrap(),
-            422,
+            status,
             "not a valid FP32 value",
         );
     }
@@ -740,8 +743,8 @@ fn values_that_do_not_fit_the_model_are_422_never_500_or_silent() {
     for (i, thread) in threads.into_iter().enumerate() {
         let answer = thread.join().unwrap();
         if i == 3 {
-            let body = expect_error(answer, 422, "cannot run on this input");
-            assert_eq!(body["error_type"], "InvalidInput");
+            let body = expect_error(answer, 400, "cannot run on this input");
+            assert_eq!(body["error_type"], "BadRequest");
         } else {
             assert_eq!(answer.status(), 200, "request {i}");
         }

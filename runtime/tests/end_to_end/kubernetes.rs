@@ -194,7 +194,15 @@ async fn kubelet(client: kube::Client, subnet: u8, replica_key: String, stop: Ar
             }
             let server = server
                 .env("MODELPOD_API_KEYS", &replica_key)
-                .args(["serve", "--host", &ip, "--port", "5001"])
+                .args([
+                    "serve",
+                    "--host",
+                    &ip,
+                    "--port",
+                    "5001",
+                    "--grpc-port",
+                    "off",
+                ])
                 .arg("--model-repository")
                 .arg(workspace().join("tests/fixtures/slow-models"))
                 .stdout(Stdio::null())

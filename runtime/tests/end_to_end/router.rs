@@ -458,7 +458,7 @@ fn scored_requests_are_collected_and_flushed_when_the_router_stops() {
             &router.url("/api/v1/service/svc/v2/models/mlp/infer"),
             &json!({"inputs": []}),
         );
-        assert_eq!(status, 422);
+        assert_eq!(status, 400);
         let metrics = http
             .get(router.url("/metrics"))
             .send()
@@ -480,7 +480,7 @@ fn scored_requests_are_collected_and_flushed_when_the_router_stops() {
             .unwrap();
         let requests = logs["requests"].as_array().unwrap();
         assert_eq!(requests.len(), 3);
-        assert_eq!(requests[2]["status"], 422);
+        assert_eq!(requests[2]["status"], 400);
         assert_eq!(requests[1]["status"], 200);
         assert!(!requests[1]["request_id"].as_str().unwrap().is_empty());
         assert!(

@@ -175,6 +175,7 @@ impl Registry {
             ("model".to_string(), name.to_string()),
             ("version".to_string(), version.to_string()),
         ];
+        let statistics = std::sync::Arc::new(crate::statistics::ModelStatistics::default());
         Ok(ServedModel {
             name: name.to_string(),
             version,
@@ -187,7 +188,9 @@ impl Registry {
                 labels,
                 policy.clone(),
                 backends,
+                statistics.clone(),
             ),
+            statistics,
             policy,
             pipeline,
             file: file.to_path_buf(),

@@ -151,6 +151,8 @@ pub struct ServedModel {
     /// When a request last took this model, in nanoseconds since the registry opened.
     last_used: AtomicU64,
     batcher: Batcher,
+    /// Triton's statistics extension for this version (its batcher records executions).
+    pub statistics: Arc<crate::statistics::ModelStatistics>,
 }
 
 impl ServedModel {

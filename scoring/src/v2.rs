@@ -45,7 +45,12 @@ pub struct SharedMemoryRef {
 /// The parameters each object of a request may carry; any other is refused by name, since a
 /// parameter modelpod would ignore (a timeout, a priority, a sequence id) changes what the
 /// client expects.
-pub const REQUEST_PARAMETERS: &[&str] = &["binary_data_output"];
+pub const REQUEST_PARAMETERS: &[&str] = &[
+    "binary_data_output",
+    // Asks a decoupled model for an empty final response; modelpod's models answer once,
+    // and that answer is final, so there is nothing to change (perf_analyzer sends it on gRPC).
+    "triton_enable_empty_final_response",
+];
 pub const INPUT_PARAMETERS: &[&str] = &[
     "binary_data_size",
     "shared_memory_region",

@@ -27,4 +27,4 @@ pub use device::{Device, DeviceKind, HOST_MEMORY};
 /// Whether this build has ONNX Runtime's Vitis AI engine (cargo feature `vitis-ai`).
 pub const VITIS_AI_BUILT: bool = cfg!(feature = "vitis-ai");
 pub use signature::{MapKeys, Signature, TensorSpec};
-pub use tensor::{DataType, Tensor, TensorData, TensorError, element_count};
+pub use tensor::{DataType, Tensor, TensorData, TensorError, bf16, element_count, f16};

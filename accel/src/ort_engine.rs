@@ -350,6 +350,8 @@ fn from_ort(value: &DynValue) -> Result<Tensor, String> {
         TensorElementType::Int16 => take!(i16),
         TensorElementType::Int32 => take!(i32),
         TensorElementType::Int64 => take!(i64),
+        TensorElementType::Float16 => take!(crate::f16),
+        TensorElementType::Bfloat16 => take!(crate::bf16),
         TensorElementType::Float32 => take!(f32),
         TensorElementType::Float64 => take!(f64),
         TensorElementType::String => {

@@ -3,6 +3,7 @@
 //! Typed storage (rather than raw bytes) keeps engine hand-off and JSON codecs free of
 //! alignment concerns; every per-type operation goes through [`with_tensor_data!`].
 
+pub use half::{bf16, f16};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -28,6 +29,12 @@ pub enum DataType {
     Int32,
     #[serde(rename = "INT64")]
     Int64,
+    /// IEEE 754 half precision: ONNX `float16`.
+    #[serde(rename = "FP16")]
+    Fp16,
+    /// bfloat16 (the upper half of an FP32): ONNX `bfloat16`.
+    #[serde(rename = "BF16")]
+    Bf16,
     #[serde(rename = "FP32")]
     Fp32,
     #[serde(rename = "FP64")]
@@ -39,7 +46,7 @@ pub enum DataType {
 }
 
 impl DataType {
-    pub const ALL: [DataType; 12] = [
+    pub const ALL: [DataType; 14] = [
         DataType::Bool,
         DataType::Uint8,
         DataType::Uint16,
@@ -49,6 +56,8 @@ impl DataType {
         DataType::Int16,
         DataType::Int32,
         DataType::Int64,
+        DataType::Fp16,
+        DataType::Bf16,
         DataType::Fp32,
         DataType::Fp64,
         DataType::Bytes,
@@ -66,6 +75,8 @@ impl DataType {
             DataType::Int16 => "INT16",
             DataType::Int32 => "INT32",
             DataType::Int64 => "INT64",
+            DataType::Fp16 => "FP16",
+            DataType::Bf16 => "BF16",
             DataType::Fp32 => "FP32",
             DataType::Fp64 => "FP64",
             DataType::Bytes => "BYTES",
@@ -77,7 +88,7 @@ impl DataType {
     pub fn size_of(self) -> Option<usize> {
         match self {
             DataType::Bool | DataType::Uint8 | DataType::Int8 => Some(1),
-            DataType::Uint16 | DataType::Int16 => Some(2),
+            DataType::Uint16 | DataType::Int16 | DataType::Fp16 | DataType::Bf16 => Some(2),
             DataType::Uint32 | DataType::Int32 | DataType::Fp32 => Some(4),
             DataType::Uint64 | DataType::Int64 | DataType::Fp64 => Some(8),
             DataType::Bytes => None,
@@ -85,7 +96,7 @@ impl DataType {
     }
 
     /// The ONNX `TensorProto.DataType` code, or `None` for element types modelpod does not serve
-    /// (float16, bfloat16, complex).
+    /// (complex, float8, 4-bit).
     pub fn from_onnx(code: i32) -> Option<DataType> {
         Some(match code {
             1 => DataType::Fp32,
@@ -96,16 +107,21 @@ impl DataType {
             6 => DataType::Int32,
             7 => DataType::Int64,
             9 => DataType::Bool,
+            10 => DataType::Fp16,
             11 => DataType::Fp64,
             12 => DataType::Uint32,
             13 => DataType::Uint64,
             8 => DataType::Bytes,
+            16 => DataType::Bf16,
             _ => return None,
         })
     }
 
     pub fn is_float(self) -> bool {
-        matches!(self, DataType::Fp32 | DataType::Fp64)
+        matches!(
+            self,
+            DataType::Fp16 | DataType::Bf16 | DataType::Fp32 | DataType::Fp64
+        )
     }
 }
 
@@ -137,6 +153,8 @@ pub enum TensorData {
     Int16(Vec<i16>),
     Int32(Vec<i32>),
     Int64(Vec<i64>),
+    Fp16(Vec<f16>),
+    Bf16(Vec<bf16>),
     Fp32(Vec<f32>),
     Fp64(Vec<f64>),
     Bytes(Vec<String>),
@@ -157,6 +175,8 @@ macro_rules! with_tensor_data {
             $crate::TensorData::Int16($v) => $body,
             $crate::TensorData::Int32($v) => $body,
             $crate::TensorData::Int64($v) => $body,
+            $crate::TensorData::Fp16($v) => $body,
+            $crate::TensorData::Bf16($v) => $body,
             $crate::TensorData::Fp32($v) => $body,
             $crate::TensorData::Fp64($v) => $body,
             $crate::TensorData::Bytes($v) => $body,
@@ -178,6 +198,8 @@ macro_rules! with_numeric_data {
             $crate::TensorData::Int16($v) => $body,
             $crate::TensorData::Int32($v) => $body,
             $crate::TensorData::Int64($v) => $body,
+            $crate::TensorData::Fp16($v) => $body,
+            $crate::TensorData::Bf16($v) => $body,
             $crate::TensorData::Fp32($v) => $body,
             $crate::TensorData::Fp64($v) => $body,
             $crate::TensorData::Bytes($s) => $bytes,
@@ -197,6 +219,8 @@ impl TensorData {
             TensorData::Int16(_) => DataType::Int16,
             TensorData::Int32(_) => DataType::Int32,
             TensorData::Int64(_) => DataType::Int64,
+            TensorData::Fp16(_) => DataType::Fp16,
+            TensorData::Bf16(_) => DataType::Bf16,
             TensorData::Fp32(_) => DataType::Fp32,
             TensorData::Fp64(_) => DataType::Fp64,
             TensorData::Bytes(_) => DataType::Bytes,
@@ -223,6 +247,8 @@ impl TensorData {
             DataType::Int16 => TensorData::Int16(Vec::with_capacity(capacity)),
             DataType::Int32 => TensorData::Int32(Vec::with_capacity(capacity)),
             DataType::Int64 => TensorData::Int64(Vec::with_capacity(capacity)),
+            DataType::Fp16 => TensorData::Fp16(Vec::with_capacity(capacity)),
+            DataType::Bf16 => TensorData::Bf16(Vec::with_capacity(capacity)),
             DataType::Fp32 => TensorData::Fp32(Vec::with_capacity(capacity)),
             DataType::Fp64 => TensorData::Fp64(Vec::with_capacity(capacity)),
             DataType::Bytes => TensorData::Bytes(Vec::with_capacity(capacity)),
@@ -240,7 +266,8 @@ impl TensorData {
             };
         }
         ext!(
-            Bool, Uint8, Uint16, Uint32, Uint64, Int8, Int16, Int32, Int64, Fp32, Fp64, Bytes
+            Bool, Uint8, Uint16, Uint32, Uint64, Int8, Int16, Int32, Int64, Fp16, Bf16, Fp32, Fp64,
+            Bytes
         )
     }
 
@@ -258,6 +285,8 @@ impl TensorData {
             TensorData::Int16(v) => v.iter().map(|&x| x as f64).collect(),
             TensorData::Int32(v) => v.iter().map(|&x| x as f64).collect(),
             TensorData::Int64(v) => v.iter().map(|&x| x as f64).collect(),
+            TensorData::Fp16(v) => v.iter().map(|x| x.to_f64()).collect(),
+            TensorData::Bf16(v) => v.iter().map(|x| x.to_f64()).collect(),
             TensorData::Fp32(v) => v.iter().map(|&x| x as f64).collect(),
             TensorData::Fp64(v) => v.clone(),
             TensorData::Bytes(v) => v
@@ -268,7 +297,8 @@ impl TensorData {
     }
 
     /// Converts values to `dtype` with Rust's `as` semantics (saturating float-to-int,
-    /// non-zero is true); to BYTES, numbers become their decimal text.
+    /// non-zero is true; to FP16 and BF16, round to nearest); to BYTES, numbers become their
+    /// decimal text.
     pub fn cast(&self, dtype: DataType) -> TensorData {
         if self.dtype() == dtype {
             return self.clone();
@@ -291,6 +321,8 @@ impl TensorData {
             DataType::Int16 => TensorData::Int16(wide.iter().map(|&x| x as i16).collect()),
             DataType::Int32 => TensorData::Int32(wide.iter().map(|&x| x as i32).collect()),
             DataType::Int64 => TensorData::Int64(wide.iter().map(|&x| x as i64).collect()),
+            DataType::Fp16 => TensorData::Fp16(wide.iter().map(|&x| f16::from_f64(x)).collect()),
+            DataType::Bf16 => TensorData::Bf16(wide.iter().map(|&x| bf16::from_f64(x)).collect()),
             DataType::Fp32 => TensorData::Fp32(wide.iter().map(|&x| x as f32).collect()),
             DataType::Fp64 => TensorData::Fp64(wide),
             DataType::Bytes => unreachable!("handled above"),
@@ -329,6 +361,8 @@ impl TensorData {
                     TensorData::Int16(v) => put!(v),
                     TensorData::Int32(v) => put!(v),
                     TensorData::Int64(v) => put!(v),
+                    TensorData::Fp16(v) => put!(v),
+                    TensorData::Bf16(v) => put!(v),
                     TensorData::Fp32(v) => put!(v),
                     TensorData::Fp64(v) => put!(v),
                     TensorData::Bool(_)
@@ -372,6 +406,8 @@ impl TensorData {
             DataType::Int16 => get!(i16, Int16),
             DataType::Int32 => get!(i32, Int32),
             DataType::Int64 => get!(i64, Int64),
+            DataType::Fp16 => get!(f16, Fp16),
+            DataType::Bf16 => get!(bf16, Bf16),
             DataType::Fp32 => get!(f32, Fp32),
             DataType::Fp64 => get!(f64, Fp64),
             DataType::Bytes => unreachable!("handled above"),
@@ -421,7 +457,8 @@ macro_rules! impl_from_vec {
     };
 }
 impl_from_vec!(bool => Bool, u8 => Uint8, u16 => Uint16, u32 => Uint32, u64 => Uint64, i8 => Int8,
-    i16 => Int16, i32 => Int32, i64 => Int64, f32 => Fp32, f64 => Fp64, String => Bytes);
+    i16 => Int16, i32 => Int32, i64 => Int64, f16 => Fp16, bf16 => Bf16, f32 => Fp32, f64 => Fp64,
+    String => Bytes);
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum TensorError {
@@ -629,6 +666,21 @@ mod tests {
             assert_eq!(TensorData::from_le_bytes(dtype, &bytes).unwrap(), data);
         }
         assert!(TensorData::from_le_bytes(DataType::Fp32, &[0; 7]).is_err());
+        assert!(TensorData::from_le_bytes(DataType::Fp16, &[0; 3]).is_err());
+    }
+
+    #[test]
+    fn half_precision_is_ieee_binary16_and_bfloat16_on_the_wire() {
+        let half = TensorData::Fp64(vec![1.0, -2.5, 65504.0]).cast(DataType::Fp16);
+        // 1.0 = 0x3C00, -2.5 = 0xC100, 65504 (the largest FP16) = 0x7BFF, little-endian.
+        assert_eq!(half.to_le_bytes(), [0x00, 0x3C, 0x00, 0xC1, 0xFF, 0x7B]);
+        let brain = TensorData::Fp64(vec![1.0, -2.5, 3.0e38]).cast(DataType::Bf16);
+        // bfloat16 keeps FP32's exponent: 3e38 survives (as 0x7F62), where FP16 overflows.
+        assert_eq!(brain.to_le_bytes(), [0x80, 0x3F, 0x20, 0xC0, 0x62, 0x7F]);
+        assert_eq!(brain.to_f64_vec()[..2], [1.0, -2.5]);
+        assert!(DataType::Fp16.is_float() && DataType::Bf16.is_float());
+        assert_eq!(DataType::from_onnx(10), Some(DataType::Fp16));
+        assert_eq!(DataType::from_onnx(16), Some(DataType::Bf16));
     }
 
     #[test]

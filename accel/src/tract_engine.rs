@@ -4,7 +4,10 @@
 //! run state, whose stream is the worker thread's.
 
 use crate::signature::prepared_graph;
-use crate::{Backend, Device, EngineError, EngineKind, LoadedModel, Signature, Tensor, TensorData};
+use crate::{
+    Backend, DataType, Device, EngineError, EngineKind, LoadedModel, Signature, Tensor, TensorData,
+    f16,
+};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::sync::Arc;
@@ -38,6 +41,21 @@ impl TractModel {
             reason: format!("tract: {e:#}"),
         };
         let (mut proto, signature) = prepared_graph(path)?;
+        if let Some(spec) = signature
+            .inputs
+            .iter()
+            .chain(&signature.outputs)
+            .find(|s| s.dtype == DataType::Bf16)
+        {
+            return Err(EngineError::Load {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "'{}' is BF16, which {engine} does not run (tract has no bfloat16 type); \
+                     serve this model on an ONNX Runtime engine",
+                    spec.name
+                ),
+            });
+        }
         name_unnamed_dimensions(&mut proto);
         let model = tract_onnx::onnx()
             .model_for_proto_model(&proto)
@@ -217,10 +235,24 @@ impl Backend for TractBackend {
 
 fn to_tract(t: Tensor) -> tract_onnx::prelude::TractResult<TValue> {
     let (shape, data) = t.into_parts();
-    let tensor = crate::with_numeric_data!(
-        data,
-        v => TractTensor::from_shape(&shape, &v)?,
-        s => tract_onnx::prelude::tract_ndarray::ArrayD::from_shape_vec(shape, s)?.into()
+    macro_rules! plain {
+        ($($var:ident),*) => {
+            match data {
+                $(TensorData::$var(v) => TractTensor::from_shape(&shape, &v)?,)*
+                TensorData::Bytes(s) => {
+                    tract_onnx::prelude::tract_ndarray::ArrayD::from_shape_vec(shape, s)?.into()
+                }
+                // Refused when the model loads; a BF16 input cannot reach a tract model.
+                TensorData::Bf16(_) => {
+                    return Err(tract_onnx::prelude::TractError::msg(
+                        "BF16 tensors are not run by tract",
+                    ));
+                }
+            }
+        };
+    }
+    let tensor = plain!(
+        Bool, Uint8, Uint16, Uint32, Uint64, Int8, Int16, Int32, Int64, Fp16, Fp32, Fp64
     );
     Ok(tensor.into_tvalue())
 }
@@ -248,6 +280,7 @@ fn from_tract(value: &TValue) -> tract_onnx::prelude::TractResult<Tensor> {
         DatumType::I16 => take!(i16),
         DatumType::I32 => take!(i32),
         DatumType::I64 => take!(i64),
+        DatumType::F16 => take!(f16),
         DatumType::F32 => take!(f32),
         DatumType::F64 => take!(f64),
         // tract types some integer results (skl2onnx's int64 class labels) as symbolic

@@ -1,7 +1,7 @@
 //! Everything between a decoded request and an engine, with no transport: the model
 //! repository and its manifests, the registry of model versions and their states, the Azure
 //! `/score` pipeline (pre- and post-processing), the Open Inference Protocol v2 codecs, the
-//! dynamic batcher, and the scoring API every front end calls ([`Scorer`]: admission, queue
+//! dynamic and sequence batchers, and the scoring API every front end calls ([`Scorer`]: admission, queue
 //! wait, on-demand loading, the deadline and the busy state).
 
 pub mod batcher;
@@ -16,6 +16,7 @@ pub mod pipeline;
 pub mod registry;
 pub mod repository;
 pub mod scorer;
+pub mod sequence;
 pub mod shared_memory;
 pub mod statistics;
 pub mod v2;

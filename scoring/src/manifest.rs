@@ -28,8 +28,79 @@ pub struct ModelManifest {
     pub intra_op_threads: Option<usize>,
     #[serde(default)]
     pub batching: Option<BatchingSection>,
+    /// A stateful model's sequence batcher (Triton's `sequence_batching`), in place of the
+    /// dynamic batcher; `[batching]` then sets `max_batch_size` only.
+    pub sequence_batching: Option<SequenceBatchingSection>,
     #[serde(default)]
     pub score: ScoreSection,
+}
+
+/// How a sequence batcher groups the requests of many sequences.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SequenceStrategy {
+    /// Each sequence owns one batch slot of one instance for its lifetime; a batch holds one
+    /// request per slot, empty slots padded with READY = 0.
+    #[default]
+    Direct,
+    /// Each instance keeps up to `max_candidate_sequences` sequences and batches the oldest
+    /// requests among them, one per sequence.
+    Oldest,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SequenceBatchingSection {
+    #[serde(default)]
+    pub strategy: SequenceStrategy,
+    /// A sequence with no request for this long is ended and its slot freed (Triton's
+    /// default, 1 s, when absent).
+    pub max_sequence_idle_us: Option<u64>,
+    /// How long a batch waits for more sequences' requests.
+    pub max_queue_delay_us: Option<u64>,
+    /// `oldest` only: sequences each instance batches among (default max_batch_size).
+    pub max_candidate_sequences: Option<usize>,
+    /// `oldest` only: batch sizes sent without waiting for the delay.
+    #[serde(default)]
+    pub preferred_batch_sizes: Vec<usize>,
+    /// Model inputs the batcher fills in, which clients do not send.
+    #[serde(default)]
+    pub control: SequenceControls,
+    /// Implicit state: each `output` of a request is the `input` of the sequence's next one.
+    #[serde(default)]
+    pub state: Vec<SequenceState>,
+}
+
+/// Model inputs that carry a request's place in its sequence: 1 or 0 (true or false) in the
+/// input's own type, and the correlation id as a number or, for a BYTES input, as text.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SequenceControls {
+    pub start: Option<String>,
+    pub end: Option<String>,
+    pub ready: Option<String>,
+    pub correlation_id: Option<String>,
+}
+
+impl SequenceControls {
+    /// `(kind, input name)` for each mapped control.
+    pub fn named(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        [
+            ("start", &self.start),
+            ("end", &self.end),
+            ("ready", &self.ready),
+            ("correlation_id", &self.correlation_id),
+        ]
+        .into_iter()
+        .filter_map(|(kind, name)| name.as_deref().map(|n| (kind, n)))
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SequenceState {
+    pub input: String,
+    pub output: String,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -162,6 +233,39 @@ impl ModelManifest {
                 ));
             }
         }
+        if let Some(sequence) = &self.sequence_batching {
+            if let Some(b) = &self.batching
+                && (b.max_queue_delay_us.is_some() || !b.preferred_batch_sizes.is_empty())
+            {
+                return Err(
+                    "with [sequence_batching], [batching] sets max_batch_size only; \
+                     the delay and preferred sizes belong to [sequence_batching]"
+                        .into(),
+                );
+            }
+            if sequence.strategy == SequenceStrategy::Direct
+                && (sequence.max_candidate_sequences.is_some()
+                    || !sequence.preferred_batch_sizes.is_empty())
+            {
+                return Err(
+                    "max_candidate_sequences and preferred_batch_sizes apply to the \
+                     oldest strategy only"
+                        .into(),
+                );
+            }
+            if sequence.max_candidate_sequences == Some(0) {
+                return Err("max_candidate_sequences must be at least 1".into());
+            }
+            let mut names: Vec<&str> = sequence.control.named().map(|(_, n)| n).collect();
+            names.extend(sequence.state.iter().map(|s| s.input.as_str()));
+            names.sort_unstable();
+            if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+                return Err(format!(
+                    "input '{}' is mapped twice in [sequence_batching]",
+                    w[0]
+                ));
+            }
+        }
         for step in &self.score.pre {
             if let PreStep::Normalize { mean, std } = step {
                 if mean.len() != std.len() || mean.is_empty() {
@@ -225,6 +329,47 @@ mod tests {
         );
         assert_eq!(m.device, Some(DeviceKind::Gpu));
         m.validate().unwrap();
+    }
+
+    #[test]
+    fn parses_a_sequence_batcher() {
+        let m: ModelManifest = toml::from_str(
+            r#"
+            [batching]
+            max_batch_size = 4
+            [sequence_batching]
+            strategy = "oldest"
+            max_sequence_idle_us = 5000000
+            max_candidate_sequences = 8
+            control = { start = "START", ready = "READY", correlation_id = "CORRID" }
+            state = [{ input = "total_in", output = "total_out" }]
+            "#,
+        )
+        .unwrap();
+        m.validate().unwrap();
+        let sequence = m.sequence_batching.unwrap();
+        assert_eq!(sequence.strategy, SequenceStrategy::Oldest);
+        assert_eq!(
+            sequence.control.named().collect::<Vec<_>>(),
+            [
+                ("start", "START"),
+                ("ready", "READY"),
+                ("correlation_id", "CORRID")
+            ]
+        );
+        assert_eq!(sequence.state[0].output, "total_out");
+        for bad in [
+            "[batching]\nmax_queue_delay_us = 5\n[sequence_batching]",
+            "[sequence_batching]\nmax_candidate_sequences = 2",
+            "[sequence_batching]\ncontrol = { start = \"S\", end = \"S\" }",
+            "[sequence_batching]\nstrategy = \"oldest\"\nmax_candidate_sequences = 0",
+        ] {
+            let m: ModelManifest = toml::from_str(bad).unwrap();
+            assert!(m.validate().is_err(), "{bad}");
+        }
+        assert!(
+            toml::from_str::<ModelManifest>("[sequence_batching]\nstrategy = \"newest\"").is_err()
+        );
     }
 
     #[test]

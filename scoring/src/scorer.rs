@@ -9,6 +9,7 @@
 use crate::batcher::JobOutput;
 use crate::busy::{BusyBoard, BusyGuard, BusyReport};
 use crate::deployment::ScoringLimits;
+use crate::sequence::SequenceFlags;
 use crate::{Registry, ScoringError, ServedModel};
 use modelpod_accel::Tensor;
 use std::sync::Arc;
@@ -235,15 +236,18 @@ impl Scorer {
     }
 
     /// Scores `inputs` on `model` in an admitted slot, until the request's deadline. More
-    /// rows than `max_batch_size` are refused, as Triton refuses them over v2.
+    /// rows than `max_batch_size` are refused, as Triton refuses them over v2. `sequence`
+    /// places a stateful model's request in its sequence.
     pub async fn run(
         &self,
         slot: Slot<'_>,
         model: &ServedModel,
         inputs: Vec<Tensor>,
+        sequence: Option<SequenceFlags>,
         arrival: Instant,
     ) -> Result<JobOutput, ScoringError> {
-        self.run_rows(slot, model, inputs, arrival, false).await
+        self.run_rows(slot, model, inputs, Submission::Whole(sequence), arrival)
+            .await
     }
 
     /// [`Scorer::run`] for Azure's `/score`, whose clients post bodies of any length: more
@@ -255,7 +259,8 @@ impl Scorer {
         inputs: Vec<Tensor>,
         arrival: Instant,
     ) -> Result<JobOutput, ScoringError> {
-        self.run_rows(slot, model, inputs, arrival, true).await
+        self.run_rows(slot, model, inputs, Submission::Split, arrival)
+            .await
     }
 
     async fn run_rows(
@@ -263,15 +268,14 @@ impl Scorer {
         slot: Slot<'_>,
         model: &ServedModel,
         inputs: Vec<Tensor>,
+        submission: Submission,
         arrival: Instant,
-        split_oversized: bool,
     ) -> Result<JobOutput, ScoringError> {
         let deadline = self.deadline(arrival);
         let _in_flight = InFlight::enter(&self.busy, &model.name);
-        let replies = if split_oversized {
-            submit_in_batches(model, inputs, deadline)?
-        } else {
-            vec![model.submit(inputs, Some(deadline))?]
+        let replies = match submission {
+            Submission::Split => submit_in_batches(model, inputs, deadline)?,
+            Submission::Whole(sequence) => vec![model.submit(inputs, sequence, Some(deadline))?],
         };
         let answers = tokio::time::timeout_at(deadline.into(), async {
             let mut answers = Vec::with_capacity(replies.len());
@@ -305,13 +309,22 @@ impl Scorer {
         arrival: Instant,
     ) -> Result<JobOutput, ScoringError> {
         let slot = self.admit().await?;
-        self.run(slot, model, inputs, arrival).await
+        self.run(slot, model, inputs, None, arrival).await
     }
 
     /// Refuses every request still waiting for a slot, and all later ones.
     pub fn close_admission(&self) {
         self.admission.close();
     }
+}
+
+/// How a request goes to the model's queue.
+enum Submission {
+    /// As one request (a v2 request: more rows than max_batch_size are refused), in its
+    /// sequence if it has one.
+    Whole(Option<SequenceFlags>),
+    /// In parts of at most max_batch_size rows (Azure's `/score`).
+    Split,
 }
 
 /// Counts a request holding a scoring slot: the server total (for busy-state reports) and a
@@ -355,7 +368,7 @@ fn submit_in_batches(
             .iter()
             .all(|t| !t.shape().is_empty() && t.rows() == rows);
     if !splittable {
-        return Ok(vec![model.submit(inputs, Some(deadline))?]);
+        return Ok(vec![model.submit(inputs, None, Some(deadline))?]);
     }
     (0..rows)
         .step_by(max)
@@ -364,7 +377,7 @@ fn submit_in_batches(
                 .iter()
                 .map(|t| t.slice_rows(start, max.min(rows - start)))
                 .collect::<Result<Vec<_>, _>>()?;
-            model.submit(part, Some(deadline))
+            model.submit(part, None, Some(deadline))
         })
         .collect()
 }

@@ -4,6 +4,7 @@
 
 use crate::error::ScoringError;
 use crate::json;
+use crate::sequence::{CorrelationId, SequenceFlags};
 use crate::shared_memory::SystemSharedMemory;
 use modelpod_accel::{DataType, Signature, Tensor, TensorData};
 use serde::Deserialize;
@@ -22,6 +23,8 @@ pub struct InferRequest {
     pub outputs: Vec<RequestedOutput>,
     /// Request-level `binary_data_output`: every output in binary unless it says otherwise.
     pub binary_output: bool,
+    /// A stateful model's request: its sequence and place in it.
+    pub sequence: Option<SequenceFlags>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -43,10 +46,12 @@ pub struct SharedMemoryRef {
 }
 
 /// The parameters each object of a request may carry; any other is refused by name, since a
-/// parameter modelpod would ignore (a timeout, a priority, a sequence id) changes what the
-/// client expects.
+/// parameter modelpod would ignore (a timeout, a priority) changes what the client expects.
 pub const REQUEST_PARAMETERS: &[&str] = &[
     "binary_data_output",
+    "sequence_id",
+    "sequence_start",
+    "sequence_end",
     // Asks a decoupled model for an empty final response; modelpod's models answer once,
     // and that answer is final, so there is nothing to change (perf_analyzer sends it on gRPC).
     "triton_enable_empty_final_response",
@@ -104,6 +109,37 @@ impl<'a> From<&'a Value> for Parameter<'a> {
             Value::Number(n) => n.as_i64().map_or(Parameter::Other, Parameter::Int),
             _ => Parameter::Other,
         }
+    }
+}
+
+/// Reads a request's sequence parameters: `sequence_id` (a number, or text; 0 and "" mean
+/// none, as Triton reads them), `sequence_start` and `sequence_end`.
+pub fn sequence_flags<'a>(
+    get: impl Fn(&str) -> Option<Parameter<'a>>,
+) -> Result<Option<SequenceFlags>, ScoringError> {
+    let flag = |key: &str| match get(key) {
+        None => Ok(false),
+        Some(Parameter::Bool(b)) => Ok(b),
+        Some(_) => Err(ScoringError::BadRequest(format!("{key} must be a boolean"))),
+    };
+    let (start, end) = (flag("sequence_start")?, flag("sequence_end")?);
+    let id = match get("sequence_id") {
+        None | Some(Parameter::Int(0)) => None,
+        Some(Parameter::Text("")) => None,
+        Some(Parameter::Int(n)) if n > 0 => Some(CorrelationId::Number(n as u64)),
+        Some(Parameter::Text(text)) => Some(CorrelationId::Text(text.to_string())),
+        Some(_) => {
+            return Err(ScoringError::BadRequest(
+                "sequence_id must be a positive integer or a non-empty string".into(),
+            ));
+        }
+    };
+    match id {
+        Some(id) => Ok(Some(SequenceFlags { id, start, end })),
+        None if start || end => Err(ScoringError::BadRequest(
+            "sequence_start and sequence_end need a sequence_id".into(),
+        )),
+        None => Ok(None),
     }
 }
 
@@ -234,6 +270,7 @@ pub fn decode_request_with(
     Ok(InferRequest {
         id: raw.id,
         binary_output: flag(&raw.parameters, "binary_data_output").unwrap_or(false),
+        sequence: sequence_flags(|k| raw.parameters.get(k).map(Parameter::from))?,
         outputs,
         inputs,
     })
@@ -299,6 +336,7 @@ pub fn raw_binary_request(
         inputs: vec![(input.name.clone(), Tensor::new(shape, data)?)],
         outputs: Vec::new(),
         binary_output: true,
+        sequence: None,
     })
 }
 
@@ -648,14 +686,9 @@ pub fn encode_response(
     id: Option<&str>,
     outputs: &[FinishedOutput],
 ) -> EncodedBody {
-    #[derive(serde::Serialize, Default)]
-    struct Parameters<'a> {
-        #[serde(skip_serializing_if = "Option::is_none")]
-        binary_data_size: Option<usize>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        shared_memory_region: Option<&'a str>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        shared_memory_byte_size: Option<usize>,
+    #[derive(serde::Serialize)]
+    struct Parameters {
+        binary_data_size: usize,
     }
     #[derive(serde::Serialize)]
     struct Output<'a> {
@@ -663,7 +696,7 @@ pub fn encode_response(
         datatype: &'a str,
         shape: &'a [usize],
         #[serde(skip_serializing_if = "Option::is_none")]
-        parameters: Option<Parameters<'a>>,
+        parameters: Option<Parameters>,
         #[serde(skip_serializing_if = "Option::is_none")]
         data: Option<json::FlatData<'a>>,
     }
@@ -691,19 +724,14 @@ pub fn encode_response(
                 Placement::Binary => {
                     let bytes = tensor.data().to_le_bytes();
                     out.parameters = Some(Parameters {
-                        binary_data_size: Some(bytes.len()),
-                        ..Default::default()
+                        binary_data_size: bytes.len(),
                     });
                     binary.extend_from_slice(&bytes);
                 }
                 Placement::Json => out.data = Some(json::FlatData(tensor.data())),
-                Placement::SharedMemory { region, byte_size } => {
-                    out.parameters = Some(Parameters {
-                        shared_memory_region: Some(region),
-                        shared_memory_byte_size: Some(*byte_size),
-                        ..Default::default()
-                    });
-                }
+                // As Triton: neither data nor parameters. Triton's C++ client (perf_analyzer)
+                // reads any output with parameters as binary data of `binary_data_size`.
+                Placement::SharedMemory { .. } => {}
             }
             out
         })

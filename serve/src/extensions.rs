@@ -11,9 +11,10 @@ use serde::Deserialize;
 use serde_json::json;
 
 /// The extensions `GET /v2` and ServerMetadata list: each one works as Triton's does.
-pub const EXTENSIONS: [&str; 7] = [
+pub const EXTENSIONS: [&str; 8] = [
     "binary_tensor_data",
     "classification",
+    "sequence",
     "model_repository",
     "model_configuration",
     "statistics",
@@ -44,6 +45,20 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route(
             "/v2/systemsharedmemory/region/{region}/unregister",
             web::post().to(shm_unregister),
+        )
+        // No CUDA region can be registered, so the status is empty and unregistering (what
+        // clients do on their way out, perf_analyzer included) has nothing to do.
+        .route(
+            "/v2/cudasharedmemory/status",
+            web::get().to(|| async { HttpResponse::Ok().json(json!([])) }),
+        )
+        .route(
+            "/v2/cudasharedmemory/unregister",
+            web::post().to(|| async { HttpResponse::Ok().json(json!({})) }),
+        )
+        .route(
+            "/v2/cudasharedmemory/region/{region}/unregister",
+            web::post().to(|| async { HttpResponse::Ok().json(json!({})) }),
         )
         .route("/v2/cudasharedmemory/{tail:.*}", web::route().to(cuda_shm))
         .route("/v2/trace/setting", web::route().to(trace))
@@ -154,7 +169,7 @@ async fn shm_unregister(
 }
 
 /// What a client is told for CUDA shared memory.
-pub const NO_CUDA_SHARED_MEMORY: &str = "CUDA shared memory is not supported by modelpod: register system shared memory (/v2/systemsharedmemory) instead";
+pub const NO_CUDA_SHARED_MEMORY: &str = "CUDA shared memory is not supported by modelpod: no CUDA region can be registered; register system shared memory (/v2/systemsharedmemory) instead";
 pub const NO_TRACE: &str = "trace settings are not supported by modelpod: requests are traced through x-request-id in its logs and /metrics";
 pub const NO_LOG_SETTINGS: &str = "log settings are not supported by modelpod: set the log level at start (RUST_LOG, --log-format)";
 

@@ -47,7 +47,10 @@ pub async fn infer_v2<'s>(
             (true, Some(first)) => first.rows(),
             _ => 1,
         };
-        let output = state.scorer.run(slot, model, inputs, arrival).await?;
+        let output = state
+            .scorer
+            .run(slot, model, inputs, request.sequence, arrival)
+            .await?;
         let encoding = Instant::now();
         let outputs = v2::finish_outputs(
             &selected,
@@ -64,7 +67,7 @@ pub async fn infer_v2<'s>(
             compute_infer: output.compute_time,
             compute_output: encoding.elapsed(),
         };
-        record_timings(&model.name, &times);
+        crate::metrics::record_scoring_times(&model.name, times.queue, times.compute_infer);
         Ok::<_, ApiError>((Answered { id, outputs }, rows, times))
     }
     .await;
@@ -79,11 +82,4 @@ pub async fn infer_v2<'s>(
             Err(e)
         }
     }
-}
-
-fn record_timings(model: &str, times: &RequestTimes) {
-    metrics::histogram!("modelpod_queue_duration_seconds", "model" => model.to_string())
-        .record(times.queue.as_secs_f64());
-    metrics::histogram!("modelpod_compute_duration_seconds", "model" => model.to_string())
-        .record(times.compute_infer.as_secs_f64());
 }

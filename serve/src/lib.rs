@@ -9,6 +9,7 @@ mod grpc;
 mod inference;
 pub mod memory;
 mod metrics;
+mod model_config;
 pub(crate) mod routes;
 mod swagger;
 

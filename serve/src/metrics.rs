@@ -3,7 +3,7 @@
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use modelpod_http::ApiError;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Counts one finished request (its status, its duration, and the kind of the server's
 /// failure if any), for every route that scores: ONNX models and entry scripts alike. An
@@ -28,6 +28,15 @@ pub fn record_request(
             .increment(1);
     }
 }
+
+/// Where a scored request's time went inside the model: waiting for a batch, and running.
+pub fn record_scoring_times(model: &str, queue: Duration, compute: Duration) {
+    metrics::histogram!("modelpod_queue_duration_seconds", "model" => model.to_string())
+        .record(queue.as_secs_f64());
+    metrics::histogram!("modelpod_compute_duration_seconds", "model" => model.to_string())
+        .record(compute.as_secs_f64());
+}
+
 use modelpod_scoring::{ModelState, Registry};
 
 /// Renders the text format after refreshing the gauges read from the registry: per-model state

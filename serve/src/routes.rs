@@ -157,27 +157,6 @@ fn parse_version(version: Option<&str>) -> Result<Option<u64>, ApiError> {
 }
 
 /// Triton's instance group: `count` instances on each device, GPUs listed by ordinal.
-fn instance_group(model: &ServedModel) -> serde_json::Value {
-    let kind = model.engine.device_kind();
-    let mut group = json!({
-        "name": format!("{}_0", model.name),
-        "kind": kind.triton_kind(),
-        "count": model.instances,
-    });
-    let gpus: Vec<u32> = model
-        .devices
-        .iter()
-        .filter_map(|d| match d {
-            modelpod_accel::Device::Cuda(n) => Some(*n),
-            _ => None,
-        })
-        .collect();
-    if !gpus.is_empty() {
-        group["gpus"] = json!(gpus);
-    }
-    group
-}
-
 async fn model_metadata(
     request: HttpRequest,
     state: web::Data<AppState>,
@@ -226,32 +205,7 @@ async fn model_config(
 ) -> Result<HttpResponse, ApiError> {
     let (name, version) = path_model(&request)?;
     let model = state.scorer.model(&name, version, Instant::now()).await?;
-    let batched = model.policy.batches();
-    let tensors = |specs: &[modelpod_accel::TensorSpec]| -> Vec<Value> {
-        specs
-            .iter()
-            .map(|s| {
-                let dims = s.dims_i64();
-                let dims = if batched && !dims.is_empty() { dims[1..].to_vec() } else { dims };
-                json!({ "name": s.name, "data_type": format!("TYPE_{}", s.dtype.as_str()), "dims": dims })
-            })
-            .collect()
-    };
-    let mut config = json!({
-        "name": model.name,
-        "platform": model.engine.triton_platform(),
-        "backend": model.engine.as_str(),
-        "max_batch_size": model.policy.max_batch_size,
-        "input": tensors(&model.signature.inputs),
-        "output": tensors(&model.signature.outputs),
-        "instance_group": [instance_group(&model)],
-    });
-    if batched {
-        config["dynamic_batching"] = json!({
-            "preferred_batch_size": model.policy.preferred_batch_sizes,
-            "max_queue_delay_microseconds": model.policy.max_queue_delay.as_micros() as u64,
-        });
-    }
+    let config = crate::model_config::config_json(&crate::model_config::model_config(&model));
     Ok(HttpResponse::Ok().json(config))
 }
 
@@ -391,10 +345,7 @@ fn record(
 ) {
     crate::metrics::record_request(protocol, model, arrival, None, outcome.err());
     if let Ok(out) = outcome {
-        metrics::histogram!("modelpod_queue_duration_seconds", "model" => model.to_string())
-            .record(out.queue_time.as_secs_f64());
-        metrics::histogram!("modelpod_compute_duration_seconds", "model" => model.to_string())
-            .record(out.compute_time.as_secs_f64());
+        crate::metrics::record_scoring_times(model, out.queue_time, out.compute_time);
     }
 }
 

@@ -15,41 +15,27 @@ import json
 import os
 import queue
 import sys
-import traceback
+import time
 import urllib.error
 import urllib.request
 from functools import partial
 
 import grpc
 import numpy as np
+from checks import Checker
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 import tritonclient.utils.shared_memory as shm
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIXTURES = os.path.normpath(os.path.join(HERE, "..", "fixtures"))
 REFERENCE_DIR = os.path.join(FIXTURES, "reference")
-INFER_MODELS = ["mlp", "cnn", "embed", "two_inputs", "int_ops", "categories"]
+INFER_MODELS = ["mlp", "cnn", "embed", "two_inputs", "int_ops", "categories", "half_ops", "bf16_ops"]
 ATOL = 1e-4
-RTOL = 1e-4
-
-
-class Checker:
-    def __init__(self):
-        self.passed = 0
-        self.failures = []
-
-    def check(self, name, fn, *args):
-        try:
-            fn(*args)
-        except Exception as e:  # noqa: BLE001 - every failure is reported, never raised
-            frame = traceback.extract_tb(e.__traceback__)[-1]
-            self.failures.append(
-                (name, "%s: %s (at line %d)" % (type(e).__name__, e, frame.lineno))
-            )
-        else:
-            self.passed += 1
+# Relative tolerance by datatype: one unit in the last place for the half-precision types.
+RTOL = {"FP32": 1e-4, "FP64": 1e-4, "FP16": 2.0 ** -10, "BF16": 2.0 ** -7}
 
 
 def reference(model):
@@ -68,8 +54,10 @@ def assert_close(actual, spec, where):
     assert actual is not None, "%s: output missing" % where
     assert list(actual.shape) == list(expected.shape), "%s: shape %s, expected %s" % (
         where, list(actual.shape), list(expected.shape))
-    if spec["datatype"] in ("FP32", "FP64"):
-        ok = np.abs(actual.astype(np.float64) - expected) <= ATOL + RTOL * np.abs(expected)
+    assert actual.dtype == expected.dtype, "%s: dtype %s, expected %s" % (where, actual.dtype, expected.dtype)
+    if spec["datatype"] in RTOL:
+        actual, expected = actual.astype(np.float64), expected.astype(np.float64)
+        ok = np.abs(actual - expected) <= ATOL + RTOL[spec["datatype"]] * np.abs(expected)
         assert ok.all(), "%s: max abs diff %g" % (where, np.max(np.abs(actual - expected)))
     else:
         assert np.array_equal(actual, expected), "%s: %r != %r" % (where, actual, expected)
@@ -115,7 +103,7 @@ def main(argv):
     http_url, grpc_url = argv[1], argv[2]
     http = httpclient.InferenceServerClient(url=http_url, concurrency=4)
     client = grpcclient.InferenceServerClient(url=grpc_url)
-    c = Checker()
+    c = Checker("triton protocol")
 
     # ---- gRPC health and metadata ------------------------------------------
     def health():
@@ -127,7 +115,7 @@ def main(argv):
     def server_metadata():
         for metadata in (client.get_server_metadata(as_json=True), http.get_server_metadata()):
             assert metadata["name"] == "modelpod", metadata
-            for extension in ("statistics", "system_shared_memory", "classification",
+            for extension in ("statistics", "system_shared_memory", "classification", "sequence",
                               "binary_tensor_data", "model_repository", "model_configuration"):
                 assert extension in metadata["extensions"], (extension, metadata)
             assert "cuda_shared_memory" not in metadata["extensions"], metadata
@@ -212,6 +200,32 @@ def main(argv):
             assert_close(seen[str(i)].as_numpy("logits"), case["outputs"]["logits"], "stream %d" % i)
         assert "bad" in seen, "the bad request got no error in the stream: %r" % list(seen)
 
+    def half_precision_over_http():
+        # FP16 as binary and as JSON numbers; BF16 as binary (tritonclient sends it no other way).
+        for model, json_too in (("half_ops", True), ("bf16_ops", False)):
+            case = reference(model)[1]
+            spec = case["inputs"]["x"]
+            for binary in (True, False) if json_too else (True,):
+                tensor = httpclient.InferInput("x", spec["shape"], spec["datatype"])
+                tensor.set_data_from_numpy(to_numpy(spec), binary_data=binary)
+                outputs = [httpclient.InferRequestedOutput(name, binary_data=binary) for name in case["outputs"]]
+                result = http.infer(model, [tensor], outputs=outputs)
+                for name, out in case["outputs"].items():
+                    assert_close(result.as_numpy(name), out, "%s.%s (binary %s)" % (model, name, binary))
+        # The protocol has no typed contents field for FP16: a typed request is refused.
+        request = service_pb2.ModelInferRequest(model_name="half_ops")
+        tensor = request.inputs.add(name="x", datatype="FP16", shape=[1, 4])
+        tensor.contents.fp32_contents.extend([1.0, 2.0, 3.0, 4.0])
+        with grpc.insecure_channel(grpc_url) as channel:
+            try:
+                service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=10)
+            except grpc.RpcError as e:
+                assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, e.code()
+                assert "raw_input_contents" in e.details(), e.details()
+            else:
+                raise AssertionError("typed FP16 contents were accepted")
+
+    c.check("FP16 and BF16 over http", half_precision_over_http)
     c.check("async infer (grpc callbacks, http futures)", async_infer)
     c.check("streaming infer, an error in the stream", stream_infer)
 
@@ -241,10 +255,14 @@ def main(argv):
             output = module.InferRequestedOutput("logits")
             output.set_shared_memory("output_data", expected.nbytes)
             result = api.infer("mlp", [tensor], outputs=[output])
+            # As simple_*_shm_client: the output names its datatype and shape, its data is
+            # in the region (and, as Triton answers, it carries no parameters).
             meta = result.get_output("logits")
-            region = meta.parameters["shared_memory_region"].string_param if protocol == "grpc" \
-                else meta["parameters"]["shared_memory_region"]
-            assert region == "output_data", meta
+            if protocol == "grpc":
+                assert meta.datatype == "FP32" and list(meta.shape) == list(expected.shape), meta
+                assert not meta.parameters, meta
+            else:
+                assert meta["datatype"] == "FP32" and "parameters" not in meta, meta
             actual = shm.get_contents_as_numpy(out_handle, np.float32, list(expected.shape))
             assert_close(actual, case["outputs"]["logits"], "shm %s" % protocol)
             # Too small a region for the output is refused, naming the sizes.
@@ -266,8 +284,16 @@ def main(argv):
             shm.destroy_shared_memory_region(out_handle)
 
     def cuda_shared_memory_refused():
-        expect_error(lambda: client.get_cuda_shared_memory_status(), "not supported", "grpc cuda shm")
-        expect_error(lambda: http.get_cuda_shared_memory_status(), "not supported", "http cuda shm")
+        # No CUDA region can be registered: none is listed, unregistering has nothing to do.
+        assert not client.get_cuda_shared_memory_status().regions
+        assert http.get_cuda_shared_memory_status() == []
+        client.unregister_cuda_shared_memory()
+        http.unregister_cuda_shared_memory()
+        handle = b"\0" * 64
+        expect_error(lambda: client.register_cuda_shared_memory("gpu", handle, 0, 64), "not supported",
+                     "grpc cuda shm register")
+        expect_error(lambda: http.register_cuda_shared_memory("gpu", handle, 0, 64), "not supported",
+                     "http cuda shm register")
 
     c.check("system shared memory (grpc)", shared_memory, "grpc")
     c.check("system shared memory (http)", shared_memory, "http")
@@ -333,6 +359,95 @@ def main(argv):
                          "'config'", "a malformed config override")
 
     c.check("model control (grpc)", model_control)
+
+    # ---- sequences: the stateful accumulator ------------------------------------
+    def sequence_inputs(module, value):
+        tensor = module.InferInput("INPUT", [1, 1], "INT32")
+        tensor.set_data_from_numpy(np.array([[value]], dtype=np.int32))
+        return [tensor]
+
+    VALUES = [11, 7, 5, 3, 2, 0, 1]
+
+    def check_step(result, i, seq_id, expected):
+        assert result.as_numpy("OUTPUT")[0][0] == expected, (seq_id, i, result.as_numpy("OUTPUT"))
+        assert result.as_numpy("CORRID_OUT")[0][0] == seq_id, result.as_numpy("CORRID_OUT")
+        controls = [int(i == 0), int(i == len(VALUES) - 1), 1]
+        assert list(result.as_numpy("CONTROLS")[0]) == controls, (i, result.as_numpy("CONTROLS"))
+
+    def sequence_sync(module, api, model, first_id):
+        # As Triton's simple_*_sequence_sync_infer_client: two sequences interleaved, the
+        # second with negated values; OUTPUT is each one's running sum.
+        ids = (first_id, first_id + 1)
+        sums = [0, 0]
+        for i, value in enumerate(VALUES):
+            for s, seq_id in enumerate(ids):
+                v = value if s == 0 else -value
+                result = api.infer(model, sequence_inputs(module, v), sequence_id=seq_id,
+                                   sequence_start=(i == 0), sequence_end=(i == len(VALUES) - 1))
+                sums[s] += v
+                check_step(result, i, seq_id, sums[s])
+
+    def sequence_stream():
+        # As Triton's simple_grpc_sequence_stream_infer_client: every request on one stream.
+        results = queue.Queue()
+        client.start_stream(callback=lambda result, error: results.put((result, error)))
+        ids = (3000, 3001)
+        for i, value in enumerate(VALUES):
+            for s, seq_id in enumerate(ids):
+                client.async_stream_infer(
+                    "accumulator", sequence_inputs(grpcclient, value if s == 0 else -value),
+                    request_id="%d_%d" % (seq_id, i), sequence_id=seq_id,
+                    sequence_start=(i == 0), sequence_end=(i == len(VALUES) - 1))
+        seen = {}
+        for _ in range(len(VALUES) * len(ids)):
+            result, error = results.get(timeout=30)
+            assert error is None, error
+            seen[result.get_response().id] = result
+        client.stop_stream()
+        for s, seq_id in enumerate(ids):
+            total = 0
+            for i, value in enumerate(VALUES):
+                total += value if s == 0 else -value
+                check_step(seen["%d_%d" % (seq_id, i)], i, seq_id, total)
+
+    def sequence_oldest_and_idle():
+        # Four sequences at once, http futures: the oldest strategy batches across them.
+        pending = [(seq_id, http.async_infer("accumulator_oldest", sequence_inputs(httpclient, seq_id),
+                                             sequence_id=seq_id, sequence_start=True))
+                   for seq_id in range(4000, 4004)]
+        for seq_id, request in pending:
+            assert request.get_result().as_numpy("OUTPUT")[0][0] == seq_id
+        # Idle past 300 ms, a sequence has ended: its next request needs START again.
+        time.sleep(0.8)
+        expect_error(lambda: client.infer("accumulator_oldest", sequence_inputs(grpcclient, 1), sequence_id=4000),
+                     "must specify the START flag", "a request after the idle timeout",
+                     status="StatusCode.INVALID_ARGUMENT")
+
+    def sequence_refusals():
+        inputs = sequence_inputs(grpcclient, 1)
+        expect_error(lambda: client.infer("accumulator", inputs, sequence_id=77),
+                     "must specify the START flag on the first request of the sequence",
+                     "a sequence without START", status="StatusCode.INVALID_ARGUMENT")
+        expect_error(lambda: client.infer("accumulator", inputs),
+                     "must specify a non-zero or non-empty correlation ID", "no sequence id")
+        expect_error(lambda: http.infer("accumulator", sequence_inputs(httpclient, 1), sequence_id="text", sequence_start=True),
+                     "does not fit", "a text id for a UINT64 correlation id")
+        expect_error(lambda: client.infer("mlp", grpc_inputs(reference("mlp")[0]), sequence_id=5, sequence_start=True),
+                     "not stateful", "a sequence id for a stateless model")
+        # Clients see INPUT only; the config lists the batcher's controls.
+        assert [i["name"] for i in client.get_model_metadata("accumulator", as_json=True)["inputs"]] == ["INPUT"]
+        for config in (client.get_model_config("accumulator", as_json=True)["config"],
+                       http.get_model_config("accumulator")):
+            batching = config["sequence_batching"]
+            names = sorted(c["name"] for c in batching["control_input"])
+            assert names == ["CORRID", "END", "READY", "START"], batching
+            assert "direct" in batching and "dynamic_batching" not in config, config
+
+    c.check("sequence, sync (grpc)", sequence_sync, grpcclient, client, "accumulator", 1000)
+    c.check("sequence, sync (http)", sequence_sync, httpclient, http, "accumulator", 2000)
+    c.check("sequence, grpc stream", sequence_stream)
+    c.check("sequence, oldest strategy and idle timeout", sequence_oldest_and_idle)
+    c.check("sequence refusals and config", sequence_refusals)
 
     # ---- what modelpod refuses instead of ignoring ------------------------------
     def refusals():
@@ -403,10 +518,7 @@ def main(argv):
 
     client.close()
     http.close()
-    for name, message in c.failures:
-        print("FAIL %s: %s" % (name, message))
-    print("triton protocol: %d passed, %d failed" % (c.passed, len(c.failures)))
-    return 1 if c.failures else 0
+    return c.report()
 
 
 if __name__ == "__main__":

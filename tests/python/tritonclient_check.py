@@ -17,9 +17,9 @@ The exit status is 0 when every check passed and 1 otherwise.
 import json
 import os
 import sys
-import traceback
 
 import numpy as np
+from checks import Checker
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 
@@ -32,31 +32,6 @@ INFER_MODELS = ["mlp", "cnn", "embed", "two_inputs", "int_ops"]
 FLOAT_TYPES = {"FP16", "FP32", "FP64", "BF16"}
 ATOL = 1e-4
 RTOL = 1e-4
-
-
-class Checker:
-    def __init__(self):
-        self.passed = 0
-        self.failures = []
-
-    def check(self, name, fn, *args, **kwargs):
-        try:
-            fn(*args, **kwargs)
-        except AssertionError as e:
-            self.failures.append((name, "assertion failed: %s" % e))
-        except InferenceServerException as e:
-            self.failures.append((name, "unexpected InferenceServerException: %s" % e))
-        except Exception as e:  # noqa: BLE001 - report anything unexpected
-            frame = traceback.extract_tb(e.__traceback__)[-1]
-            self.failures.append(
-                (
-                    name,
-                    "unexpected %s: %s (raised at %s:%d)"
-                    % (type(e).__name__, e, os.path.basename(frame.filename), frame.lineno),
-                )
-            )
-        else:
-            self.passed += 1
 
 
 def load_reference(model):
@@ -205,7 +180,7 @@ def main(argv):
         return 2
     url = argv[1]
     client = httpclient.InferenceServerClient(url=url, network_timeout=60.0)
-    c = Checker()
+    c = Checker("tritonclient")
 
     # Fail fast (with one clear message) when nothing answers at URL.
     try:
@@ -326,12 +301,7 @@ def main(argv):
 
     client.close()
 
-    failed = len(c.failures)
-    if failed:
-        for name, msg in c.failures:
-            print("FAIL %s: %s" % (name, msg))
-    print("tritonclient: %d passed, %d failed" % (c.passed, failed))
-    return 1 if failed else 0
+    return c.report()
 
 
 if __name__ == "__main__":

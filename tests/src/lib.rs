@@ -17,6 +17,9 @@ use std::time::Duration;
 /// against ONNX Runtime's CPU provider; integer and boolean outputs must match exactly.
 pub const ABS_TOLERANCE: f64 = 1e-4;
 pub const REL_TOLERANCE: f64 = 1e-4;
+/// FP16 and BF16 outputs: one unit in the last place (2^-10 and 2^-7 relative).
+pub const FP16_REL_TOLERANCE: f64 = 1.0 / 1024.0;
+pub const BF16_REL_TOLERANCE: f64 = 1.0 / 128.0;
 
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -109,13 +112,18 @@ pub fn compare(name: &str, actual: &Tensor, expected: &RefTensor) -> Result<(), 
             None => Ok(()),
         };
     }
-    let exact = !matches!(expected.data(), TensorData::Fp32(_) | TensorData::Fp64(_));
+    // Half-precision results may differ by one unit in the last place between engines.
+    let relative = match expected.dtype() {
+        DataType::Fp32 | DataType::Fp64 => Some(REL_TOLERANCE),
+        DataType::Fp16 => Some(FP16_REL_TOLERANCE),
+        DataType::Bf16 => Some(BF16_REL_TOLERANCE),
+        _ => None,
+    };
     let (a, e) = (actual.data().to_f64_vec(), expected.data().to_f64_vec());
     for (i, (x, y)) in a.iter().zip(&e).enumerate() {
-        let ok = if exact {
-            x == y
-        } else {
-            (x - y).abs() <= ABS_TOLERANCE + REL_TOLERANCE * y.abs()
+        let ok = match relative {
+            None => x == y,
+            Some(relative) => (x - y).abs() <= ABS_TOLERANCE + relative * y.abs(),
         };
         if !ok {
             return Err(format!("{name}[{i}]: got {x}, expected {y}"));

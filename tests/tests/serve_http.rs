@@ -165,7 +165,16 @@ fn azure_score_runs_the_declared_pipeline() {
 fn v2_json_inference_matches_references() {
     let server = start(serve_args(&fixtures()));
     let http = client();
-    for name in ["mlp", "cnn", "embed", "two_inputs", "int_ops", "categories"] {
+    for name in [
+        "mlp",
+        "cnn",
+        "embed",
+        "two_inputs",
+        "int_ops",
+        "categories",
+        "half_ops",
+        "bf16_ops",
+    ] {
         for case in
             reference_cases(&workspace_root().join(format!("tests/fixtures/reference/{name}.json")))
         {
@@ -817,6 +826,21 @@ const SERVE_ROUTES: &[(&str, &str, &str)] = &[
     ("POST", "/v2/repository/index", "{}"),
     ("POST", "/v2/repository/models/mlp/load", ""),
     ("POST", "/v2/repository/models/mlp/unload", ""),
+    ("GET", "/v2/models/stats", ""),
+    ("GET", "/v2/models/mlp/stats", ""),
+    ("GET", "/v2/models/mlp/versions/1/stats", ""),
+    ("GET", "/v2/systemsharedmemory/status", ""),
+    ("GET", "/v2/systemsharedmemory/region/r/status", ""),
+    (
+        "POST",
+        "/v2/systemsharedmemory/region/r/register",
+        r#"{"key": "modelpod_keys_test", "offset": 0, "byte_size": 16}"#,
+    ),
+    ("POST", "/v2/systemsharedmemory/unregister", ""),
+    ("POST", "/v2/systemsharedmemory/region/r/unregister", ""),
+    ("GET", "/v2/cudasharedmemory/status", ""),
+    ("POST", "/v2/trace/setting", "{}"),
+    ("POST", "/v2/logging", "{}"),
     ("GET", "/no/such/route", ""),
 ];
 

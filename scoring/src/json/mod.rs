@@ -3,8 +3,77 @@
 
 mod scan;
 
-use modelpod_accel::{DataType, MapKeys, Tensor, TensorData};
+use modelpod_accel::{DataType, MapKeys, Tensor, TensorData, bf16, f16};
 use serde_json::{Number, Value};
+
+/// Runs `$body` with `$v` bound to a slice of the elements of a [`TensorData`] as they go into
+/// JSON: FP16 and BF16 widened to f32 (a JSON number; `half`'s own serde form is the raw
+/// bits), every other type borrowed.
+macro_rules! with_json_elements {
+    ($data:expr, $v:ident => $body:expr) => {{
+        let widened: Vec<f32>;
+        match $data {
+            TensorData::Fp16(h) => {
+                widened = h.iter().map(|x| x.to_f32()).collect();
+                let $v = widened.as_slice();
+                $body
+            }
+            TensorData::Bf16(h) => {
+                widened = h.iter().map(|x| x.to_f32()).collect();
+                let $v = widened.as_slice();
+                $body
+            }
+            TensorData::Bool(x) => {
+                let $v = x.as_slice();
+                $body
+            }
+            TensorData::Uint8(x) => {
+                let $v = x.as_slice();
+                $body
+            }
+            TensorData::Uint16(x) => {
+                let $v = x.as_slice();
+                $body
+            }
+            TensorData::Uint32(x) => {
+                let $v = x.as_slice();
+                $body
+            }
+            TensorData::Uint64(x) => {
+                let $v = x.as_slice();
+                $body
+            }
+            TensorData::Int8(x) => {
+                let $v = x.as_slice();
+                $body
+            }
+            TensorData::Int16(x) => {
+                let $v = x.as_slice();
+                $body
+            }
+            TensorData::Int32(x) => {
+                let $v = x.as_slice();
+                $body
+            }
+            TensorData::Int64(x) => {
+                let $v = x.as_slice();
+                $body
+            }
+            TensorData::Fp32(x) => {
+                let $v = x.as_slice();
+                $body
+            }
+            TensorData::Fp64(x) => {
+                let $v = x.as_slice();
+                $body
+            }
+            TensorData::Bytes(x) => {
+                let $v = x.as_slice();
+                $body
+            }
+        }
+    }};
+}
 
 /// Flattens nested JSON arrays, returning the shape they describe and the leaves converted
 /// to `dtype`. A bare scalar has shape `[]`. Ragged arrays, non-numbers and values that do
@@ -226,6 +295,13 @@ impl Flattener {
             // A number beyond FP32's range would silently become infinity.
             TensorData::Fp32(v) => v.push(Some(leaf.float()? as f32).filter(|x| x.is_finite())?),
             TensorData::Fp64(v) => v.push(leaf.float()?),
+            // Rounded to the nearest half-precision value; beyond the type's range, refused.
+            TensorData::Fp16(v) => {
+                v.push(Some(f16::from_f64(leaf.float()?)).filter(|x| x.is_finite())?)
+            }
+            TensorData::Bf16(v) => {
+                v.push(Some(bf16::from_f64(leaf.float()?)).filter(|x| x.is_finite())?)
+            }
             // Text only: a number sent for a string input is a mistake worth naming.
             TensorData::Bytes(v) => match leaf {
                 Leaf::Text(text) => v.push(text.to_string()),
@@ -327,7 +403,7 @@ pub struct FlatData<'a>(pub &'a TensorData);
 
 impl serde::Serialize for FlatData<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        modelpod_accel::with_tensor_data!(self.0, v => serializer.collect_seq(v.iter()))
+        with_json_elements!(self.0, v => serializer.collect_seq(v.iter()))
     }
 }
 
@@ -341,7 +417,7 @@ pub struct SqueezedTensor<'a>(pub &'a Tensor);
 impl serde::Serialize for SqueezedTensor<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let shape = squeezed(self.0.shape());
-        modelpod_accel::with_tensor_data!(self.0.data(), v => Nested { values: v.as_slice(), shape }.serialize(serializer))
+        with_json_elements!(self.0.data(), v => Nested { values: v, shape }.serialize(serializer))
     }
 }
 
@@ -352,7 +428,7 @@ pub struct MapRows<'a>(pub &'a Tensor, pub &'a MapKeys);
 impl serde::Serialize for MapRows<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let keys: Vec<String> = (0..self.1.len()).filter_map(|i| self.1.key(i)).collect();
-        modelpod_accel::with_tensor_data!(self.0.data(), v => serializer.collect_seq(
+        with_json_elements!(self.0.data(), v => serializer.collect_seq(
             v.chunks(keys.len().max(1)).map(|row| Row { keys: &keys, values: row })
         ))
     }
@@ -381,7 +457,7 @@ pub fn squeezed(shape: &[usize]) -> &[usize] {
 impl serde::Serialize for NestedTensor<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let shape = self.0.shape();
-        modelpod_accel::with_tensor_data!(self.0.data(), v => Nested { values: v.as_slice(), shape }.serialize(serializer))
+        with_json_elements!(self.0.data(), v => Nested { values: v, shape }.serialize(serializer))
     }
 }
 
@@ -440,18 +516,24 @@ fn leaf_values(data: &TensorData) -> Vec<Value> {
         // JSON has no NaN or infinity; null is what serde_json and Python's strict encoders write.
         Number::from_f64(x).map_or(Value::Null, Value::Number)
     }
+    fn integers<T: Copy + Into<Value>>(v: &[T]) -> Vec<Value> {
+        v.iter().map(|&x| x.into()).collect()
+    }
     match data {
         TensorData::Bool(v) => v.iter().map(|&b| Value::Bool(b)).collect(),
+        TensorData::Fp16(v) => v.iter().map(|x| float(x.to_f64())).collect(),
+        TensorData::Bf16(v) => v.iter().map(|x| float(x.to_f64())).collect(),
         TensorData::Fp32(v) => v.iter().map(|&x| float(x as f64)).collect(),
         TensorData::Fp64(v) => v.iter().map(|&x| float(x)).collect(),
         TensorData::Bytes(v) => v.iter().map(|s| Value::String(s.clone())).collect(),
-        other => {
-            modelpod_accel::with_numeric_data!(
-                other,
-                v => v.iter().map(|&x| Value::from(x)).collect(),
-                s => s.iter().map(|x| Value::String(x.clone())).collect()
-            )
-        }
+        TensorData::Uint8(v) => integers(v),
+        TensorData::Uint16(v) => integers(v),
+        TensorData::Uint32(v) => integers(v),
+        TensorData::Uint64(v) => integers(v),
+        TensorData::Int8(v) => integers(v),
+        TensorData::Int16(v) => integers(v),
+        TensorData::Int32(v) => integers(v),
+        TensorData::Int64(v) => integers(v),
     }
 }
 
@@ -561,6 +643,28 @@ mod tests {
             flatten_slice(b"[[], []]", DataType::Fp32).unwrap().0,
             vec![2, 0]
         );
+    }
+
+    #[test]
+    fn half_precision_is_json_numbers_both_ways() {
+        let (shape, data) = flatten_slice(b"[[0.5, -2], [1e-3, 65504]]", DataType::Fp16).unwrap();
+        assert_eq!(shape, vec![2, 2]);
+        // 1e-3 rounds to the nearest FP16 (0.0010004 = 0x1419).
+        assert_eq!(data.to_le_bytes()[4..6], [0x19, 0x14]);
+        let tensor = Tensor::new(shape, data).unwrap();
+        assert_eq!(
+            serde_json::to_value(NestedTensor(&tensor)).unwrap(),
+            json!([[0.5, -2.0], [f16::from_f64(1e-3).to_f32(), 65504.0]])
+        );
+        assert_eq!(to_flat_json(tensor.data())[3], json!(65504.0));
+        // Past FP16's largest value is refused, not made infinity; BF16 reaches FP32's range.
+        let error = flatten(&json!([1, 70000]), DataType::Fp16).unwrap_err();
+        assert!(
+            error.contains("element 1 (70000) is not a valid FP16"),
+            "{error}"
+        );
+        let (_, wide) = flatten(&json!([3e38]), DataType::Bf16).unwrap();
+        assert!(wide.to_f64_vec()[0] > 2.9e38);
     }
 
     #[test]

@@ -2,12 +2,13 @@
 //! one fallback rule, a session per instance on every device, the footprint measured on the
 //! host and the devices, a warm-up run, and the batch policy.
 
-use super::{Registry, ServedModel};
+use super::{ModelQueue, Registry, ServedModel};
 use crate::batcher::{BatchPolicy, Batcher};
 use crate::manifest::ModelManifest;
 use crate::memory::{Footprint, HOST, unmeasured_footprint};
 use crate::pipeline::{ScorePipeline, shape_text};
 use crate::repository::VersionSource;
+use crate::sequence::{SequenceBatcher, SequenceLayout, sequence_policy};
 use modelpod_accel::plan::Candidate;
 use modelpod_accel::{
     Backend, DataType, Device, EngineError, EngineOptions, Signature, Tensor, TensorData,
@@ -147,8 +148,18 @@ impl Registry {
             warm_up(name, model.signature(), backends[first].as_mut());
             signature.get_or_insert_with(|| model.signature().clone());
         }
-        let signature = signature.expect("a candidate names at least one device");
-        let policy = batch_policy(manifest, &signature).map_err(BuildError::Model)?;
+        let model_signature = signature.expect("a candidate names at least one device");
+        let policy = batch_policy(manifest, &model_signature).map_err(BuildError::Model)?;
+        // A stateful model's clients see its inputs less the ones the batcher fills in.
+        let (sequence, signature) = match &manifest.sequence_batching {
+            None => (None, model_signature),
+            Some(section) => {
+                let (layout, client) =
+                    SequenceLayout::new(section, &model_signature, policy.batches())
+                        .map_err(BuildError::Model)?;
+                (Some((layout, sequence_policy(section, &policy))), client)
+            }
+        };
         let pipeline = ScorePipeline::new(&manifest.score, &signature, policy.batches(), dir)
             .map_err(BuildError::Model)?;
 
@@ -176,6 +187,25 @@ impl Registry {
             ("version".to_string(), version.to_string()),
         ];
         let statistics = std::sync::Arc::new(crate::statistics::ModelStatistics::default());
+        let thread_name = format!("{name}/{version}");
+        let queue = match sequence {
+            None => ModelQueue::Dynamic(Batcher::start(
+                &thread_name,
+                labels,
+                policy.clone(),
+                backends,
+                statistics.clone(),
+            )),
+            Some((layout, sequence_policy)) => ModelQueue::Sequence(SequenceBatcher::start(
+                name,
+                &thread_name,
+                labels,
+                layout,
+                sequence_policy,
+                backends,
+                statistics.clone(),
+            )),
+        };
         Ok(ServedModel {
             name: name.to_string(),
             version,
@@ -183,13 +213,7 @@ impl Registry {
             devices: candidate.devices.clone(),
             signature,
             instances,
-            batcher: Batcher::start(
-                &format!("{name}/{version}"),
-                labels,
-                policy.clone(),
-                backends,
-                statistics.clone(),
-            ),
+            queue,
             statistics,
             policy,
             pipeline,

@@ -26,6 +26,7 @@ use crate::memory::{
 };
 use crate::pipeline::{ScorePipeline, shape_text};
 use crate::repository::{ModelSource, RepositoryError, VersionSource, scan_repository};
+use crate::sequence::{SequenceBatcher, SequenceFlags};
 use modelpod_accel::plan::EnginePlan;
 use modelpod_accel::{Device, EngineChoice, EngineKind, EngineOptions, Signature, Tensor};
 use parking_lot::{Condvar, Mutex, RwLock};
@@ -150,7 +151,7 @@ pub struct ServedModel {
     pub footprint: Footprint,
     /// When a request last took this model, in nanoseconds since the registry opened.
     last_used: AtomicU64,
-    batcher: Batcher,
+    queue: ModelQueue,
     /// Triton's statistics extension for this version (its batcher records executions).
     pub statistics: Arc<crate::statistics::ModelStatistics>,
 }
@@ -208,18 +209,44 @@ impl ServedModel {
             .collect()
     }
 
-    /// Queues inputs (signature order) for the batcher.
+    /// Queues inputs (signature order) for the batcher; `sequence` places a request of a
+    /// stateful model in its sequence, and is refused for any other model.
     pub fn submit(
         &self,
         inputs: Vec<Tensor>,
+        sequence: Option<SequenceFlags>,
         deadline: Option<Instant>,
     ) -> Result<JobReply, ScoringError> {
-        self.batcher.submit(inputs, deadline)
+        match (&self.queue, sequence) {
+            (ModelQueue::Dynamic(batcher), None) => batcher.submit(inputs, deadline),
+            (ModelQueue::Dynamic(_), Some(_)) => Err(ScoringError::BadRequest(format!(
+                "model '{}' is not stateful: sequence_id, sequence_start and sequence_end apply to models with a [sequence_batching] section",
+                self.name
+            ))),
+            (ModelQueue::Sequence(batcher), sequence) => batcher.submit(inputs, sequence),
+        }
     }
 
     pub fn queue_len(&self) -> usize {
-        self.batcher.queue_len()
+        match &self.queue {
+            ModelQueue::Dynamic(batcher) => batcher.queue_len(),
+            ModelQueue::Sequence(batcher) => batcher.queue_len(),
+        }
     }
+
+    /// The sequence batcher of a stateful model.
+    pub fn sequence_batcher(&self) -> Option<&SequenceBatcher> {
+        match &self.queue {
+            ModelQueue::Dynamic(_) => None,
+            ModelQueue::Sequence(batcher) => Some(batcher),
+        }
+    }
+}
+
+/// Where a model's requests wait for its workers.
+pub(crate) enum ModelQueue {
+    Dynamic(Batcher),
+    Sequence(SequenceBatcher),
 }
 
 pub(crate) struct VersionEntry {
@@ -663,7 +690,7 @@ mod tests {
         // The in-flight models still serve.
         let row = Tensor::new(vec![1, 4], vec![0.1f32, 0.2, 0.3, 0.4]).unwrap();
         assert!(
-            a.submit(vec![row], None)
+            a.submit(vec![row], None, None)
                 .unwrap()
                 .blocking_recv()
                 .unwrap()

@@ -96,6 +96,7 @@ pub fn decode_request(
     v2::check_unique(outputs.iter().map(|o| o.name.as_str()), "output")?;
     Ok(InferRequest {
         id: Some(message.id).filter(|id| !id.is_empty()),
+        sequence: v2::sequence_flags(lookup(&message.parameters))?,
         inputs,
         outputs,
         binary_output: true,
@@ -186,6 +187,13 @@ fn typed_contents(
         DataType::Uint64 => TensorData::Uint64(contents.uint64_contents.clone()),
         DataType::Fp32 => TensorData::Fp32(contents.fp32_contents.clone()),
         DataType::Fp64 => TensorData::Fp64(contents.fp64_contents.clone()),
+        // As in Triton: the protocol has no typed field for half precision.
+        DataType::Fp16 | DataType::Bf16 => {
+            return Err(ScoringError::BadRequest(format!(
+                "{what}: {dtype} has no typed contents field in the protocol; send it in \
+                 raw_input_contents"
+            )));
+        }
         DataType::Bytes => TensorData::Bytes(
             contents
                 .bytes_contents
@@ -202,20 +210,8 @@ fn typed_contents(
     })
 }
 
-fn text(value: &str) -> InferParameter {
-    InferParameter {
-        parameter_choice: Some(ParameterChoice::StringParam(value.to_string())),
-    }
-}
-
-fn int(value: usize) -> InferParameter {
-    InferParameter {
-        parameter_choice: Some(ParameterChoice::Int64Param(value as i64)),
-    }
-}
-
 /// The answer: every output's data raw, in order (an empty entry for one written to shared
-/// memory, so indices still line up).
+/// memory, so indices still line up, and no parameters on it, as Triton answers).
 pub fn encode_response(
     model_name: &str,
     model_version: u64,
@@ -225,13 +221,8 @@ pub fn encode_response(
     let mut outputs = Vec::with_capacity(finished.len());
     let mut raw = Vec::with_capacity(finished.len());
     for output in finished {
-        let mut parameters = HashMap::new();
         match &output.placement {
-            Placement::SharedMemory { region, byte_size } => {
-                parameters.insert("shared_memory_region".to_string(), text(region));
-                parameters.insert("shared_memory_byte_size".to_string(), int(*byte_size));
-                raw.push(bytes::Bytes::new());
-            }
+            Placement::SharedMemory { .. } => raw.push(bytes::Bytes::new()),
             Placement::Json | Placement::Binary => {
                 raw.push(bytes::Bytes::from(output.tensor.data().to_le_bytes()));
             }
@@ -240,7 +231,7 @@ pub fn encode_response(
             name: output.name,
             datatype: output.tensor.dtype().as_str().to_string(),
             shape: output.tensor.shape().iter().map(|&d| d as i64).collect(),
-            parameters,
+            parameters: HashMap::new(),
             contents: None,
         });
     }
@@ -257,6 +248,12 @@ pub fn encode_response(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn int(value: usize) -> InferParameter {
+        InferParameter {
+            parameter_choice: Some(ParameterChoice::Int64Param(value as i64)),
+        }
+    }
     use proptest::prelude::*;
     use prost::Message;
 

@@ -5,11 +5,11 @@
 use super::codec;
 use crate::AppState;
 use crate::config::ModelControl;
-use modelpod_accel::{DataType, Device, TensorSpec};
+use modelpod_accel::TensorSpec;
 use modelpod_http::ApiError;
 use modelpod_proto::GrpcInferenceService;
 use modelpod_proto::inference::*;
-use modelpod_scoring::{ModelState, Registry, ScoringError, ServedModel};
+use modelpod_scoring::{ModelState, Registry, ScoringError};
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -54,94 +54,6 @@ fn version(text: &str) -> Result<Option<u64>, Status> {
     text.parse::<u64>().map(Some).map_err(|_| {
         Status::invalid_argument(format!("model version '{text}' is not a positive integer"))
     })
-}
-
-fn triton_type(dtype: DataType) -> i32 {
-    match dtype {
-        DataType::Bool => 1,
-        DataType::Uint8 => 2,
-        DataType::Uint16 => 3,
-        DataType::Uint32 => 4,
-        DataType::Uint64 => 5,
-        DataType::Int8 => 6,
-        DataType::Int16 => 7,
-        DataType::Int32 => 8,
-        DataType::Int64 => 9,
-        DataType::Fp32 => 11,
-        DataType::Fp64 => 12,
-        DataType::Bytes => 13,
-    }
-}
-
-/// Triton's config dims: without the batch dimension when the model batches.
-fn config_dims(spec: &TensorSpec, batched: bool) -> Vec<i64> {
-    let dims = spec.dims_i64();
-    if batched && !dims.is_empty() {
-        dims[1..].to_vec()
-    } else {
-        dims
-    }
-}
-
-fn model_config(model: &ServedModel) -> ModelConfig {
-    let batched = model.policy.batches();
-    let kind = model.engine.device_kind().triton_kind();
-    let gpus = model
-        .devices
-        .iter()
-        .filter_map(|d| match d {
-            Device::Cuda(n) => Some(*n as i32),
-            _ => None,
-        })
-        .collect();
-    ModelConfig {
-        name: model.name.clone(),
-        platform: model.engine.triton_platform().to_string(),
-        backend: model.engine.as_str().to_string(),
-        max_batch_size: model.policy.max_batch_size as i32,
-        input: model
-            .signature
-            .inputs
-            .iter()
-            .map(|s| ModelInput {
-                name: s.name.clone(),
-                data_type: triton_type(s.dtype),
-                dims: config_dims(s, batched),
-                optional: false,
-            })
-            .collect(),
-        output: model
-            .signature
-            .outputs
-            .iter()
-            .map(|s| ModelOutput {
-                name: s.name.clone(),
-                data_type: triton_type(s.dtype),
-                dims: config_dims(s, batched),
-                label_filename: String::new(),
-            })
-            .collect(),
-        instance_group: vec![ModelInstanceGroup {
-            name: format!("{}_0", model.name),
-            count: model.instances as i32,
-            gpus,
-            kind: match kind {
-                "KIND_GPU" => model_instance_group::Kind::Gpu as i32,
-                "KIND_CPU" => model_instance_group::Kind::Cpu as i32,
-                _ => model_instance_group::Kind::Model as i32,
-            },
-        }],
-        dynamic_batching: batched.then(|| ModelDynamicBatching {
-            preferred_batch_size: model
-                .policy
-                .preferred_batch_sizes
-                .iter()
-                .map(|&n| n as i32)
-                .collect(),
-            max_queue_delay_microseconds: model.policy.max_queue_delay.as_micros() as u64,
-        }),
-        sequence_batching: None,
-    }
 }
 
 fn duration(d: modelpod_scoring::statistics::StatisticDuration) -> Option<StatisticDuration> {
@@ -346,7 +258,7 @@ impl GrpcInferenceService for InferenceService {
             .await
             .map_err(status)?;
         Ok(Response::new(ModelConfigResponse {
-            config: Some(model_config(&model)),
+            config: Some(crate::model_config::model_config(&model)),
         }))
     }
 
@@ -502,10 +414,14 @@ impl GrpcInferenceService for InferenceService {
         Ok(Response::new(SystemSharedMemoryUnregisterResponse {}))
     }
 
+    /// No CUDA region can be registered: the status of all is empty, that of one an error.
     async fn cuda_shared_memory_status(
         &self,
-        _: Request<CudaSharedMemoryStatusRequest>,
+        request: Request<CudaSharedMemoryStatusRequest>,
     ) -> Result<Response<CudaSharedMemoryStatusResponse>, Status> {
+        if request.get_ref().name.is_empty() {
+            return Ok(Response::new(CudaSharedMemoryStatusResponse::default()));
+        }
         Err(Status::invalid_argument(
             crate::extensions::NO_CUDA_SHARED_MEMORY,
         ))
@@ -520,13 +436,12 @@ impl GrpcInferenceService for InferenceService {
         ))
     }
 
+    /// Nothing to unregister: clients (perf_analyzer) unregister every kind on their way out.
     async fn cuda_shared_memory_unregister(
         &self,
         _: Request<CudaSharedMemoryUnregisterRequest>,
     ) -> Result<Response<CudaSharedMemoryUnregisterResponse>, Status> {
-        Err(Status::invalid_argument(
-            crate::extensions::NO_CUDA_SHARED_MEMORY,
-        ))
+        Ok(Response::new(CudaSharedMemoryUnregisterResponse::default()))
     }
 
     async fn trace_setting(

@@ -15,9 +15,9 @@ MODEL=${MODEL:-image_cnn}
 CONCURRENCY=${CONCURRENCY:-"1 4"}
 ROUNDS=${ROUNDS:-3}
 SECONDS_PER_POINT=${SECONDS_PER_POINT:-5}
-# perf_analyzer 2.60.0 aborts with --shared-memory system unless libcudart.so loads (it opens
-# the CUDA runtime whatever the kind of memory): the shm modes need a host with CUDA.
-MODES=${MODES:-"http grpc"}
+# perf_analyzer opens libcudart.so for --shared-memory whatever the kind of memory; install.sh
+# puts the PyPI wheel's copy in its root filesystem, which is enough without a GPU.
+MODES=${MODES:-"http grpc http-shm grpc-shm"}
 OUT=target/bench
 mkdir -p "$OUT"
 

@@ -22,13 +22,16 @@ PACKAGES=libstdc++6,libgcc-s1,libssl3t64,zlib1g,ca-certificates
 WHEEL_PLATFORM=manylinux_2_38_x86_64
 WHEEL_PYVER=3.12
 PA_BIN=/opt/perf_analyzer/bin/perf_analyzer   # path inside the rootfs
+# perf_analyzer opens the CUDA runtime for --shared-memory whatever the kind of memory; the
+# library loads without a GPU or driver, so the PyPI wheel's copy is enough for system memory.
+CUDART_WHEEL=nvidia-cuda-runtime-cu12==12.9.79
 
 CACHE_ROOT=${MODELPOD_CACHE:-$HOME/.cache/modelpod}
 PA_DIR=$CACHE_ROOT/perf-analyzer
 ROOTFS=$PA_DIR/rootfs
 WHEEL_DIR=$PA_DIR/wheels
 STAMP=$PA_DIR/installed.stamp
-STAMP_TEXT="perf_analyzer=$PA_VERSION suite=$SUITE packages=$PACKAGES bin=$PA_BIN"
+STAMP_TEXT="perf_analyzer=$PA_VERSION suite=$SUITE packages=$PACKAGES bin=$PA_BIN cudart=$CUDART_WHEEL"
 
 mode=install
 case "${1:-}" in
@@ -177,6 +180,27 @@ chmod 0755 "$dest.partial"
 mv "$dest.partial" "$dest"
 ln -sf "$PA_BIN" "$ROOTFS/usr/local/bin/perf_analyzer"
 log "installed $PA_BIN inside the rootfs"
+
+# --- 5. the CUDA runtime library it opens for shared memory -------------------
+cudart_dir=$PA_DIR/cudart
+if ! ls "$cudart_dir"/nvidia_cuda_runtime_cu12-*.whl >/dev/null 2>&1; then
+  log "downloading $CUDART_WHEEL (libcudart.so.12, for --shared-memory)"
+  rm -rf "$cudart_dir.partial"
+  mkdir -p "$cudart_dir.partial"
+  "$py" -m pip download --no-deps --only-binary=:all: --platform manylinux2014_x86_64 \
+    --disable-pip-version-check -q -d "$cudart_dir.partial" "$CUDART_WHEEL"
+  rm -rf "$cudart_dir"
+  mv "$cudart_dir.partial" "$cudart_dir"
+fi
+libdir=$ROOTFS/usr/lib/x86_64-linux-gnu
+"$py" - "$(ls "$cudart_dir"/nvidia_cuda_runtime_cu12-*.whl | head -n 1)" "$libdir/libcudart.so.12" <<'PY'
+import shutil, sys, zipfile
+wheel, out = sys.argv[1], sys.argv[2]
+with zipfile.ZipFile(wheel) as z, z.open("nvidia/cuda_runtime/lib/libcudart.so.12") as src, open(out, "wb") as dst:
+    shutil.copyfileobj(src, dst)
+PY
+ln -sf libcudart.so.12 "$libdir/libcudart.so"
+log "installed libcudart.so.12 inside the rootfs"
 
 # Every shared library must resolve inside the chroot.
 ldd_out=$(chroot "$ROOTFS" /usr/bin/ldd "$PA_BIN" 2>&1) || { echo "$ldd_out" >&2; die "ldd failed inside the chroot"; }

@@ -64,16 +64,6 @@ impl DeviceKind {
             DeviceKind::Fpga => "fpga",
         }
     }
-
-    /// Triton's instance group kind.
-    pub fn triton_kind(self) -> &'static str {
-        match self {
-            DeviceKind::Cpu => "KIND_CPU",
-            DeviceKind::Gpu => "KIND_GPU",
-            // Triton has no FPGA kind; its "model" kind means the backend places instances.
-            DeviceKind::Fpga => "KIND_MODEL",
-        }
-    }
 }
 
 impl fmt::Display for DeviceKind {

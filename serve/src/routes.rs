@@ -156,7 +156,6 @@ fn parse_version(version: Option<&str>) -> Result<Option<u64>, ApiError> {
     }
 }
 
-/// Triton's instance group: `count` instances on each device, GPUs listed by ordinal.
 async fn model_metadata(
     request: HttpRequest,
     state: web::Data<AppState>,

@@ -106,7 +106,18 @@ pub fn authorize(
     webservice: &Webservice,
     tokens: &Tokens,
 ) -> Result<(), ApiError> {
-    let presented = bearer(request).unwrap_or("");
+    authorize_credential(bearer(request), name, webservice, tokens)
+}
+
+/// Checks the credential a scoring call presented (`Authorization: Bearer <credential>`, as
+/// an HTTP header or gRPC metadata) against the webservice's auth mode.
+pub fn authorize_credential(
+    presented: Option<&str>,
+    name: &str,
+    webservice: &Webservice,
+    tokens: &Tokens,
+) -> Result<(), ApiError> {
+    let presented = presented.unwrap_or("");
     let allowed = match webservice.auth {
         AuthMode::None => true,
         AuthMode::Key => matches_any(

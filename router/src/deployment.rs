@@ -24,6 +24,8 @@ pub struct DeploymentSettings {
     pub client: reqwest::Client,
     /// The `modelpod` executable local replicas run.
     pub program: PathBuf,
+    /// The router forwards gRPC: local replicas listen for it too.
+    pub grpc: bool,
 }
 
 /// Who a deployment serves: the webservice, its kind, and the version.
@@ -151,6 +153,7 @@ impl Deployment {
                 serve_args.extend(spec.serve_args.iter().cloned());
                 local::LocalScaler::new(local::LocalReplicaSpec {
                     program: settings.program.clone(),
+                    grpc: settings.grpc,
                     serve_args,
                     api_key: key,
                     deployment: id.to_string(),

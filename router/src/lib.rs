@@ -15,6 +15,7 @@ pub mod collect;
 pub mod control;
 pub mod deployment;
 mod forwarded;
+mod grpc;
 pub mod kube;
 pub mod local;
 pub mod manifests;
@@ -121,6 +122,11 @@ pub struct RouteArgs {
     /// `serve --port`'s: local replicas are given their ports as flags, which win over it.
     #[arg(long, env = "MODELPOD_PORT")]
     pub port: Option<u16>,
+    /// Also serve the v2 gRPC service (`inference.GRPCInferenceService`) on this port, each
+    /// call naming its webservice in `modelpod-service` or `modelpod-endpoint` metadata;
+    /// 0 picks a free port [default: no gRPC listener]. Over TLS when the router has it.
+    #[arg(long, env = "MODELPOD_GRPC_PORT")]
+    pub grpc_port: Option<u16>,
     /// How long utilization must stay low before replicas are removed, in seconds
     /// [default: 60].
     #[arg(long, env = "MODELPOD_SCALE_DOWN_WINDOW_S")]
@@ -245,6 +251,9 @@ pub struct RouterConfig {
     pub host: String,
     #[serde(default = "default_port")]
     pub port: u16,
+    /// The gRPC listener's port; none without it.
+    #[serde(default)]
+    pub grpc_port: Option<u16>,
     #[serde(default = "default_window")]
     pub scale_down_window_s: u64,
     #[serde(default)]
@@ -313,6 +322,7 @@ impl RouterConfig {
             None => RouterConfig {
                 host: default_host(),
                 port: default_port(),
+                grpc_port: None,
                 scale_down_window_s: default_window(),
                 dev_test: false,
                 tls: None,
@@ -353,6 +363,9 @@ impl RouterConfig {
         }
         if let Some(port) = args.port {
             config.port = port;
+        }
+        if args.grpc_port.is_some() {
+            config.grpc_port = args.grpc_port;
         }
         if let Some(window) = args.scale_down_window_s {
             config.scale_down_window_s = window;
@@ -415,6 +428,7 @@ pub struct Router {
     server: actix_web::dev::Server,
     /// The plain-HTTP listener that redirects to HTTPS, when there is one.
     redirect: Option<actix_web::dev::Server>,
+    grpc: Option<modelpod_http::grpc::GrpcListener>,
 }
 
 impl Router {
@@ -442,11 +456,16 @@ impl Router {
             Some(port) => Some(std::net::TcpListener::bind((host.as_str(), port))?),
             None => None,
         };
+        let grpc_listener = match config.grpc_port {
+            Some(port) => Some(std::net::TcpListener::bind((host.as_str(), port))?),
+            None => None,
+        };
         let settings = deployment::DeploymentSettings {
             dev_test_cluster: config.dev_test,
             scale_down_window: Duration::from_secs(config.scale_down_window_s),
             client: http_client(),
             program: std::env::current_exe()?,
+            grpc: config.grpc_port.is_some(),
         };
         let declared = config.services.iter().map(ServiceSpec::declared).collect();
         let control = control::Control::open(
@@ -496,6 +515,19 @@ impl Router {
             webservices = %table.keys().cloned().collect::<Vec<_>>().join(","),
             "router listening on {scheme}://{address}"
         );
+        let grpc = match grpc_listener {
+            Some(listener) => {
+                let grpc = grpc::start(
+                    listener,
+                    control.clone(),
+                    Duration::from_millis(config.body_timeout_ms),
+                    config.tls.as_ref(),
+                )?;
+                tracing::info!("v2 gRPC on {scheme}://{}", grpc.address);
+                Some(grpc)
+            }
+            None => None,
+        };
         let redirect = match redirect_listener {
             Some(listener) => {
                 let target = actix_web::web::Data::new(modelpod_http::tls::RedirectTarget {
@@ -522,11 +554,17 @@ impl Router {
             control,
             server,
             redirect,
+            grpc,
         })
     }
 
     pub fn handle(&self) -> actix_web::dev::ServerHandle {
         self.server.handle()
+    }
+
+    /// The gRPC listener's address, when there is one.
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.grpc.as_ref().map(|g| g.address)
     }
 
     /// Serves until stopped (SIGTERM, SIGINT or the handle), then stops the replicas and
@@ -540,6 +578,9 @@ impl Router {
         let result = self.server.await;
         if let Some(redirect) = redirect {
             redirect.stop(true).await;
+        }
+        if let Some(mut grpc) = self.grpc {
+            let _ = tokio::task::spawn_blocking(move || grpc.stop()).await;
         }
         self.control.shutdown().await;
         result

@@ -28,6 +28,9 @@ pub struct LocalReplicaSpec {
     pub api_key: String,
     /// The deployment's name, for metrics and logs.
     pub deployment: String,
+    /// Replicas listen for gRPC on a free port they report (the router forwards gRPC);
+    /// otherwise they hold no gRPC port.
+    pub grpc: bool,
 }
 
 /// The first restart delay of a replica that exits; doubled on each exit that follows too soon.
@@ -89,9 +92,7 @@ impl LocalScaler {
             .arg("serve")
             .args(&self.spec.serve_args)
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            // The router forwards HTTP only; a gRPC port nobody is told of would only hold
-            // a port.
-            .args(["--grpc-port", "off"])
+            .args(["--grpc-port", if self.spec.grpc { "0" } else { "off" }])
             .env("MODELPOD_API_KEYS", &self.spec.api_key)
             // What the replica's repository control answers, it answers only the router.
             .env("MODELPOD_MODEL_CONTROL_MODE", "none")

@@ -97,7 +97,7 @@ async fn render_metrics(state: web::Data<RouterState>) -> HttpResponse {
 }
 
 /// Azure's messages for a request no replica could take: 503 either way.
-fn no_replica(why: NoReplica, service: &str) -> ScoringError {
+pub(crate) fn no_replica(why: NoReplica, service: &str) -> ScoringError {
     ScoringError::Overloaded(match why {
         NoReplica::NoneReady => format!("No ready replicas for service {service}"),
         NoReplica::AllBusy => format!("Too many requests for service {service} (overloaded)"),
@@ -196,10 +196,6 @@ async fn forward(
     }
     let code = response.status().as_u16();
     let version = version.unwrap_or_default();
-    metrics::counter!("modelpod_router_requests_total", "service" => name.to_string(), "version" => version.clone(), "code" => code.to_string())
-        .increment(1);
-    metrics::histogram!("modelpod_router_request_duration_seconds", "service" => name.to_string(), "version" => version.clone())
-        .record(arrival.elapsed().as_secs_f64());
     let request_id = response
         .headers()
         .get("x-ms-request-id")
@@ -207,20 +203,32 @@ async fn forward(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_string();
-    live.log_request(super::RequestLog {
-        time: jiff::Timestamp::now(),
-        request_id,
-        service: name.to_string(),
-        version,
-        method: request.method().to_string(),
-        path: request.path().to_string(),
-        status: code,
-        replica: timing.replica,
-        queue_us: timing.queue_us,
-        upstream_us: timing.upstream_us,
-        total_us: arrival.elapsed().as_micros() as u64,
-    });
+    account(
+        live,
+        super::RequestLog {
+            time: jiff::Timestamp::now(),
+            request_id,
+            service: name.to_string(),
+            version,
+            method: request.method().to_string(),
+            path: request.path().to_string(),
+            status: code,
+            replica: timing.replica,
+            queue_us: timing.queue_us,
+            upstream_us: timing.upstream_us,
+            total_us: arrival.elapsed().as_micros() as u64,
+        },
+    );
     response
+}
+
+/// Counts and logs one routed call, HTTP or gRPC alike.
+pub(crate) fn account(live: &LiveWebservice, entry: super::RequestLog) {
+    metrics::counter!("modelpod_router_requests_total", "service" => entry.service.clone(), "version" => entry.version.clone(), "code" => entry.status.to_string())
+        .increment(1);
+    metrics::histogram!("modelpod_router_request_duration_seconds", "service" => entry.service.clone(), "version" => entry.version.clone())
+        .record(entry.total_us as f64 / 1e6);
+    live.log_request(entry);
 }
 
 /// Where a request's time went, for its log line.
@@ -390,7 +398,7 @@ async fn send(
 
 /// A scored request as data collection keeps it, labelled with the model and version the
 /// replica says it ran; bodies are kept as JSON when they are JSON, else base64.
-fn collected(
+pub(crate) fn collected(
     deployment: &super::deployment::DeploymentId,
     designation: &str,
     model: String,

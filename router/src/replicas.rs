@@ -10,6 +10,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
+/// How long a connection to a replica's gRPC port may take: replicas are on the same node or
+/// network, so a slow connect means a replica that is gone.
+const GRPC_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// One replica: a scoring server at `base_url`.
 pub struct Replica {
     pub id: u64,
@@ -17,6 +21,8 @@ pub struct Replica {
     state: Mutex<ReplicaState>,
     /// Requests this router has sent and not yet had answered.
     outstanding: AtomicUsize,
+    /// The channel to the gRPC port the replica last reported, made on first use.
+    grpc: Mutex<Option<(u16, tonic::transport::Channel)>>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -50,6 +56,28 @@ impl Replica {
 
     pub fn last_report(&self) -> Option<BusyReport> {
         self.state.lock().report
+    }
+
+    /// A channel to the replica's gRPC listener: the host of its base URL, the port of its
+    /// last report (a replica restarted on the same HTTP port may listen for gRPC on another).
+    /// `None` when it reports none. Made lazily and kept: one HTTP/2 connection per replica
+    /// carries every call.
+    pub fn grpc_channel(&self) -> Option<tonic::transport::Channel> {
+        let port = self.state.lock().report?.grpc_port?;
+        let mut cached = self.grpc.lock();
+        if let Some((known, channel)) = &*cached
+            && *known == port
+        {
+            return Some(channel.clone());
+        }
+        let (origin, _) = self.base_url.rsplit_once(':')?;
+        let channel = tonic::transport::Endpoint::from_shared(format!("{origin}:{port}"))
+            .ok()?
+            .tcp_nodelay(true)
+            .connect_timeout(GRPC_CONNECT_TIMEOUT)
+            .connect_lazy();
+        *cached = Some((port, channel.clone()));
+        Some(channel)
     }
 }
 
@@ -97,6 +125,7 @@ impl ReplicaSet {
             base_url,
             state: Mutex::new(ReplicaState::default()),
             outstanding: AtomicUsize::new(0),
+            grpc: Mutex::new(None),
         });
         self.replicas.lock().push(replica.clone());
         replica
@@ -274,6 +303,7 @@ mod tests {
             capacity,
             ready,
             limits: None,
+            grpc_port: None,
         }
     }
 

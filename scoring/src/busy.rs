@@ -32,6 +32,10 @@ pub struct BusyReport {
     /// that predate them).
     #[serde(default)]
     pub limits: Option<ScoringLimits>,
+    /// The port of the replica's v2 gRPC listener, on the host its HTTP is on; absent when
+    /// gRPC is off. The router forwards gRPC calls there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_port: Option<u16>,
 }
 
 #[derive(Default)]
@@ -76,6 +80,7 @@ impl BusyBoard {
             capacity: limits.max_concurrent_requests,
             ready,
             limits: Some(limits),
+            grpc_port: None,
         }
     }
 

@@ -20,6 +20,8 @@ pub mod defaults {
     pub const AUTOSCALE_TARGET_UTILIZATION: u32 = 70;
     /// Azure's inference server port.
     pub const SCORING_SERVER_PORT: u16 = 5001;
+    /// The v2 gRPC port, as Triton's.
+    pub const GRPC_PORT: u16 = 8001;
     /// Azure's request body limit (100 MB).
     pub const MAX_REQUEST_BYTES: usize = 100 * 1024 * 1024;
 }

@@ -305,7 +305,7 @@ impl Layer {
 
 /// The validated configuration of a scoring server.
 /// Triton's gRPC port.
-pub const DEFAULT_GRPC_PORT: u16 = 8001;
+pub const DEFAULT_GRPC_PORT: u16 = modelpod_scoring::deployment::defaults::GRPC_PORT;
 
 #[derive(Debug, Clone)]
 pub struct ServeConfig {

@@ -52,6 +52,8 @@ pub struct AppState {
     pub bodies: modelpod_http::body::BodyReader,
     /// The port of the probes-only listener (`--health-port`), once bound.
     pub probe_port: Option<u16>,
+    /// The port of the gRPC listener once bound (its busy reports tell the router).
+    pub grpc_port: std::sync::OnceLock<u16>,
     /// Registered system shared memory regions (Triton's extension, HTTP and gRPC alike).
     pub shared_memory: modelpod_scoring::shared_memory::SystemSharedMemory,
     /// The Azure entry script served beside the models (`--inference-config`).
@@ -146,6 +148,7 @@ impl ScoringServer {
                 .as_ref()
                 .and_then(|l| l.local_addr().ok())
                 .map(|a| a.port()),
+            grpc_port: std::sync::OnceLock::new(),
         });
         if let Some(service) = &state.entry_script {
             // Weak: the service lives in the state it tells.
@@ -208,6 +211,7 @@ impl ScoringServer {
                 )
                 .map_err(|source| ServeError::Bind { address, source })?;
                 tracing::info!("v2 gRPC on {}", grpc.address);
+                let _ = state.grpc_port.set(grpc.address.port());
                 Some(grpc)
             }
             None => None,

@@ -332,7 +332,9 @@ const MAX_BUSY_WAIT: Duration = Duration::from_secs(30);
 async fn busy(state: web::Data<AppState>, poll: web::Query<BusyPoll>) -> HttpResponse {
     let wait = Duration::from_millis(poll.wait_ms).min(MAX_BUSY_WAIT);
     state.scorer.busy().changed_after(poll.after, wait).await;
-    HttpResponse::Ok().json(state.scorer.busy_report())
+    let mut report = state.scorer.busy_report();
+    report.grpc_port = state.grpc_port.get().copied();
+    HttpResponse::Ok().json(report)
 }
 
 /// Records one finished inference request.

@@ -24,7 +24,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use modelpod_accel::sku::{AcceleratorKind, lookup};
 use modelpod_scoring::deployment::DeploymentConfig;
-use modelpod_scoring::deployment::defaults::{self, SCORING_SERVER_PORT};
+use modelpod_scoring::deployment::defaults::{self, GRPC_PORT, SCORING_SERVER_PORT};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -270,11 +270,20 @@ pub fn render(args: &ManifestArgs) -> anyhow::Result<Value> {
     let container = Container {
         name: "scoring".into(),
         image: Some(args.image.clone()),
-        ports: Some(vec![ContainerPort {
-            name: Some("http".into()),
-            container_port: SCORING_SERVER_PORT.into(),
-            ..ContainerPort::default()
-        }]),
+        // The v2 gRPC service listens on its default port; the pods' busy reports tell the
+        // router so.
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("http".into()),
+                container_port: SCORING_SERVER_PORT.into(),
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some("grpc".into()),
+                container_port: GRPC_PORT.into(),
+                ..ContainerPort::default()
+            },
+        ]),
         env: Some(vec![
             // The VM size: the node selector pins the pods to the one named, else Azure's
             // instance metadata service says (a pod's own labels never carry it).
@@ -400,12 +409,20 @@ pub fn render(args: &ManifestArgs) -> anyhow::Result<Value> {
         metadata: metadata(name, Some(&labels)),
         spec: Some(ServiceSpec {
             selector: Some(selector),
-            ports: Some(vec![ServicePort {
-                name: Some("http".into()),
-                port: SCORING_SERVER_PORT.into(),
-                target_port: Some(IntOrString::String("http".into())),
-                ..ServicePort::default()
-            }]),
+            ports: Some(vec![
+                ServicePort {
+                    name: Some("http".into()),
+                    port: SCORING_SERVER_PORT.into(),
+                    target_port: Some(IntOrString::String("http".into())),
+                    ..ServicePort::default()
+                },
+                ServicePort {
+                    name: Some("grpc".into()),
+                    port: GRPC_PORT.into(),
+                    target_port: Some(IntOrString::String("grpc".into())),
+                    ..ServicePort::default()
+                },
+            ]),
             ..ServiceSpec::default()
         }),
         ..Service::default()

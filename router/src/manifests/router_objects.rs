@@ -19,6 +19,8 @@ use std::collections::BTreeMap;
 
 /// The port the router listens on in its pod.
 pub const ROUTER_PORT: u16 = 8080;
+/// The router's gRPC port, in its pod and on its Service: Triton's.
+pub const ROUTER_GRPC_PORT: u16 = modelpod_scoring::deployment::defaults::GRPC_PORT;
 const CONFIG_DIR: &str = "/etc/modelpod";
 const STATE_DIR: &str = "/var/lib/modelpod";
 const ADMIN_KEY_FIELD: &str = "admin-key";
@@ -137,6 +139,8 @@ pub fn render(objects: &RouterObjects<'_>) -> anyhow::Result<Vec<Value>> {
         "0.0.0.0",
         "--port",
         &ROUTER_PORT.to_string(),
+        "--grpc-port",
+        &ROUTER_GRPC_PORT.to_string(),
     ]
     .map(String::from)
     .to_vec();
@@ -146,11 +150,18 @@ pub fn render(objects: &RouterObjects<'_>) -> anyhow::Result<Vec<Value>> {
         // The image's entrypoint is `modelpod serve`.
         command: Some(vec!["/usr/local/bin/modelpod".into()]),
         args: Some(args),
-        ports: Some(vec![ContainerPort {
-            name: Some("http".into()),
-            container_port: ROUTER_PORT.into(),
-            ..ContainerPort::default()
-        }]),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("http".into()),
+                container_port: ROUTER_PORT.into(),
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some("grpc".into()),
+                container_port: ROUTER_GRPC_PORT.into(),
+                ..ContainerPort::default()
+            },
+        ]),
         env: Some(vec![
             secret_env(
                 "MODELPOD_REPLICA_KEY",
@@ -231,12 +242,20 @@ pub fn render(objects: &RouterObjects<'_>) -> anyhow::Result<Vec<Value>> {
         spec: Some(ServiceSpec {
             type_: Some(objects.service_type.to_string()),
             selector: Some(selector),
-            ports: Some(vec![ServicePort {
-                name: Some("http".into()),
-                port: 80,
-                target_port: Some(IntOrString::String("http".into())),
-                ..ServicePort::default()
-            }]),
+            ports: Some(vec![
+                ServicePort {
+                    name: Some("http".into()),
+                    port: 80,
+                    target_port: Some(IntOrString::String("http".into())),
+                    ..ServicePort::default()
+                },
+                ServicePort {
+                    name: Some("grpc".into()),
+                    port: ROUTER_GRPC_PORT.into(),
+                    target_port: Some(IntOrString::String("grpc".into())),
+                    ..ServicePort::default()
+                },
+            ]),
             ..ServiceSpec::default()
         }),
         ..Service::default()

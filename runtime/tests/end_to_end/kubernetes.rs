@@ -140,6 +140,19 @@ impl Drop for RunningPod {
 }
 
 /// The scoring container's environment variables that have plain values.
+/// The pod's container port of this name, as the manifests declare it.
+fn pod_port(pod: &Pod, name: &str) -> Option<i32> {
+    pod.spec
+        .as_ref()?
+        .containers
+        .first()?
+        .ports
+        .as_ref()?
+        .iter()
+        .find(|p| p.name.as_deref() == Some(name))
+        .map(|p| p.container_port)
+}
+
 fn pod_env(pod: &Pod) -> Vec<(String, String)> {
     pod.spec
         .as_ref()
@@ -187,7 +200,8 @@ async fn kubelet(client: kube::Client, subnet: u8, replica_key: String, stop: Ar
                 .unwrap();
             assert!(added.success(), "cannot add {ip} to lo");
             // As the pod spec says: its plain environment (the limits, the VM size), its API
-            // key from the replica-key Secret; the models are the test's.
+            // key from the replica-key Secret, its gRPC port; the models are the test's.
+            let grpc_port = pod_port(&pod, "grpc").map_or("off".into(), |p| p.to_string());
             let mut server = modelpod();
             for var in pod_env(&pod) {
                 server.env(var.0, var.1);
@@ -201,7 +215,7 @@ async fn kubelet(client: kube::Client, subnet: u8, replica_key: String, stop: Ar
                     "--port",
                     "5001",
                     "--grpc-port",
-                    "off",
+                    &grpc_port,
                 ])
                 .arg("--model-repository")
                 .arg(workspace().join("tests/fixtures/slow-models"))
@@ -416,11 +430,13 @@ async fn the_router_scales_a_deployment_through_its_scale_subresource_with_least
             .success()
     );
 
+    let router_grpc_port = free_port();
     let router = RouterBuilder::new(env!("CARGO_BIN_EXE_modelpod"))
         .dir(dir.path())
         .env("KUBECONFIG", &router_config.display().to_string())
         .env("MODELPOD_REPLICA_KEY", &replica_key)
         .args(router_args)
+        .args(["--grpc-port", &router_grpc_port.to_string()])
         .start();
     let base = router.url("");
     let status = |base: String| async move {
@@ -469,6 +485,23 @@ async fn the_router_scales_a_deployment_through_its_scale_subresource_with_least
         (Some(10000), Some(30000)),
         "{limits}"
     );
+    // The pod's gRPC port is the one the manifests declare, and gRPC calls reach it through
+    // the router's gRPC listener with the replica key.
+    let report = status(base.clone()).await.unwrap()["replicas"][0]["report"].clone();
+    assert_eq!(report["grpc_port"], 8001, "{report}");
+    let mut grpc = modelpod_proto::GrpcInferenceServiceClient::connect(format!(
+        "http://127.0.0.1:{router_grpc_port}"
+    ))
+    .await
+    .unwrap();
+    let mut ready = tonic::Request::new(modelpod_proto::inference::ModelReadyRequest {
+        name: "slow".into(),
+        version: String::new(),
+    });
+    ready
+        .metadata_mut()
+        .insert("modelpod-service", SERVICE.parse().unwrap());
+    assert!(grpc.model_ready(ready).await.unwrap().into_inner().ready);
     // The pod answers the router (through which scoring works below), and nobody else.
     let pod_url = status(base.clone()).await.unwrap()["replicas"][0]["url"]
         .as_str()

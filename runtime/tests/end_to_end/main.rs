@@ -4,6 +4,7 @@
 
 mod entry_script;
 mod graceful_shutdown;
+mod grpc;
 mod hostile;
 mod import;
 mod kubernetes;

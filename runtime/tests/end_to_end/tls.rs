@@ -230,3 +230,86 @@ fn a_bad_certificate_is_a_clear_error_at_start() {
         "{stderr}"
     );
 }
+
+/// The router's gRPC listener over TLS with the same certificate: tonic's client and
+/// `tritonclient.grpc` (`ssl=True`) verify it and call through; a plaintext client gets no
+/// answer.
+#[test]
+fn grpc_through_the_router_is_served_over_tls() {
+    use modelpod_proto::GrpcInferenceServiceClient;
+    use modelpod_proto::inference::ServerReadyRequest;
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = certificate(dir.path());
+    let grpc_port = free_port();
+    let _router = RouterBuilder::new(env!("CARGO_BIN_EXE_modelpod"))
+        .dir(dir.path())
+        .admin_key("tls-admin")
+        .args(["--service", "svc", "--auth", "none"])
+        .args(["--tls-cert", &cert, "--tls-key", &key])
+        .args(["--grpc-port", &grpc_port.to_string()])
+        // The fixtures hold models that fail to load on purpose.
+        .args(["--serve-arg", "--strict-readiness", "--serve-arg", "false"])
+        .arg("--model-repository")
+        .arg(modelpod_tests::fixtures())
+        .start();
+    let pem = std::fs::read_to_string(&cert).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&pem))
+            .domain_name("localhost");
+        let channel = Endpoint::from_shared(format!("https://127.0.0.1:{grpc_port}"))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .expect("a TLS connection");
+        let mut client = GrpcInferenceServiceClient::new(channel);
+        let started = Instant::now();
+        loop {
+            let mut request = tonic::Request::new(ServerReadyRequest {});
+            request
+                .metadata_mut()
+                .insert("modelpod-service", "svc".parse().unwrap());
+            match client.server_ready(request).await {
+                Ok(answer) if answer.get_ref().ready => break,
+                other => assert!(
+                    started.elapsed() < Duration::from_secs(60),
+                    "never ready: {other:?}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let mut plain =
+            GrpcInferenceServiceClient::connect(format!("http://127.0.0.1:{grpc_port}"))
+                .await
+                .unwrap();
+        let mut request = tonic::Request::new(ServerReadyRequest {});
+        request
+            .metadata_mut()
+            .insert("modelpod-service", "svc".parse().unwrap());
+        assert!(
+            plain.server_ready(request).await.is_err(),
+            "plaintext on the TLS port"
+        );
+    });
+    if let Some(python) = modelpod_tests::venv_program("python") {
+        let script = format!(
+            "import tritonclient.grpc as g\n\
+             c = g.InferenceServerClient('localhost:{grpc_port}', ssl=True, root_certificates={cert:?})\n\
+             assert c.is_server_ready(headers={{'modelpod-service': 'svc'}})\n\
+             m = c.get_model_metadata('mlp', headers={{'modelpod-service': 'svc'}})\n\
+             assert m.name == 'mlp', m\n\
+             print('tls ok')\n"
+        );
+        let output = Command::new(python).args(["-c", &script]).output().unwrap();
+        assert!(
+            output.status.success() && String::from_utf8_lossy(&output.stdout).contains("tls ok"),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}

@@ -7,6 +7,7 @@ mod codec;
 mod service;
 
 use crate::AppState;
+use modelpod_http::grpc::GrpcListener;
 use modelpod_proto::GrpcInferenceServiceServer;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,8 +18,7 @@ use tonic::{Request, Status};
 /// A running gRPC listener; [`GrpcServer::stop`] lets accepted calls finish.
 pub struct GrpcServer {
     pub address: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    listener: GrpcListener,
 }
 
 /// How often the health service re-reads readiness.
@@ -31,91 +31,59 @@ impl GrpcServer {
         listener: std::net::TcpListener,
         workers: usize,
     ) -> std::io::Result<GrpcServer> {
-        let address = listener.local_addr()?;
-        listener.set_nonblocking(true)?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers.max(1))
-            .thread_name("grpc")
-            .enable_all()
-            .build()?;
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("grpc-server".into())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    let listener = match tokio::net::TcpListener::from_std(listener) {
-                        Ok(listener) => listener,
-                        Err(e) => return tracing::error!(error = %e, "gRPC listener"),
-                    };
-                    let incoming = tonic::transport::server::TcpIncoming::from(listener)
-                        .with_nodelay(Some(true));
-                    let (reporter, health) = tonic_health::server::health_reporter();
-                    let watched = state.clone();
-                    tokio::spawn(async move {
-                        let mut serving = None;
-                        loop {
-                            let ready = watched.scorer.unready_reason().is_none();
-                            if serving != Some(ready) {
-                                let status = if ready {
-                                    tonic_health::ServingStatus::Serving
-                                } else {
-                                    tonic_health::ServingStatus::NotServing
-                                };
-                                reporter.set_service_status("", status).await;
-                                reporter
-                                    .set_service_status("inference.GRPCInferenceService", status)
-                                    .await;
-                                serving = Some(ready);
-                            }
-                            tokio::time::sleep(HEALTH_REFRESH).await;
+        let serve: modelpod_http::grpc::Serve = Box::new(move |incoming, stopped| {
+            Box::pin(async move {
+                let (reporter, health) = tonic_health::server::health_reporter();
+                let watched = state.clone();
+                tokio::spawn(async move {
+                    let mut serving = None;
+                    loop {
+                        let ready = watched.scorer.unready_reason().is_none();
+                        if serving != Some(ready) {
+                            let status = if ready {
+                                tonic_health::ServingStatus::Serving
+                            } else {
+                                tonic_health::ServingStatus::NotServing
+                            };
+                            reporter.set_service_status("", status).await;
+                            reporter
+                                .set_service_status("inference.GRPCInferenceService", status)
+                                .await;
+                            serving = Some(ready);
                         }
-                    });
-                    let limit = state.config.limits.max_request_bytes;
-                    let auth = state.clone();
-                    let inference =
-                        GrpcInferenceServiceServer::new(service::InferenceService { state })
-                            .max_decoding_message_size(limit)
-                            .max_encoding_message_size(usize::MAX)
-                            .accept_compressed(CompressionEncoding::Gzip)
-                            .accept_compressed(CompressionEncoding::Deflate)
-                            .send_compressed(CompressionEncoding::Gzip)
-                            .send_compressed(CompressionEncoding::Deflate);
-                    let inference = tonic::service::interceptor::InterceptedService::new(
-                        inference,
-                        move |request: Request<()>| check_key(&auth, request),
-                    );
-                    let served = tonic::transport::Server::builder()
-                        .add_service(health)
-                        .add_service(inference)
-                        .serve_with_incoming_shutdown(incoming, async {
-                            let _ = stopped.await;
-                        })
-                        .await;
-                    if let Err(e) = served {
-                        tracing::error!(error = %e, "gRPC server failed");
+                        tokio::time::sleep(HEALTH_REFRESH).await;
                     }
-                })
-            })?;
+                });
+                let limit = state.config.limits.max_request_bytes;
+                let auth = state.clone();
+                let inference =
+                    GrpcInferenceServiceServer::new(service::InferenceService { state })
+                        .max_decoding_message_size(limit)
+                        .max_encoding_message_size(usize::MAX)
+                        .accept_compressed(CompressionEncoding::Gzip)
+                        .accept_compressed(CompressionEncoding::Deflate)
+                        .send_compressed(CompressionEncoding::Gzip)
+                        .send_compressed(CompressionEncoding::Deflate);
+                let inference = tonic::service::interceptor::InterceptedService::new(
+                    inference,
+                    move |request: Request<()>| check_key(&auth, request),
+                );
+                tonic::transport::Server::builder()
+                    .add_service(health)
+                    .add_service(inference)
+                    .serve_with_incoming_shutdown(incoming, stopped)
+                    .await
+            })
+        });
+        let listener = GrpcListener::start("grpc", listener, workers, serve)?;
         Ok(GrpcServer {
-            address,
-            stop: Some(stop),
-            thread: Some(thread),
+            address: listener.address,
+            listener,
         })
     }
 
     pub fn stop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-impl Drop for GrpcServer {
-    fn drop(&mut self) {
-        self.stop();
+        self.listener.stop();
     }
 }
 

@@ -6,10 +6,9 @@ use super::codec;
 use crate::AppState;
 use crate::config::ModelControl;
 use modelpod_accel::TensorSpec;
-use modelpod_http::ApiError;
 use modelpod_proto::GrpcInferenceService;
 use modelpod_proto::inference::*;
-use modelpod_scoring::{ModelState, Registry, ScoringError};
+use modelpod_scoring::{ModelState, Registry};
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,32 +19,7 @@ pub struct InferenceService {
     pub state: Arc<AppState>,
 }
 
-/// The gRPC status for an error, as Triton's gRPC front end maps its error codes.
-pub fn status(error: impl Into<ApiError>) -> Status {
-    let error = error.into();
-    let message = error.to_string();
-    match &error {
-        ApiError::Scoring(e) => match e {
-            ScoringError::BadRequest(_) | ScoringError::InvalidInput(_) => {
-                Status::invalid_argument(message)
-            }
-            ScoringError::ModelNotFound(_) => Status::not_found(message),
-            ScoringError::ModelUnavailable(_) | ScoringError::Overloaded(_) => {
-                Status::unavailable(message)
-            }
-            ScoringError::DeadlineExceeded(_) => Status::deadline_exceeded(message),
-            ScoringError::Engine(_) => Status::internal(message),
-        },
-        ApiError::Unauthorized(_) => Status::unauthenticated(message),
-        ApiError::PayloadTooLarge { .. } => Status::resource_exhausted(message),
-        ApiError::NotFound(_) => Status::not_found(message),
-        ApiError::Forbidden(_) => Status::unavailable(message),
-        ApiError::RequestTimeout(_) => Status::deadline_exceeded(message),
-        ApiError::BadGateway(_) => Status::unavailable(message),
-        ApiError::Conflict(_) => Status::already_exists(message),
-        ApiError::Internal(_) => Status::internal(message),
-    }
-}
+pub use modelpod_http::grpc::status;
 
 fn version(text: &str) -> Result<Option<u64>, Status> {
     if text.is_empty() {

@@ -351,6 +351,60 @@ mod tests {
         assert_eq!(rpc(""), None);
     }
 
+    /// A body that never sends anything, as a client that opened a call and went quiet.
+    struct Silent;
+
+    impl http_body::Body for Silent {
+        type Data = bytes::Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Infallible>>> {
+            std::task::Poll::Pending
+        }
+    }
+
+    #[tokio::test]
+    async fn a_unary_message_is_read_within_its_time_and_size_or_refused() {
+        let request = |body: Body| http::Request::builder().body(body).unwrap();
+        let message = bytes::Bytes::from(vec![0u8; 5 + 100]);
+        let read = read_unary(
+            request(Body::new(http_body_util::Full::new(message.clone()))),
+            100,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        let read = read.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(read, message, "a message at the limit passes whole");
+
+        let refused = read_unary(
+            request(Body::new(http_body_util::Full::new(message))),
+            99,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            refused.code(),
+            tonic::Code::ResourceExhausted,
+            "{refused:?}"
+        );
+        assert!(
+            refused.message().contains("limit of 99 bytes"),
+            "{refused:?}"
+        );
+
+        let started = Instant::now();
+        let refused = read_unary(request(Body::new(Silent)), 100, Duration::from_millis(50))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::DeadlineExceeded, "{refused:?}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
     #[test]
     fn a_call_names_exactly_one_webservice() {
         let mut headers = http::HeaderMap::new();

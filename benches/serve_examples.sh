@@ -1,6 +1,6 @@
 # Sourced by the benchmark scripts: starts the release `modelpod serve` on the example models
 # (loopback, free ports), stops it when the script exits, waits for start-up loading and sets
-# ADDRESS to host:port (HTTP) and GRPC_ADDRESS to host:port (v2 gRPC). Usage: start_example_server LOGFILE [COMMAND PREFIX, e.g. taskset -c 0]
+# ADDRESS to host:port (HTTP), GRPC_ADDRESS to host:port (v2 gRPC) and SERVER_PID. Usage: start_example_server LOGFILE [COMMAND PREFIX, e.g. taskset -c 0]
 start_example_server() {
   local log=$1
   shift
@@ -8,6 +8,7 @@ start_example_server() {
     --deployment-config examples/deploymentconfig.json --host 127.0.0.1 --port 0 --grpc-port 0 \
     --log-format text > "$log" 2>&1 &
   local server=$!
+  SERVER_PID=$server
   # shellcheck disable=SC2064  # the PID is fixed now, on purpose
   trap "kill $server 2>/dev/null || true" EXIT
   for _ in $(seq 1 600); do

@@ -55,6 +55,22 @@ pub fn http_status(code: Code) -> u16 {
     }
 }
 
+/// The HTTP/2 settings both gRPC listeners serve with. Tensors make large messages (a CNN's
+/// input is 600 KB): with HTTP/2's defaults (16 KB frames, 64 KB windows) each arrives in
+/// dozens of frames and, across a network, waits a round trip for every 64 KB of window
+/// (ten for the CNN's input, between a router and a pod on another node). The windows also
+/// bound what a client may send ahead of the server reading it.
+pub fn server_builder() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .max_frame_size(MAX_FRAME_SIZE)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+}
+
+const MAX_FRAME_SIZE: u32 = 1 << 20;
+const STREAM_WINDOW: u32 = 4 << 20;
+const CONNECTION_WINDOW: u32 = 16 << 20;
+
 /// A gRPC listener on a runtime of its own; [`GrpcListener::stop`] lets accepted calls finish.
 pub struct GrpcListener {
     pub address: SocketAddr,

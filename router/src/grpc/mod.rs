@@ -311,7 +311,7 @@ pub fn start(
             reporter
                 .set_service_status(SERVICE_NAME, tonic_health::ServingStatus::Serving)
                 .await;
-            let mut server = tonic::transport::Server::builder();
+            let mut server = modelpod_http::grpc::server_builder();
             if let Some(tls) = tls {
                 server = server.tls_config(tls)?;
             }

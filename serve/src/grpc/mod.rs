@@ -68,7 +68,7 @@ impl GrpcServer {
                     inference,
                     move |request: Request<()>| check_key(&auth, request),
                 );
-                tonic::transport::Server::builder()
+                modelpod_http::grpc::server_builder()
                     .add_service(health)
                     .add_service(inference)
                     .serve_with_incoming_shutdown(incoming, stopped)

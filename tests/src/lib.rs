@@ -2,6 +2,7 @@
 //! in process on port 0, `modelpod serve` and `modelpod route` processes ([`process`]),
 //! request bodies, collected records and output comparison with a stated tolerance.
 
+pub mod grpc_requests;
 pub mod linear_models;
 pub mod process;
 pub mod records;

@@ -2,35 +2,14 @@
 //! HTTP, health public), an inference equal to HTTP's, and compressed messages.
 
 use modelpod_proto::GrpcInferenceServiceClient;
-use modelpod_proto::inference::model_infer_request::InferInputTensor;
-use modelpod_proto::inference::{ModelInferRequest, ServerLiveRequest};
+use modelpod_proto::inference::ServerLiveRequest;
+use modelpod_tests::grpc_requests::{assert_mlp_logits, mlp_request};
 use modelpod_tests::{fixtures, serve_args, start};
 use tonic::Code;
 use tonic::codec::CompressionEncoding;
 use tonic::metadata::MetadataValue;
 
 const KEY: &str = "grpc-test-key";
-
-fn mlp_request() -> ModelInferRequest {
-    let values = [-0.849f32, -0.299, 0.024, -1.215];
-    ModelInferRequest {
-        model_name: "mlp".into(),
-        inputs: vec![InferInputTensor {
-            name: "input".into(),
-            datatype: "FP32".into(),
-            shape: vec![1, 4],
-            ..Default::default()
-        }],
-        raw_input_contents: vec![
-            values
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect::<Vec<u8>>()
-                .into(),
-        ],
-        ..Default::default()
-    }
-}
 
 fn with_key<T>(message: T, key: &str) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
@@ -73,14 +52,7 @@ async fn keys_guard_the_inference_service_and_health_stays_public() {
     assert_eq!(answer.model_name, "mlp");
     assert_eq!(answer.outputs[0].name, "logits");
     assert_eq!(answer.outputs[0].shape, vec![1, 3]);
-    let logits: Vec<f32> = answer.raw_output_contents[0]
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect();
-    let expected = [0.6457274f32, 0.7104346, 1.4959935];
-    for (got, want) in logits.iter().zip(expected) {
-        assert!((got - want).abs() < 1e-4, "{logits:?} vs {expected:?}");
-    }
+    assert_mlp_logits(&answer);
 
     // Compressed both ways, as `tritonclient.grpc` sends with compression_algorithm.
     let mut gzip = GrpcInferenceServiceClient::connect(url.clone())

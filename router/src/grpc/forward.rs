@@ -109,6 +109,14 @@ impl Call {
             .map_err(|_| Status::internal("the call's path is not a path"))
     }
 
+    /// Records a refusal's code for the log line; passes the result on.
+    fn settle<T>(&self, result: Result<T, Status>) -> Result<T, Status> {
+        if let Err(e) = &result {
+            self.outcome.lock().code = e.code();
+        }
+        result
+    }
+
     fn finished(&self, code: Code, upstream: Instant) {
         let mut outcome = self.outcome.lock();
         outcome.code = code;
@@ -152,6 +160,11 @@ fn unreachable(status: &Status) -> bool {
     std::error::Error::source(status).is_some()
 }
 
+/// The call a handler was made for: tonic calls each handler once.
+fn once(call: Option<Call>) -> Result<Call, Status> {
+    call.ok_or_else(|| Status::internal("a call was forwarded twice"))
+}
+
 /// Sends one unary call on; tonic calls it once per call.
 pub struct UnaryForward(pub Option<Call>);
 
@@ -162,12 +175,8 @@ impl tonic::server::UnaryService<Bytes> for UnaryForward {
     fn call(&mut self, request: Request<Bytes>) -> Self::Future {
         let call = self.0.take();
         Box::pin(async move {
-            let call = call.ok_or_else(|| Status::internal("a call was forwarded twice"))?;
-            let result = forward_unary(&call, request).await;
-            if let Err(e) = &result {
-                call.outcome.lock().code = e.code();
-            }
-            result
+            let call = once(call)?;
+            call.settle(forward_unary(&call, request).await)
         })
     }
 }
@@ -274,12 +283,8 @@ impl tonic::server::StreamingService<Bytes> for StreamForward {
     fn call(&mut self, request: Request<Streaming<Bytes>>) -> Self::Future {
         let call = self.0.take();
         Box::pin(async move {
-            let call = call.ok_or_else(|| Status::internal("a call was forwarded twice"))?;
-            let result = forward_stream(&call, request).await;
-            if let Err(e) = &result {
-                call.outcome.lock().code = e.code();
-            }
-            result
+            let call = once(call)?;
+            call.settle(forward_stream(&call, request).await)
         })
     }
 }

@@ -4,11 +4,11 @@
 //! least-busy replica; what the HTTP front end does not forward, it does not either.
 
 use modelpod_proto::GrpcInferenceServiceClient;
-use modelpod_proto::inference::model_infer_request::InferInputTensor;
 use modelpod_proto::inference::{
-    ModelInferRequest, ModelStatisticsRequest, RepositoryModelLoadRequest, ServerLiveRequest,
+    ModelStatisticsRequest, RepositoryModelLoadRequest, ServerLiveRequest,
     SystemSharedMemoryRegisterRequest,
 };
+use modelpod_tests::grpc_requests::{assert_mlp_logits, mlp_request};
 use modelpod_tests::process::{RouterBuilder, RouterProcess, free_port};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -23,24 +23,6 @@ const ADMIN_KEY: &str = "grpc-admin-key";
 /// The fixtures hold models that fail to load on purpose.
 const LENIENT: &str = "serve_args = [\"--strict-readiness\", \"false\"]";
 
-/// The mlp fixture's answer to [`mlp_request`], from its ONNX reference run.
-const EXPECTED_LOGITS: [f32; 3] = [0.6457274, 0.7104346, 1.4959935];
-
-fn mlp_request() -> ModelInferRequest {
-    let values = [-0.849f32, -0.299, 0.024, -1.215];
-    ModelInferRequest {
-        model_name: "mlp".into(),
-        inputs: vec![InferInputTensor {
-            name: "input".into(),
-            datatype: "FP32".into(),
-            shape: vec![1, 4],
-            ..Default::default()
-        }],
-        raw_input_contents: vec![values.iter().flat_map(|v| v.to_le_bytes()).collect()],
-        ..Default::default()
-    }
-}
-
 /// A call with this metadata.
 fn call<T>(message: T, metadata: &[(&'static str, &str)]) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
@@ -54,19 +36,6 @@ fn code<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> Code {
     match result {
         Ok(answer) => panic!("expected a refusal, got {answer:?}"),
         Err(status) => status.code(),
-    }
-}
-
-fn logits(answer: &modelpod_proto::inference::ModelInferResponse) -> Vec<f32> {
-    answer.raw_output_contents[0]
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect()
-}
-
-fn assert_logits(answer: &modelpod_proto::inference::ModelInferResponse) {
-    for (got, want) in logits(answer).iter().zip(EXPECTED_LOGITS) {
-        assert!((got - want).abs() <= 1e-5, "{got} vs {want}");
     }
 }
 
@@ -205,12 +174,12 @@ fn grpc_calls_are_routed_per_webservice_with_its_auth_its_split_and_least_busy()
             .await
             .unwrap()
             .into_inner();
-        assert_logits(&answer);
+        assert_mlp_logits(&answer);
         let tokened = [
             ("modelpod-service", "tokened"),
             ("authorization", &*bearer(&token)),
         ];
-        assert_logits(
+        assert_mlp_logits(
             &client
                 .model_infer(call(mlp_request(), &tokened))
                 .await
@@ -278,7 +247,7 @@ fn grpc_calls_are_routed_per_webservice_with_its_auth_its_split_and_least_busy()
             .unwrap()
             .send_compressed(CompressionEncoding::Gzip)
             .accept_compressed(CompressionEncoding::Gzip);
-        assert_logits(
+        assert_mlp_logits(
             &compressed
                 .model_infer(call(mlp_request(), &keyed_call))
                 .await
@@ -294,7 +263,7 @@ fn grpc_calls_are_routed_per_webservice_with_its_auth_its_split_and_least_busy()
         let mut streamed = 0;
         while let Some(answer) = answers.message().await.unwrap() {
             assert_eq!(answer.error_message, "");
-            assert_logits(&answer.infer_response.unwrap());
+            assert_mlp_logits(&answer.infer_response.unwrap());
             streamed += 1;
         }
         assert_eq!(streamed, 3);
@@ -318,7 +287,7 @@ fn grpc_calls_are_routed_per_webservice_with_its_auth_its_split_and_least_busy()
             *versions
                 .entry(version.to_str().unwrap().to_string())
                 .or_default() += 1;
-            assert_logits(answer.get_ref());
+            assert_mlp_logits(answer.get_ref());
         }
         versions
     });

@@ -101,7 +101,7 @@ pub struct ServeArgs {
     /// Models loaded in parallel at start-up [default: 2].
     #[arg(long, env = "MODELPOD_LOAD_PARALLELISM")]
     pub load_parallelism: Option<usize>,
-    /// HTTP worker threads [default: number of cores].
+    /// HTTP worker threads [default: number of cores]; the gRPC listener gets half as many.
     #[arg(long, env = "MODELPOD_HTTP_WORKERS")]
     pub http_workers: Option<usize>,
     /// Readiness also requires that no model failed to load [default: true]. Models not loaded
